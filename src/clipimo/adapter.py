@@ -1,0 +1,241 @@
+"""The IMO adapter: a bottleneck MLP added to every residual block of a CLIP ViT image tower.
+
+In block i, with ``h = x + Attn(LN1(x))``::
+
+    out = h + MLP(LN2(h)) + s * Up(Dropout(ReLU(Down(h))))
+
+The adapter is attached with two hooks instead of a rewritten block forward, so the block code
+stays open_clip's own: a pre-hook on ``ln_2`` records ``h`` (the LN2 input) and a forward hook on
+the block adds the adapter branch to the block output. With the adapters switched off the hooks do
+nothing, so the "original" stream runs exactly the untouched open_clip computation.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+from torch.nn import functional as F
+
+from . import _io
+from .errors import ClipimoError
+
+ADAPTER_FORMAT = "clipimo-imo-adapter"
+ADAPTER_FORMAT_VERSION = 1
+INITS = ("lora", "zero")
+
+
+class IMOAdapter(nn.Module):
+    """``s * Up(Dropout(ReLU(Down(h))))``; ``enabled`` selects the corrected (True) or original stream."""
+
+    def __init__(self, width: int, bottleneck: int = 64, scale: float = 0.03, dropout: float = 0.1, init: str = "lora"):
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"adapter init must be one of {INITS}, got {init!r}")
+        self.down = nn.Linear(width, bottleneck)
+        self.up = nn.Linear(bottleneck, width)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = float(scale)
+        self.init = init
+        self.enabled = True
+        self._h: torch.Tensor | None = None
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "lora") -> None:
+        """'lora': Down kaiming-uniform(a=sqrt 5), the rest zero, so the adapted model starts equal to CLIP."""
+        if init == "lora":
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        else:
+            nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.dropout(F.relu(self.down(h))))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"bottleneck": self.down.out_features, "scale": self.scale, "dropout": self.dropout.p, "init": self.init}
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, enabled={self.enabled}"
+
+
+def _record_h(adapter: IMOAdapter, ln_2: nn.Module, args: tuple) -> None:
+    adapter._h = args[0] if adapter.enabled else None
+
+
+def _add_branch(block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    adapter: IMOAdapter = block.adapter
+    h, adapter._h = adapter._h, None
+    if h is None:
+        return None
+    return output + adapter(h.to(adapter.down.weight.dtype)).to(output.dtype)
+
+
+def _resblocks(model: nn.Module) -> nn.ModuleList:
+    visual = getattr(model, "visual", model)
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise ClipimoError(
+            f"IMO adapters need a ViT image tower (visual.transformer.resblocks); this model's image "
+            f"tower is {type(visual).__name__}, which is not supported (ResNet and timm towers are not)"
+        )
+    for i, block in enumerate(blocks):
+        if not isinstance(getattr(block, "ln_2", None), nn.Module):
+            raise ClipimoError(f"image block {i} ({type(block).__name__}) has no ln_2: not a supported ViT block")
+    return blocks
+
+
+def _width(block: nn.Module) -> int:
+    return int(block.ln_2.normalized_shape[0])
+
+
+def has_adapters(model: nn.Module) -> bool:
+    visual = getattr(model, "visual", model)
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    return blocks is not None and all(isinstance(getattr(b, "adapter", None), IMOAdapter) for b in blocks)
+
+
+def iter_adapters(model: nn.Module) -> Iterator[IMOAdapter]:
+    for block in _resblocks(model):
+        adapter = getattr(block, "adapter", None)
+        if not isinstance(adapter, IMOAdapter):
+            raise ClipimoError("model has no IMO adapters; call add_adapters(model) or load_adapters(model, path)")
+        yield adapter
+
+
+def add_adapters(
+    model: nn.Module, bottleneck: int = 64, scale: float = 0.03, dropout: float = 0.1, init: str = "lora"
+) -> nn.Module:
+    """Add an IMO adapter to every image-tower block and freeze everything but the adapters.
+
+    Returns the model (modified in place). The adapters start enabled; see ``adapters_enabled``.
+    """
+    blocks = _resblocks(model)
+    if has_adapters(model):
+        raise ClipimoError("model already has IMO adapters")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ref = next(model.parameters())
+    for block in blocks:
+        adapter = IMOAdapter(_width(block), bottleneck, scale, dropout, init).to(device=ref.device)
+        adapter.train(block.training)
+        block.adapter = adapter
+        block.ln_2.register_forward_pre_hook(functools.partial(_record_h, adapter))
+        block.register_forward_hook(_add_branch)
+    return model
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for adapter in iter_adapters(model) for p in adapter.parameters()]
+
+
+@contextlib.contextmanager
+def adapters_enabled(model: nn.Module, on: bool) -> Iterator[nn.Module]:
+    """Select the stream inside the block: ``on=False`` is plain CLIP ("original"), ``True`` "corrected"."""
+    adapters = list(iter_adapters(model))
+    before = [a.enabled for a in adapters]
+    for a in adapters:
+        a.enabled = bool(on)
+    try:
+        yield model
+    finally:
+        for a, state in zip(adapters, before):
+            a.enabled = state
+
+
+def adapter_config(model: nn.Module) -> dict[str, Any]:
+    blocks = _resblocks(model)
+    first = next(iter_adapters(model))
+    return {**first.config, "width": _width(blocks[0]), "layers": len(blocks)}
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors only, keyed ``resblocks.{i}.{down|up}.{weight|bias}``."""
+    return {
+        f"resblocks.{i}.{name}": t.detach().to("cpu").contiguous()
+        for i, adapter in enumerate(iter_adapters(model))
+        for name, t in adapter.state_dict().items()
+    }
+
+
+def save_adapters(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+    """Write the adapter tensors, their config and the backbone identity to a safetensors file."""
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_FORMAT_VERSION,
+        "config": adapter_config(model),
+        "backbone": getattr(model, "clipimo_identity", None),
+        **(extra or {}),
+    }
+    blob = safetensors_save(adapter_state(model), metadata={"clipimo": json.dumps(meta, sort_keys=True)})
+    _io.write_bytes(path, blob)
+
+
+def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of an adapter file, with clear errors for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"adapter file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("clipimo")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise ClipimoError(f"adapter file {path} is not a readable safetensors file: {err}") from err
+    if raw is None:
+        raise ClipimoError(f"{path} is a safetensors file but not a clipimo adapter (no 'clipimo' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_FORMAT_VERSION:
+        raise ClipimoError(
+            f"{path}: unsupported adapter format {meta.get('format')!r} v{meta.get('version')}, "
+            f"expected {ADAPTER_FORMAT!r} v{ADAPTER_FORMAT_VERSION}"
+        )
+    return tensors, meta
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike, strict_backbone: bool = True) -> dict[str, Any]:
+    """Load an adapter file into ``model``, adding adapters first if it has none; returns the metadata.
+
+    A file made for another width or depth is refused; one made for another backbone identity
+    (different model name or weights) is refused unless ``strict_backbone=False``.
+    """
+    tensors, meta = read_adapter_file(path)
+    cfg = meta["config"]
+    blocks = _resblocks(model)
+    width, layers = _width(blocks[0]), len(blocks)
+    if (cfg["width"], cfg["layers"]) != (width, layers):
+        raise ClipimoError(
+            f"adapter file {path} was made for an image tower of width {cfg['width']} with {cfg['layers']} "
+            f"blocks, but this model has width {width} with {layers} blocks"
+        )
+    ours, theirs = getattr(model, "clipimo_identity", None), meta.get("backbone")
+    if strict_backbone and ours and theirs:
+        keys = ("model", "weights")
+        if any(ours.get(k) != theirs.get(k) for k in keys):
+            raise ClipimoError(
+                f"adapter file {path} was trained on {theirs.get('model')} ({theirs.get('weights')}), "
+                f"not on this backbone {ours.get('model')} ({ours.get('weights')}); "
+                "pass strict_backbone=False (--allow-backbone-mismatch) to use it anyway"
+            )
+    if not has_adapters(model):
+        add_adapters(model, cfg["bottleneck"], cfg["scale"], cfg["dropout"], cfg["init"])
+    for i, adapter in enumerate(iter_adapters(model)):
+        prefix = f"resblocks.{i}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            adapter.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ClipimoError(f"adapter file {path}: block {i} tensors do not fit: {err}") from err
+        adapter.scale = float(cfg["scale"])
+    return meta

@@ -1,0 +1,252 @@
+"""Load an open_clip model with its eval transform and tokenizer, from a tag, a local file or random init.
+
+Weight resolution is kept apart from architecture: ``resolve_weights`` turns the user's
+``pretrained`` argument into a local file (or nothing, for random init) and an identity record;
+``load_clip`` then builds the model through open_clip's factory. No machine of this project can
+download weights, so an unreachable tag fails within seconds and says how to pass a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import ClipimoError
+
+RANDOM_INIT_SEED = 0
+RANDOM_INIT_WARNING = (
+    "RANDOM-INIT BACKBONE: no pretrained CLIP weights were loaded, so every number below is "
+    "meaningless as a measure of the method (pass --pretrained TAG_OR_FILE for real results)."
+)
+_NONE_VALUES = {None, "", "none", "None", "random"}
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+_PROBE_TIMEOUT_S = 3.0
+_BUNDLED_CONFIGS = "model_configs"
+_TORCHSCRIPT_EXTRAS = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
+
+
+@dataclass
+class Backbone:
+    """A CLIP model plus everything needed to feed it and to name it in caches and reports."""
+
+    model: nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    identity: dict[str, Any]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.identity.get("random_init"))
+
+    def identity_hash(self) -> str:
+        """Short stable hash of what determines the weights (used in cache keys)."""
+        blob = json.dumps(self.identity, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _register_bundled_configs() -> None:
+    """Make the tiny test/demo architectures shipped with clipimo known to open_clip by name."""
+    folder = resources.files("clipimo").joinpath(_BUNDLED_CONFIGS)
+    known = set(open_clip.list_models())
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json") and entry.name[:-5] not in known:
+            open_clip.add_model_config(str(entry))
+
+
+def resolve_model_name(name: str) -> str:
+    """Accept an open_clip model name, a bundled clipimo config name, or a path to a config JSON."""
+    _register_bundled_configs()
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ClipimoError(f"model config file {path} does not exist")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ClipimoError(f"model config file {path} is not valid JSON: {err}") from err
+        if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            raise ClipimoError(f"model config file {path} lacks 'vision_cfg'/'text_cfg' (open_clip format)")
+        open_clip.add_model_config(str(path))
+        return path.stem
+    if open_clip.get_model_config(name) is None:
+        raise ClipimoError(
+            f"unknown model '{name}': expected an open_clip model name (e.g. ViT-B-16; see "
+            "open_clip.list_models()) or a path to an open_clip model config .json"
+        )
+    return name
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's released .pt files are TorchScript archives (and imply QuickGELU)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+
+
+def _torchscript_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights of an OpenAI-style TorchScript archive, minus its non-weight entries."""
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    persistent = model.state_dict().keys()
+    return {k: v for k, v in state.items() if k in persistent or k not in _TORCHSCRIPT_EXTRAS}
+
+
+def _host_reachable(host: str, port: int = 443) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
+    """The already-downloaded weights file for a pretrained tag, without touching the network."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or open_clip.constants.HF_WEIGHTS_NAME
+        candidates = [filename]
+        if filename.endswith((".bin", ".pth")):
+            safe = open_clip.constants.HF_SAFE_WEIGHTS_NAME
+            candidates.insert(0, safe if filename == open_clip.constants.HF_WEIGHTS_NAME else filename[:-4] + ".safetensors")
+        for fname in candidates:
+            hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+            if isinstance(hit, str):
+                return hit
+    if cfg.get("url"):
+        path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _download_tag(name: str, tag: str, cfg: dict, cache_dir: str | None) -> str:
+    cached = _cached_tag_file(cfg, cache_dir)
+    if cached:
+        return cached
+    host = (
+        urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        if cfg.get("hf_hub")
+        else urlparse(cfg.get("url", "")).hostname
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    if offline or not host or not _host_reachable(host):
+        why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+        raise ClipimoError(
+            f"pretrained weights '{tag}' for {name} are not in the local cache and {why}. "
+            f"Download them on a machine with network access (open_clip.create_model('{name}', "
+            f"pretrained='{tag}') fills the Hugging Face cache), then either copy the cache (HF_HOME) "
+            f"or pass the weights file directly: --pretrained /path/to/weights.{{safetensors,bin,pt}}"
+        )
+    try:
+        return open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as err:  # network errors come in many types; name the tag and the fix
+        raise ClipimoError(f"downloading pretrained '{tag}' for {name} failed: {err}") from err
+
+
+def resolve_weights(name: str, pretrained: str | os.PathLike | None, cache_dir: str | None = None) -> tuple[str | None, dict, dict]:
+    """Return (local checkpoint path or None, tag config or {}, identity record)."""
+    if pretrained in _NONE_VALUES:
+        return None, {}, {"model": name, "weights": f"random-init(seed={RANDOM_INIT_SEED})", "random_init": True}
+    text = str(pretrained)
+    path = Path(text).expanduser()
+    tag_cfg = open_clip.get_pretrained_cfg(name, text)
+    if tag_cfg and not path.exists():
+        file = _download_tag(name, text, tag_cfg, cache_dir)
+        return file, tag_cfg, {"model": name, "weights": f"tag:{text}", "random_init": False}
+    if path.is_file():
+        return str(path), {}, {"model": name, "weights": f"sha256:{_sha256_file(path)}", "random_init": False}
+    if text.endswith(_WEIGHT_SUFFIXES) or os.sep in text:
+        raise ClipimoError(f"pretrained weights file {path} does not exist")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    raise ClipimoError(
+        f"'{text}' is neither a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "
+        "nor an existing weights file; use 'none' for random init"
+    )
+
+
+def load_clip(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+) -> Backbone:
+    """Build an open_clip model with weights from a tag, a local file, or random init (``None``/"none").
+
+    Random init is seeded, so its features are reproducible; ``Backbone.random_init`` flags it and
+    every report built on it must say so.
+    """
+    name = resolve_model_name(name)
+    checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
+    kwargs: dict[str, Any] = {}
+    if tag_cfg:
+        kwargs.update(
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            image_mean=tag_cfg.get("mean"),
+            image_std=tag_cfg.get("std"),
+            image_interpolation=tag_cfg.get("interpolation"),
+            image_resize_mode=tag_cfg.get("resize_mode"),
+        )
+    torchscript = bool(checkpoint) and _is_torchscript(Path(checkpoint))
+    if torchscript:
+        kwargs["force_quick_gelu"] = True
+    identity["config_sha256"] = hashlib.sha256(
+        json.dumps(open_clip.get_model_config(name), sort_keys=True).encode()
+    ).hexdigest()[:16]
+    identity["quick_gelu"] = bool(kwargs.get("force_quick_gelu", open_clip.get_model_config(name).get("quick_gelu", False)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None if torchscript else checkpoint, device=device, **kwargs
+            )
+            if torchscript:
+                model.load_state_dict(_torchscript_state_dict(Path(checkpoint), model), strict=True)
+        except Exception as err:
+            if checkpoint is None:
+                raise
+            raise ClipimoError(
+                f"could not load weights file {checkpoint} into {name}: {err}. Expected an open_clip or "
+                "OpenAI CLIP checkpoint (TorchScript .pt, state-dict .pt/.pth/.bin, or .safetensors) "
+                "matching this architecture"
+            ) from err
+    model.eval()
+    model.clipimo_identity = identity
+    pp = model.visual.preprocess_cfg
+    size = pp["size"]
+    return Backbone(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(name),
+        name=name,
+        identity=identity,
+        image_size=int(size if isinstance(size, int) else size[0]),
+        mean=tuple(pp["mean"]),
+        std=tuple(pp["std"]),
+        device=torch.device(device),
+    )

@@ -1,0 +1,81 @@
+"""``clipimo features``: encode a labelled image list into both streams and save them as .npz."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import _io
+from ..backbone import RANDOM_INIT_WARNING, load_clip
+from ..data.generic import read_csv_list, read_image_folder
+from ..features import FeatureExtractor
+
+
+def add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    """The options every command that builds a backbone shares."""
+    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json (default ViT-B-16)")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or weights file; omit or 'none' for random init")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def add_extractor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", default=None, help="IMO adapter .safetensors file (adds the corrected stream)")
+    parser.add_argument("--cache-dir", default=None, help="feature cache folder (default $CLIPIMO_CACHE or ~/.cache/clipimo)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
+    parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
+    backbone = load_clip(args.model, args.pretrained, device=args.device)
+    if backbone.random_init:
+        print(f"WARNING: {RANDOM_INIT_WARNING}")
+    return FeatureExtractor(
+        backbone,
+        adapter=args.adapter,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="encode images into original and corrected features (.npz)")
+    p.add_argument("--images", required=True, help="CSV list (path,label) or ImageFolder tree")
+    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta)")
+    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views (cache keys use 10)")
+    p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
+    add_backbone_args(p)
+    add_extractor_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    source = Path(args.images)
+    items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
+    extractor = make_extractor(args)
+    feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
+    meta = {
+        "backbone": extractor.backbone.identity,
+        "random_init": extractor.backbone.random_init,
+        "adapter_sha256": extractor.adapter_hash,
+        "passes": args.passes,
+        "seed": args.seed if args.passes else None,
+        "classnames": classnames,
+        "paths": feats.paths,
+        "skipped": feats.skipped,
+    }
+    arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
+    if feats.corrected is not None:
+        arrays["feats_corrected"] = feats.corrected.numpy()
+    with _io.atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    print(f"wrote {args.out}: {len(feats.paths)} images, dim {feats.original.shape[1]}, "
+          f"streams {'original+corrected' if feats.corrected is not None else 'original'}"
+          + (f", {len(feats.skipped)} skipped" if feats.skipped else ""))
+    return 0

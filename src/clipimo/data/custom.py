@@ -1,0 +1,42 @@
+"""Users' own few-shot tasks: train/val/test as ImageFolder trees or CSV lists, one class list."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ClipimoError
+from .benchmarks import SPLITS, DatasetSplits
+from .generic import read_csv_list, read_image_folder
+from .items import LabelledImage
+from .templates import DEFAULT_TEMPLATES
+
+
+def load_custom_dataset(root: str | os.PathLike, name: str | None = None,
+                        templates: Sequence[str] = DEFAULT_TEMPLATES) -> DatasetSplits:
+    """``root/{train,val,test}/<class>/<image>`` or ``root/{train,val,test}.csv``.
+
+    train and test are required, val is optional. Class names are the union over the splits,
+    sorted (numerically when all are integers), so a class missing from one split keeps its label.
+    """
+    root = Path(root).resolve()
+    parts: dict[str, tuple[list[LabelledImage], list[str]]] = {}
+    for split in SPLITS:
+        folder, csv_path = root / split, root / f"{split}.csv"
+        if folder.is_dir():
+            parts[split] = read_image_folder(folder)
+        elif csv_path.is_file():
+            parts[split] = read_csv_list(csv_path)
+        elif split != "val":
+            raise ClipimoError(f"{root}: no {split}/ folder (<class>/<images>) or {split}.csv "
+                               "(path,label) found")
+    union = {cname for _, names in parts.values() for cname in names}
+    numeric = all(cname.isdigit() for cname in union)
+    classnames = sorted(union, key=lambda c: (int(c), c) if numeric else (0, c))
+    label_of = {cname: label for label, cname in enumerate(classnames)}
+    splits = {split: [LabelledImage(item.path, label_of[names[item.label]]) for item in items]
+              for split, (items, names) in parts.items()}
+    return DatasetSplits(
+        name=name or root.name, root=str(root), classnames=classnames, templates=list(templates),
+        train=splits["train"], val=splits.get("val", []), test=splits["test"],
+    )

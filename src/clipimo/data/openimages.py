@@ -1,0 +1,121 @@
+"""Build the generic adapter-training set (§4): N classes x M images picked from Open Images."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._io import write_text
+from ..errors import ClipimoError
+
+
+def read_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
+    """``LabelName,DisplayName`` rows as {label: display name}; the header line is optional
+    (the official ``class-descriptions*.csv`` files have none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{path}: Open Images class descriptions not found "
+                           "(expected rows 'LabelName,DisplayName', e.g. '/m/011k07,Tortoise')")
+    names: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.reader(fh):
+            if len(row) < 2 or row[0] == "LabelName":
+                continue
+            names[row[0]] = row[1]
+    if not names:
+        raise ClipimoError(f"{path}: no 'LabelName,DisplayName' rows")
+    return names
+
+
+def read_verified_labels(path: str | os.PathLike, available: set[str]) -> dict[str, list[str]]:
+    """Image-level labels ``ImageID,Source,LabelName,Confidence`` as {label: sorted image ids},
+    keeping positive labels (Confidence 1) of images in ``available``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{path}: Open Images image-level labels not found "
+                           "(expected header 'ImageID,Source,LabelName,Confidence')")
+    by_label: dict[str, set[str]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        needed = {"ImageID", "LabelName", "Confidence"}
+        if reader.fieldnames is None or not needed <= set(reader.fieldnames):
+            raise ClipimoError(f"{path}: expected columns ImageID,Source,LabelName,Confidence, "
+                               f"got {reader.fieldnames}")
+        for row in reader:
+            if row["ImageID"] in available and float(row["Confidence"]) == 1.0:
+                by_label.setdefault(row["LabelName"], set()).add(row["ImageID"])
+    return {label: sorted(ids) for label, ids in by_label.items()}
+
+
+def build_open_images_subset(
+    class_descriptions: str | os.PathLike,
+    image_labels: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    n_classes: int,
+    images_per_class: int,
+    seed: int = 0,
+) -> dict:
+    """Pick ``n_classes`` x ``images_per_class`` images and write ``path,label`` (label = display
+    name, paths relative to the CSV's folder) atomically; return a JSON-able summary.
+
+    Eligible classes have at least ``images_per_class`` positive images present as
+    ``<image_dir>/<ImageID>.jpg``. Classes are visited in a seeded random order; an image taken
+    by one class is never reused by another, and a class whose display name is already taken is
+    skipped, so every CSV label is one Open Images class.
+    """
+    if n_classes < 1 or images_per_class < 1:
+        raise ClipimoError("n_classes and images_per_class must be at least 1")
+    image_dir = Path(image_dir).resolve()
+    if not image_dir.is_dir():
+        raise ClipimoError(f"{image_dir}: image folder not found (expected <ImageID>.jpg files)")
+    available = {name[:-4] for name in os.listdir(image_dir) if name.endswith(".jpg")}
+    names = read_class_descriptions(class_descriptions)
+    by_label = read_verified_labels(image_labels, available)
+    eligible = sorted(label for label, ids in by_label.items()
+                      if label in names and len(ids) >= images_per_class)
+
+    rng = np.random.default_rng(seed)
+    used: set[str] = set()
+    chosen: list[tuple[str, list[str]]] = []
+    taken_names: set[str] = set()
+    for index in rng.permutation(len(eligible)):
+        label = eligible[index]
+        free = [image_id for image_id in by_label[label] if image_id not in used]
+        if len(free) < images_per_class or names[label] in taken_names:
+            continue
+        picks = sorted(free[i] for i in rng.choice(len(free), images_per_class, replace=False))
+        used.update(picks)
+        taken_names.add(names[label])
+        chosen.append((label, picks))
+        if len(chosen) == n_classes:
+            break
+    if len(chosen) < n_classes:
+        raise ClipimoError(
+            f"only {len(chosen)} Open Images classes have {images_per_class} unused positive "
+            f"images in {image_dir} ({len(eligible)} eligible before de-duplication); "
+            f"asked for {n_classes}"
+        )
+
+    out_csv = Path(out_csv).resolve()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    chosen.sort(key=lambda pair: names[pair[0]])
+    for label, picks in chosen:
+        for image_id in picks:
+            rel = os.path.relpath(image_dir / f"{image_id}.jpg", out_csv.parent)
+            writer.writerow([Path(rel).as_posix(), names[label]])
+    write_text(out_csv, buffer.getvalue())
+    return {
+        "csv": str(out_csv),
+        "seed": seed,
+        "n_classes": n_classes,
+        "images_per_class": images_per_class,
+        "n_images": n_classes * images_per_class,
+        "eligible_classes": len(eligible),
+        "classes": [{"label_name": label, "display_name": names[label]} for label, _ in chosen],
+    }

@@ -1,0 +1,41 @@
+"""Prompt templates of the few-shot protocol (METHOD.md §5), kept verbatim so results compare."""
+from __future__ import annotations
+
+from typing import Sequence
+
+# The 7-template ensemble used for ImageNet and its distribution-shift variants.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+# Every other benchmark uses a single template.
+SINGLE_TEMPLATES: dict[str, str] = {
+    "Caltech101": "a photo of a {}.",
+    "SUN397": "a photo of a {}.",
+    "StanfordCars": "a photo of a {}.",
+    "StanfordDogs": "a photo of a {}.",
+    "PlantDoc": "a photo of a {}.",
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "UCF101": "a photo of a person doing {}.",
+    "CUB": "a photo of a {}, a type of bird.",
+}
+
+# Templates for user datasets (ImageFolder / CSV) unless the caller supplies its own.
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+
+def format_prompts(templates: Sequence[str], classname: str) -> list[str]:
+    """All prompts for one class: folder-style names ("sea_lion") become words ("sea lion")."""
+    name = classname.replace("_", " ")
+    return [template.format(name) for template in templates]

@@ -1,0 +1,301 @@
+"""Both feature streams (original, corrected) in one pass over the images, with an on-disk cache.
+
+Work is split into shards of images; each shard's features are cached under a key built from
+everything that determines them (backbone weights identity, adapter file hash, transform,
+augmentation passes and seed, precision, the image list with file sizes and mtimes). A repeated
+call encodes nothing; a killed run resumes at the first unfinished shard. Cache files are written
+atomically, so an interrupted write never leaves a file that loads as valid.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import _io
+from .adapter import adapters_enabled, has_adapters, load_adapters
+from .backbone import Backbone
+from .data.items import LabelledImage
+from .data.templates import format_prompts
+from .errors import ClipimoError
+from .transforms import cache_augmentation
+
+FEATURE_FORMAT_VERSION = 1
+DEFAULT_SHARD_SIZE = 4096
+
+
+def default_cache_dir() -> Path:
+    """``$CLIPIMO_CACHE`` or ``~/.cache/clipimo``."""
+    return Path(os.environ.get("CLIPIMO_CACHE", Path.home() / ".cache" / "clipimo"))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _item_seed(seed: int, pass_index: int, path: str) -> int:
+    """Augmentation seed of one image in one pass: independent of batching, sharding and workers."""
+    blob = hashlib.sha256(f"{seed}:{pass_index}:{path}".encode()).digest()
+    return int.from_bytes(blob[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class ImageFeatures:
+    """L2-normalised features of a list of images; ``corrected`` is None without an adapter."""
+
+    original: torch.Tensor
+    corrected: torch.Tensor | None
+    labels: torch.Tensor
+    paths: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class _Images(Dataset):
+    def __init__(self, items: Sequence[LabelledImage], transform, size: int, seed: int | None, pass_index: int):
+        self.items, self.transform, self.size = items, transform, size
+        self.seed, self.pass_index = seed, pass_index
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path = self.items[i][0]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except Exception as err:  # PIL raises many types for broken files; report them all alike
+            return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
+        if self.seed is None:
+            return self.transform(im), True, ""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_item_seed(self.seed, self.pass_index, path))
+            return self.transform(im), True, ""
+
+
+class FeatureExtractor:
+    """Encodes labelled images with a backbone (and optionally an adapter file) into both streams."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        adapter: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        amp: bool | None = None,
+        progress: bool = True,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+    ):
+        self.backbone = backbone
+        self.adapter_hash: str | None = None
+        if adapter is not None:
+            load_adapters(backbone.model, adapter)
+            self.adapter_hash = _sha256_file(Path(adapter))
+        elif has_adapters(backbone.model):
+            raise ClipimoError("the backbone already carries adapters: pass the adapter file instead, so it can be hashed")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.batch_size = batch_size
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.amp = backbone.device.type == "cuda" if amp is None else amp
+        self.progress = progress
+        self.shard_size = shard_size
+        self.encoded_images = 0
+
+    @property
+    def precision(self) -> str:
+        return "bf16-autocast" if self.amp else "fp32"
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(self.backbone.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _key(self, kind: str, payload: dict[str, Any], adapter_dependent: bool = True) -> str:
+        record = {
+            "format": FEATURE_FORMAT_VERSION,
+            "kind": kind,
+            "backbone": self.backbone.identity,
+            "adapter": self.adapter_hash if adapter_dependent else None,
+            "precision": self.precision,
+            **payload,
+        }
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+    def _cache_file(self, key: str) -> Path:
+        return self.cache_dir / "features" / key[:2] / f"{key}.safetensors"
+
+    # ---- images -----------------------------------------------------------------------------
+
+    def image_features(
+        self,
+        items: Sequence[LabelledImage],
+        passes: int = 0,
+        seed: int = 0,
+        skip_unreadable: bool = False,
+        desc: str = "images",
+    ) -> ImageFeatures:
+        """Features of ``items``: ``passes=0`` uses the eval transform; ``passes=E`` averages E augmented views.
+
+        Unreadable images raise a ClipimoError that lists them, unless ``skip_unreadable`` is set:
+        then they are left out and reported in ``ImageFeatures.skipped``.
+        """
+        if passes < 0:
+            raise ValueError(f"passes must be >= 0, got {passes}")
+        if not items:
+            raise ValueError("image_features needs at least one image")
+        missing = [it[0] for it in items if not os.path.isfile(it[0])]
+        if missing and not skip_unreadable:
+            listed = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise ClipimoError(f"{len(missing)} image file(s) do not exist:\n  {listed}\n(pass --skip-unreadable to leave them out)")
+        bb = self.backbone
+        transform = bb.preprocess if passes == 0 else cache_augmentation(bb.image_size, bb.mean, bb.std)
+        parts = []
+        starts = range(0, len(items), self.shard_size)
+        for start in tqdm(starts, desc=f"{desc} shards", disable=not self.progress or len(starts) < 2, leave=False):
+            shard = items[start : start + self.shard_size]
+            parts.append(self._shard(shard, transform, passes, seed, skip_unreadable, desc))
+        return _concat(parts)
+
+    def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
+        listing = []
+        for path, label in items:
+            st = os.stat(path) if os.path.isfile(path) else None
+            listing.append(f"{os.path.abspath(path)}\t{int(label)}\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}")
+        key = self._key(
+            "images",
+            {
+                "transform": repr(transform),
+                "passes": passes,
+                "seed": seed if passes else None,
+                "skip_unreadable": skip_unreadable,
+                "items": hashlib.sha256("\n".join(listing).encode()).hexdigest(),
+            },
+        )
+        path = self._cache_file(key)
+        if path.is_file():
+            return _read_shard(path)
+        feats = self._encode(items, transform, passes, seed, skip_unreadable, desc)
+        _write_shard(path, feats)
+        return feats
+
+    def _encode(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
+        model, device = self.backbone.model, self.backbone.device
+        adapted = self.adapter_hash is not None
+        n = len(items)
+        sums: list[torch.Tensor | None] = [None, None]
+        failed: dict[int, str] = {}
+        model.eval()
+        for p in range(max(passes, 1)):
+            data = _Images(items, transform, self.backbone.image_size, seed if passes else None, p)
+            loader = DataLoader(
+                data,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,
+            )
+            label = f"{desc} pass {p + 1}/{passes}" if passes else desc
+            row = 0
+            with torch.inference_mode(), self._autocast():
+                for x, ok, err in tqdm(loader, desc=label, disable=not self.progress, leave=False):
+                    x = x.to(device, non_blocking=True)
+                    streams = [False, True] if adapted else [None]
+                    for s, on in enumerate(streams):
+                        ctx = adapters_enabled(model, on) if on is not None else contextlib.nullcontext()
+                        with ctx:
+                            f = model.encode_image(x).float().cpu()
+                        if sums[s] is None:
+                            sums[s] = torch.zeros(n, f.shape[1])
+                        sums[s][row : row + len(f)] += f
+                    for j in torch.nonzero(~ok).flatten().tolist():
+                        failed[row + j] = err[j]
+                    row += len(x)
+                    self.encoded_images += len(x)
+            if failed and not skip_unreadable:
+                listed = "\n  ".join(f"{items[i][0]} ({msg})" for i, msg in sorted(failed.items()))
+                raise ClipimoError(
+                    f"{len(failed)} image(s) could not be read:\n  {listed}\n(pass --skip-unreadable to leave them out)"
+                )
+        keep = torch.tensor([i not in failed for i in range(n)], dtype=torch.bool)
+        original, corrected = (None if t is None else F.normalize(t[keep], dim=-1) for t in sums)
+        return ImageFeatures(
+            original=original,
+            corrected=corrected,
+            labels=torch.tensor([int(it[1]) for it in items], dtype=torch.int64)[keep],
+            paths=[it[0] for i, it in enumerate(items) if i not in failed],
+            skipped={items[i][0]: msg for i, msg in sorted(failed.items())},
+        )
+
+    # ---- text -------------------------------------------------------------------------------
+
+    def text_weights(self, classnames: Sequence[str], templates: Sequence[str], chunk: int = 64) -> torch.Tensor:
+        """Zero-shot classifier W [D, C]: per class, encode each template, normalise, average, normalise."""
+        if not classnames or not templates:
+            raise ValueError("text_weights needs at least one class name and one template")
+        payload = {"classnames": list(classnames), "templates": list(templates)}
+        key = self._key("text", payload, adapter_dependent=False)
+        path = self._cache_file(key)
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as fh:
+                return fh.get_tensor("text_weights")
+        model, device, tok = self.backbone.model, self.backbone.device, self.backbone.tokenizer
+        rows = []
+        with torch.inference_mode(), self._autocast():
+            for i in range(0, len(classnames), chunk):
+                names = classnames[i : i + chunk]
+                tokens = tok([p for c in names for p in format_prompts(templates, c)]).to(device)
+                emb = F.normalize(model.encode_text(tokens).float(), dim=-1).view(len(names), len(templates), -1)
+                rows.append(F.normalize(emb.mean(dim=1), dim=-1).cpu())
+        weights = torch.cat(rows).T.contiguous()
+        _io.write_bytes(path, safetensors_save({"text_weights": weights}))
+        return weights
+
+
+def _write_shard(path: Path, feats: ImageFeatures) -> None:
+    tensors = {"original": feats.original.contiguous(), "labels": feats.labels}
+    if feats.corrected is not None:
+        tensors["corrected"] = feats.corrected.contiguous()
+    meta = {"paths": feats.paths, "skipped": feats.skipped}
+    _io.write_bytes(path, safetensors_save(tensors, metadata={"clipimo": json.dumps(meta)}))
+
+
+def _read_shard(path: Path) -> ImageFeatures:
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["clipimo"])
+        keys = set(fh.keys())
+        return ImageFeatures(
+            original=fh.get_tensor("original"),
+            corrected=fh.get_tensor("corrected") if "corrected" in keys else None,
+            labels=fh.get_tensor("labels"),
+            paths=meta["paths"],
+            skipped=meta["skipped"],
+        )
+
+
+def _concat(parts: list[ImageFeatures]) -> ImageFeatures:
+    if len(parts) == 1:
+        return parts[0]
+    corrected = None if parts[0].corrected is None else torch.cat([p.corrected for p in parts])
+    return ImageFeatures(
+        original=torch.cat([p.original for p in parts]),
+        corrected=corrected,
+        labels=torch.cat([p.labels for p in parts]),
+        paths=[x for p in parts for x in p.paths],
+        skipped={k: v for p in parts for k, v in p.skipped.items()},
+    )

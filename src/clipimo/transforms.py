@@ -1,0 +1,21 @@
+"""Image transforms of the protocol (§5) beyond the backbone's own eval transform (``Backbone.preprocess``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torchvision import transforms as T
+
+CACHE_AUG_SCALE = (0.5, 1.0)
+
+
+def cache_augmentation(size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """Support-image augmentation for cache keys: RandomResizedCrop(scale 0.5-1, bicubic) + flip."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=CACHE_AUG_SCALE, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+

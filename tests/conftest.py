@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random-init open_clip ViT and a few small generated images."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipimo.data.items import LabelledImage
+
+TINY = "clipimo-tiny-vit"
+
+
+@pytest.fixture()
+def tiny():
+    """A fresh tiny backbone for each test (tests modify the model in place)."""
+    from clipimo import load_clip
+
+    return load_clip(TINY)
+
+
+def make_images(folder, n: int, n_classes: int = 3, size: int = 40, seed: int = 0) -> list[LabelledImage]:
+    """Small coloured noise images whose mean colour depends on the class."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        label = i % n_classes
+        base = np.array([60 + 70 * label, 200 - 60 * label, 90 + 30 * (i % 2)])
+        pixels = np.clip(base + rng.normal(0, 40, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"img_{i:03d}.png"
+        Image.fromarray(pixels).save(path)
+        items.append(LabelledImage(str(path), label))
+    return items
+
+
+@pytest.fixture()
+def images(tmp_path):
+    return make_images(tmp_path / "imgs", 10)

@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from clipimo import FeatureExtractor, add_adapters, load_clip, save_adapters
+from clipimo import _io
+from clipimo.cli import main
+from clipimo.errors import ClipimoError
+
+from conftest import TINY, make_images
+
+
+@pytest.fixture()
+def adapter_file(tmp_path):
+    bb = load_clip(TINY)
+    add_adapters(bb.model)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in bb.model.visual.transformer.resblocks:
+            for p in block.adapter.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    path = tmp_path / "adapter.safetensors"
+    save_adapters(bb.model, path)
+    return path
+
+
+def extractor(tmp_path, adapter=None, **kw):
+    kw.setdefault("num_workers", 0)
+    return FeatureExtractor(load_clip(TINY), adapter=adapter, cache_dir=tmp_path / "cache", progress=False, **kw)
+
+
+def test_both_streams_and_original_matches_plain_open_clip(tmp_path, images, adapter_file):
+    ex = extractor(tmp_path, adapter_file, batch_size=4)
+    feats = ex.image_features(images)
+    plain = load_clip(TINY)
+    from PIL import Image
+
+    x = torch.stack([plain.preprocess(Image.open(p).convert("RGB")) for p, _ in images])
+    with torch.inference_mode():
+        ref = F.normalize(plain.model.encode_image(x), dim=-1)
+    torch.testing.assert_close(feats.original, ref, rtol=1e-5, atol=1e-6)
+    assert feats.corrected.shape == feats.original.shape
+    assert not torch.allclose(feats.corrected, feats.original, atol=1e-3)
+    torch.testing.assert_close(feats.corrected.norm(dim=1), torch.ones(len(images)))
+    assert feats.labels.tolist() == [lab for _, lab in images]
+
+
+def test_second_identical_call_encodes_nothing(tmp_path, images, adapter_file):
+    ex = extractor(tmp_path, adapter_file)
+    first = ex.image_features(images, passes=2, seed=5)
+    assert ex.encoded_images == 2 * len(images)
+    again = ex.image_features(images, passes=2, seed=5)
+    fresh = extractor(tmp_path, adapter_file)
+    third = fresh.image_features(images, passes=2, seed=5)
+    assert ex.encoded_images == 2 * len(images) and fresh.encoded_images == 0
+    assert torch.equal(first.original, again.original) and torch.equal(first.corrected, third.corrected)
+    ex.image_features(images, passes=2, seed=6)  # another seed is another key
+    assert ex.encoded_images == 4 * len(images)
+    no_adapter = extractor(tmp_path)
+    plain = no_adapter.image_features(images, passes=2, seed=5)
+    assert no_adapter.encoded_images == 2 * len(images) and plain.corrected is None
+    torch.testing.assert_close(plain.original, first.original)
+
+
+def test_changed_image_invalidates_cache(tmp_path, images):
+    ex = extractor(tmp_path)
+    ex.image_features(images)
+    make_images(tmp_path / "imgs", 10, seed=99)  # rewrite the same paths with other pixels
+    ex.image_features(images)
+    assert ex.encoded_images == 2 * len(images)
+
+
+def test_augmented_keys_reproducible_and_independent_of_batching(tmp_path, images):
+    a = extractor(tmp_path / "a", batch_size=3).image_features(images, passes=3, seed=1)
+    b = extractor(tmp_path / "b", batch_size=7, shard_size=4).image_features(images, passes=3, seed=1)
+    c = extractor(tmp_path / "c").image_features(images, passes=3, seed=2)
+    plain = extractor(tmp_path / "d").image_features(images)
+    torch.testing.assert_close(a.original, b.original, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a.original, c.original, atol=1e-4)
+    assert not torch.allclose(a.original, plain.original, atol=1e-4)
+
+
+def test_unreadable_images_are_listed_or_skipped(tmp_path, images):
+    broken = tmp_path / "imgs" / "broken.png"
+    broken.write_bytes(b"not a png")
+    missing = str(tmp_path / "imgs" / "gone.png")
+    items = images + [(str(broken), 0)]
+    ex = extractor(tmp_path)
+    with pytest.raises(ClipimoError, match="could not be read:\n  .*broken.png"):
+        ex.image_features(items)
+    with pytest.raises(ClipimoError, match="do not exist:\n  .*gone.png"):
+        ex.image_features(images + [(missing, 1)])
+    feats = ex.image_features(items + [(missing, 1)], skip_unreadable=True)
+    assert len(feats.paths) == len(images) == len(feats.original)
+    assert set(feats.skipped) == {str(broken), missing}
+
+
+def test_text_weights(tmp_path, adapter_file):
+    ex = extractor(tmp_path, adapter_file)
+    w = ex.text_weights(["golden_retriever", "cat"], ["a photo of a {}.", "art of the {}."])
+    assert w.shape == (64, 2)
+    torch.testing.assert_close(w.norm(dim=0), torch.ones(2))
+    bb = ex.backbone
+    with torch.inference_mode():
+        e = F.normalize(bb.model.encode_text(bb.tokenizer(["a photo of a cat.", "art of the cat."])), dim=-1)
+    torch.testing.assert_close(w[:, 1], F.normalize(e.mean(0), dim=0), rtol=1e-5, atol=1e-6)
+    again = extractor(tmp_path).text_weights(["golden_retriever", "cat"], ["a photo of a {}.", "art of the {}."])
+    assert torch.equal(w, again)  # cached, and the adapter does not change text features
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with _io.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    _io.write_bytes(target, b"ok")
+    assert target.read_bytes() == b"ok" and list(tmp_path.iterdir()) == [target]
+
+
+def test_features_cli(tmp_path, images, adapter_file, capsys):
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},{['red', 'green', 'blue'][lab]}\n" for p, lab in images))
+    out = tmp_path / "f.npz"
+    rc = main(["features", "--model", TINY, "--images", str(csv), "--out", str(out), "--adapter", str(adapter_file),
+               "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"])
+    assert rc == 0
+    assert "RANDOM-INIT" in capsys.readouterr().out
+    with np.load(out, allow_pickle=False) as z:
+        assert z["feats"].shape == z["feats_corrected"].shape == (10, 64)
+        meta = json.loads(str(z["meta"]))
+    assert meta["random_init"] is True and meta["classnames"] == ["blue", "green", "red"]
+    assert main(["features", "--model", TINY, "--images", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
