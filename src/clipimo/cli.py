@@ -1,4 +1,7 @@
-"""The ``clipimo`` command: each subcommand lives in ``clipimo.commands.<name>`` and registers itself."""
+"""clipimo: few-shot CLIP adaptation with intra-modal overlap correction (IMO).
+
+Each subcommand lives in ``clipimo.commands.<name>`` and registers itself.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +15,24 @@ from .errors import ClipimoError
 # and sets ``func`` (called with the parsed args, returns an exit code).
 COMMAND_MODULES = [
     "datasets",
+    "demo",
+    "evaluate",
     "features",
+    "overlap",
+    "report",
+    "run",
+    "train",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipimo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="clipimo",
+        description="Few-shot CLIP adaptation with intra-modal overlap correction (IMO): train the adapter once, "
+        "then evaluate training-free methods with original and corrected image features.",
+    )
     parser.add_argument("--version", action="version", version=f"clipimo {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"clipimo.commands.{name}").register(sub)
@@ -30,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ClipimoError, FileNotFoundError, ValueError) as err:
-        if getattr(args, "traceback", False):
+        if args.traceback:
             raise
         print(f"clipimo {args.command}: error: {err}", file=sys.stderr)
         return 2

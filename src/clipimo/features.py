@@ -104,6 +104,7 @@ class FeatureExtractor:
     ):
         self.backbone = backbone
         self.adapter_hash: str | None = None
+        self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
             load_adapters(backbone.model, adapter)
             self.adapter_hash = _sha256_file(Path(adapter))

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ClipimoError
-from .benchmarks import SPLITS, DatasetSplits
+from .benchmarks import SPLITS, DatasetSplits, load_dataset
 from .generic import read_csv_list, read_image_folder
 from .items import LabelledImage
+from .registry import get_spec
 from .templates import DEFAULT_TEMPLATES
 
 
@@ -40,3 +41,12 @@ def load_custom_dataset(root: str | os.PathLike, name: str | None = None,
         name=name or root.name, root=str(root), classnames=classnames, templates=list(templates),
         train=splits["train"], val=splits.get("val", []), test=splits["test"],
     )
+
+
+def open_dataset(name: str, root: str | os.PathLike = ".") -> DatasetSplits:
+    """A benchmark by name (under ``root``), or a custom task folder given by its path."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_custom_dataset(path)
+    get_spec(name)  # a clear error for an unknown name
+    return load_dataset(name, root)

@@ -1,0 +1,68 @@
+"""``clipimo run``: the few-shot grid (datasets x shots x seeds x methods), resumable, with tables."""
+from __future__ import annotations
+
+import argparse
+
+from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, load_yaml_config, run_experiment
+from .features import add_backbone_args, add_extractor_args, make_extractor
+
+# option -> (default, parser of a flag/YAML value)
+_GRID_OPTIONS = {
+    "root": (".", str),
+    "datasets": (None, lambda v: as_list(v)),
+    "shots": (list(DEFAULT_SHOTS), lambda v: as_list(v, int)),
+    "seeds": (list(DEFAULT_SEEDS), lambda v: as_list(v, int)),
+    "methods": (list(DEFAULT_METHODS), lambda v: as_list(v)),
+    "validation": (None, str),
+    "allow_test_tuning": (False, bool),
+    "augment_passes": (10, int),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="few-shot evaluation grid over datasets, shots, seeds and methods")
+    p.add_argument("--config", help="YAML file with any of the options below (flags override it)")
+    p.add_argument("--root", help="folder holding the benchmark datasets (CoOp layout)")
+    p.add_argument("--datasets", help="comma-separated benchmark names, or paths to custom task folders")
+    p.add_argument("--shots", help="comma-separated shot counts (default 1,2,4,8,16)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--methods", help="comma-separated: zs,tip,tip-imo,tipx,tipx-imo,gda,gda-imo (default zs,tip,tip-imo,tipx,tipx-imo)")
+    p.add_argument("--validation", choices=["full", "kshot", "heldout", "test"],
+                   help="hyper-parameter validation set (default: full val split; held-out train images where there is none)")
+    p.add_argument("--allow-test-tuning", action="store_const", const=True, help="permit --validation test (recorded in the results)")
+    p.add_argument("--augment-passes", help="augmented views averaged per cache key (default 10)")
+    p.add_argument("--out", required=True, help="results folder (cells/, results.json/.csv/.md); rerun to resume")
+    p.add_argument("--save-features", action="store_true", help="also write each cell's §8 features .npz")
+    add_backbone_args(p)
+    add_extractor_args(p)
+    p.set_defaults(func=lambda args: run(args, p))
+
+
+def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Defaults, overridden by the YAML config, overridden by explicit flags.
+
+    Backbone/extractor options in the YAML (model, pretrained, adapter, ...) are applied to
+    ``args`` where the flag was left at its default.
+    """
+    values = {k: default for k, (default, _) in _GRID_OPTIONS.items()}
+    if args.config:
+        loaded = load_yaml_config(args.config)
+        other = {a.dest for a in parser._actions} - set(_GRID_OPTIONS) - {"help", "config", "out"}
+        unknown = set(loaded) - set(_GRID_OPTIONS) - other
+        if unknown:
+            raise ValueError(f"config file {args.config}: unknown option(s) {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in loaded.items() if k in _GRID_OPTIONS})
+        for k in set(loaded) & other:
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, loaded[k])
+    values.update({k: getattr(args, k) for k in _GRID_OPTIONS if getattr(args, k) is not None})
+    return {k: (None if v is None else _GRID_OPTIONS[k][1](v)) for k, v in values.items()}
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    cfg = RunConfig(**grid_options(args, parser))
+    extractor = make_extractor(args)
+    results = run_experiment(cfg, extractor, args.out, device=args.device, progress=not args.no_progress,
+                             save_features=args.save_features)
+    print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
+    return 0

@@ -1,0 +1,56 @@
+"""Evaluate training-free methods on a features file: the API behind ``clipimo evaluate`` (§8)."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from .errors import ClipimoError
+from .featurefile import FeatureSet, load_features
+from .methods import METHODS, Problem, parse_methods
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device, failing clearly when CUDA is asked for but absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ClipimoError(f"device {device!r}: expected 'cpu' or 'cuda[:index]'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ClipimoError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ClipimoError(f"device {device!r}: expected 'cpu' or 'cuda[:index]'")
+    return dev
+
+
+def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
+                      device: str | torch.device = "cpu", progress: bool = False) -> dict[str, dict]:
+    """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
+    ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
+
+    ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip,
+    alpha/beta/gamma for tipx, alpha for gda.
+    """
+    names = parse_methods(methods)
+    if not isinstance(feats, FeatureSet):
+        feats = load_features(feats)
+    problem = Problem.from_features(feats, resolve_device(device))
+    results = {}
+    for name in tqdm(names, desc="methods", disable=not progress):
+        results[name] = METHODS[name](problem).as_dict()
+    return results
+
+
+def format_table(results: dict[str, dict], markdown: bool = False) -> str:
+    """A small method / val / test / hparams table, plain or Markdown."""
+    header = ("method", "val top-1", "test top-1", "hparams")
+    rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}",
+             ", ".join(f"{k}={v:.4g}" for k, v in r["hparams"].items()) or "-")
+            for name, r in results.items()]
+    if markdown:
+        lines = [header, ("---", "---:", "---:", "---")] + rows
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)

@@ -1,0 +1,89 @@
+"""What every method shares: the features as device tensors, query chunking and the result type."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from ..featurefile import FeatureSet
+
+# Elements of one [queries, cache] matrix held at once: chunk rows are chosen so the big
+# intermediates (affinities, their exponentials, KL) stay near 4 * 2**25 bytes each.
+CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass(frozen=True)
+class Split:
+    """One query split: original and corrected features ``[n, D]`` and labels ``[n]``."""
+
+    feats: torch.Tensor
+    feats_corrected: torch.Tensor
+    labels: torch.Tensor
+
+    def query(self, corrected: bool) -> torch.Tensor:
+        return self.feats_corrected if corrected else self.feats
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A few-shot task on one device: text weights ``[D, C]``, cache keys ``[N, D]``, one-hot values."""
+
+    text_weights: torch.Tensor
+    cache_keys: torch.Tensor
+    cache_keys_corrected: torch.Tensor
+    cache_labels: torch.Tensor
+    cache_onehot: torch.Tensor
+    val: Split
+    test: Split
+
+    @classmethod
+    def from_features(cls, feats: FeatureSet, device: str | torch.device = "cpu") -> "Problem":
+        def t(a):
+            return torch.from_numpy(a).to(device)
+
+        labels = t(feats.cache_labels)
+        return cls(
+            text_weights=t(feats.text_weights),
+            cache_keys=t(feats.cache_keys),
+            cache_keys_corrected=t(feats.cache_keys_corrected),
+            cache_labels=labels,
+            cache_onehot=torch.nn.functional.one_hot(labels, feats.num_classes).float(),
+            val=Split(t(feats.val_feats), t(feats.val_feats_corrected), t(feats.val_labels)),
+            test=Split(t(feats.test_feats), t(feats.test_feats_corrected), t(feats.test_labels)),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.text_weights.shape[1]
+
+    def keys(self, corrected: bool) -> torch.Tensor:
+        return self.cache_keys_corrected if corrected else self.cache_keys
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Top-1 accuracies in percent and the chosen hyper-parameters (empty for zero-shot)."""
+
+    val_acc: float
+    test_acc: float
+    hparams: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"test_acc": self.test_acc, "val_acc": self.val_acc, "hparams": dict(self.hparams)}
+
+
+def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]:
+    """Row slices covering ``range(n)``; by default sized so ``rows * width <= CHUNK_ELEMENTS``."""
+    rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(width, 1))
+    for start in range(0, n, rows):
+        yield slice(start, min(start + rows, n))
+
+
+def zeroshot_logits(problem: Problem, feats: torch.Tensor) -> torch.Tensor:
+    """``Z = 100 f W`` on ORIGINAL features (every method keeps this term)."""
+    return 100.0 * (feats @ problem.text_weights)
+
+
+def percent(hits: int, n: int) -> float:
+    return 100.0 * hits / n

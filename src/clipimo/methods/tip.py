@@ -1,0 +1,12 @@
+"""Tip-Adapter (§6): ``Z + alpha * exp(-beta (1 - A)) L``; the IMO variant takes ``A`` from corrected features."""
+from __future__ import annotations
+
+from ..search import PAPER_GRID, Grid
+from . import cache
+from .common import MethodResult, Problem
+
+
+def run(problem: Problem, corrected: bool = False, grid: Grid = PAPER_GRID,
+        chunk_rows: int | None = None) -> MethodResult:
+    """Search (alpha, beta) on val; hparams ``{"alpha", "beta"}``."""
+    return cache.run(problem, corrected, with_kl=False, grid=grid, chunk_rows=chunk_rows)

@@ -1,0 +1,217 @@
+"""The few-shot experiment grid: datasets x shots x seeds x methods, resumable, with result tables.
+
+Each (dataset, shots, seed) cell samples its support set, picks its validation set, pulls both
+feature streams from the feature cache, runs every method and writes ``cells/<cell>.json``
+atomically. A rerun skips finished cells, so a killed run loses at most the cell in progress.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import __version__, _io
+from .backbone import RANDOM_INIT_WARNING
+from .data import few_shot_support, open_dataset, validation_set
+from .data.benchmarks import DatasetSplits
+from .errors import ClipimoError
+from .evaluate import evaluate_features
+from .featurefile import FeatureSet, save_features as save_feature_file, validate_features
+from .features import FeatureExtractor
+from .methods import parse_methods
+from .report import results_markdown, summarise
+
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+DEFAULT_METHODS = ("zs", "tip", "tip-imo", "tipx", "tipx-imo")
+CACHE_AUGMENT_PASSES = 10
+
+
+@dataclass
+class RunConfig:
+    """What determines a run's results (the output folder records it and refuses another)."""
+
+    root: str
+    datasets: list[str]
+    shots: list[int] = field(default_factory=lambda: list(DEFAULT_SHOTS))
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    validation: str | None = None
+    allow_test_tuning: bool = False
+    augment_passes: int = CACHE_AUGMENT_PASSES
+
+    def __post_init__(self) -> None:
+        self.methods = parse_methods(self.methods)
+        if not self.datasets:
+            raise ClipimoError("no datasets given")
+        if any(k < 1 for k in self.shots):
+            raise ClipimoError(f"shots must be >= 1, got {self.shots}")
+        if self.validation == "test" and not self.allow_test_tuning:
+            raise ClipimoError("--validation test tunes hyper-parameters on the test split: add --allow-test-tuning "
+                               "to confirm (the results then record tuned_on_test=true)")
+        if self.augment_passes < 1:
+            raise ClipimoError(f"cache keys need >= 1 augmentation pass, got {self.augment_passes}")
+
+
+def cell_name(dataset: str, shots: int, seed: int) -> str:
+    return f"{dataset}_k{shots}_s{seed}"
+
+
+def cell_features(
+    extractor: FeatureExtractor, splits: DatasetSplits, shots: int, seed: int, cfg: RunConfig, index_dir: Path
+) -> tuple[FeatureSet, dict]:
+    """The §8 features of one cell, and its validation record. Encodes only what the cache lacks."""
+    support = few_shot_support(splits, shots, seed, index_path=index_dir / f"{cell_name(splits.name, shots, seed)}.json")
+    val_items, record = validation_set(
+        splits, shots, seed, support, protocol=cfg.validation, allow_test_tuning=cfg.allow_test_tuning
+    )
+    label = cell_name(splits.name, shots, seed)
+    keys = extractor.image_features(support, passes=cfg.augment_passes, seed=seed, desc=f"{label} cache keys")
+    val = extractor.image_features(val_items, desc=f"{splits.name} val")
+    test = extractor.image_features(splits.test, desc=f"{splits.name} test")
+    arrays = {"text_weights": extractor.text_weights(splits.classnames, splits.templates).numpy()}
+    for prefix, feats in (("cache_keys", keys), ("val_feats", val), ("test_feats", test)):
+        arrays[prefix] = feats.original.numpy()
+        arrays[f"{prefix}_corrected"] = (feats.corrected if feats.corrected is not None else feats.original).numpy()
+    arrays["cache_labels"], arrays["val_labels"], arrays["test_labels"] = (
+        f.labels.numpy() for f in (keys, val, test)
+    )
+    return validate_features(arrays, f"features of {label}"), record
+
+
+def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
+    return {
+        "backbone": extractor.backbone.identity,
+        "adapter_sha256": extractor.adapter_hash,
+        "precision": extractor.precision,
+        "validation": cfg.validation,
+        "allow_test_tuning": cfg.allow_test_tuning,
+        "augment_passes": cfg.augment_passes,
+        "root": str(Path(cfg.root).resolve()),
+    }
+
+
+def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
+    """A results folder holds one configuration: mixing cells of two would corrupt the tables."""
+    path = out / "run.json"
+    if path.is_file() and any((out / "cells").glob("*.json")):
+        old = json.loads(path.read_text())["fingerprint"]
+        if old != fingerprint:
+            diff = sorted(k for k in fingerprint if old.get(k) != fingerprint[k])
+            raise ClipimoError(
+                f"{out} holds a run with another configuration (differs in: {', '.join(diff)}); "
+                "use another --out folder"
+            )
+
+
+def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
+                   progress: bool = True, save_features: bool = False) -> dict[str, Any]:
+    """Run every missing cell, then write results.json/.csv/.md in ``out``; returns the results."""
+    out = Path(out)
+    imo = [m for m in cfg.methods if m.endswith("-imo")]
+    if imo and extractor.adapter_hash is None:
+        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
+    fingerprint = _fingerprint(cfg, extractor)
+    _check_out_dir(out, fingerprint)
+    _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
+    if extractor.backbone.random_init:
+        print(f"WARNING: {RANDOM_INIT_WARNING}")
+
+    todo = [(d, k, s) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds]
+    cells: list[dict] = []
+    bar = tqdm(todo, desc="cells", disable=not progress)
+    splits_cache: dict[str, DatasetSplits] = {}
+    for dataset, shots, seed in bar:
+        bar.set_postfix_str(cell_name(dataset, shots, seed))
+        if dataset not in splits_cache:
+            splits_cache[dataset] = open_dataset(dataset, cfg.root)
+        splits = splits_cache[dataset]
+        path = out / "cells" / f"{cell_name(splits.name, shots, seed)}.json"
+        if path.is_file():
+            done = json.loads(path.read_text())
+            if set(cfg.methods) <= set(done["methods"]):
+                done["methods"] = {m: done["methods"][m] for m in cfg.methods}
+                cells.append(done)
+                continue
+        feats, record = cell_features(extractor, splits, shots, seed, cfg, out / "supports")
+        if save_features:
+            save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz", feats)
+        cell = {
+            "dataset": splits.name,
+            "shots": shots,
+            "seed": seed,
+            "validation": record,
+            "methods": evaluate_features(feats, cfg.methods, device=device),
+        }
+        _io.write_json(path, cell)
+        cells.append(cell)
+
+    results = {
+        "meta": {
+            "backbone": extractor.backbone.identity,
+            "random_init": extractor.backbone.random_init,
+            "adapter": None if extractor.adapter_hash is None else {
+                "path": str(extractor.adapter_path), "sha256": extractor.adapter_hash},
+            "methods": cfg.methods,
+            "datasets": sorted({c["dataset"] for c in cells}, key=[c["dataset"] for c in cells].index),
+            "shots": cfg.shots,
+            "seeds": cfg.seeds,
+            "validation": cfg.validation or "default (full; heldout where no val split)",
+            "tuned_on_test": any(c["validation"].get("tuned_on_test") for c in cells),
+            "clipimo_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "cells": cells,
+        "summary": summarise(cells),
+    }
+    write_results(out, results)
+    return results
+
+
+def results_csv(results: dict[str, Any]) -> str:
+    """One row per (dataset, shots, seed, method) with accuracies and chosen hyper-parameters."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation", "random_init"])
+    for c in results["cells"]:
+        for m, r in c["methods"].items():
+            h = r["hparams"]
+            writer.writerow([c["dataset"], c["shots"], c["seed"], m, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
+                             h.get("alpha", ""), h.get("beta", ""), h.get("gamma", ""), c["validation"]["protocol"],
+                             results["meta"]["random_init"]])
+    return buf.getvalue()
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    _io.write_json(out / "results.json", results)
+    _io.write_text(out / "results.csv", results_csv(results))
+    _io.write_text(out / "results.md", results_markdown(results))
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Options for ``clipimo run`` from YAML (keys as the long flags, with '_' for '-')."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ClipimoError(f"config file {path}: expected a mapping of option: value, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def as_list(value: Any, cast=str) -> list:
+    """'1,2,4' or [1, 2, 4] -> [1, 2, 4]."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
+

@@ -1,0 +1,636 @@
+"""What both training methods share: processes (one, or torchrun + DDP), seeded data order,
+checkpoints (safetensors + JSON, atomic, no pickle), resume, JSONL metrics, progress, export.
+
+Data order and augmentation are functions of (seed, epoch, sample index) only: each epoch has one
+seeded global permutation; global step s takes the next ``batch_size x world_size`` entries and
+rank r takes every world_size-th of them from r; every sample's random augmentation is drawn
+under its own seed. Together with restored model/optimizer/RNG state this makes a resumed CPU run
+end bitwise where an uninterrupted one does, and a DDP step see the same images as one process
+with the global batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from .. import _io
+from ..adapter import add_adapters, save_adapters
+from ..backbone import RANDOM_INIT_WARNING, Backbone, load_clip
+from ..data.generic import is_image_file, read_csv_list, read_image_folder
+from ..data.items import LabelledImage
+from ..errors import ClipimoError
+from .config import RUN_CONTROL_FIELDS, TrainConfig
+
+CHECKPOINT_FORMAT = "clipimo-train-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.json"
+METRICS = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------
+# processes
+
+
+@dataclass
+class DistEnv:
+    """This process's place in the run: rank, world size, device (one GPU per process under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def cleanup(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ClipimoError(f"bad --device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ClipimoError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def setup_distributed(device: str = "auto") -> DistEnv:
+    """One process, or (when ``WORLD_SIZE`` > 1, as torchrun sets it) join the process group:
+    nccl for CUDA, gloo for CPU; under torchrun each process takes GPU ``LOCAL_RANK``."""
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev.index or 0)
+        return DistEnv(device=dev)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=30))
+        owns = True
+    if dist.get_world_size() != world or dist.get_rank() != rank:
+        raise ClipimoError("process group does not match WORLD_SIZE/RANK")
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
+
+
+def all_reduce_mean(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= env.world_size
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def load_training_items(path: str | os.PathLike | None, need_labels: bool) -> tuple[list[LabelledImage], list[str]]:
+    """A 'path,label' CSV or an ImageFolder tree; without ``need_labels`` also a flat image folder."""
+    if not path:
+        raise ClipimoError("no training images given: pass --data CSV_OR_FOLDER (or 'data:' in the config file)")
+    source = Path(path)
+    if source.is_dir():
+        has_classes = any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(source))
+        if has_classes or need_labels:
+            return read_image_folder(source)
+        files = sorted(str(source.resolve() / n) for n in os.listdir(source) if is_image_file(n))
+        if not files:
+            raise ClipimoError(f"{source}: no image files")
+        return [LabelledImage(f, 0) for f in files], ["unlabelled"]
+    if source.is_file():
+        return read_csv_list(source, verify_files=True)
+    raise ClipimoError(f"--data {source}: no such CSV file or folder")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Augmentation seed of one sample in one epoch (independent of rank and batch layout)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class ImageDataset(Dataset):
+    """Items keyed by ``(index, sample_seed)``: the transform runs under that seed (torch RNG,
+    forked so the caller's RNG stream is untouched)."""
+
+    def __init__(self, items: Sequence[LabelledImage], transform: Callable):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        item = self.items[index]
+        try:
+            with Image.open(item.path) as img:
+                img = img.convert("RGB")
+        except Exception as err:  # PIL raises many types
+            raise ClipimoError(f"cannot read training image {item.path}: {err}") from err
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.transform(img)
+        return out, item.label
+
+
+class EpochBatches:
+    """Seeded per-epoch order, split into global steps and, within a step, across ranks."""
+
+    def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 drop_last: bool = False):
+        self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
+        self.seed, self.drop_last = seed, drop_last
+        self.global_batch = batch_size * world_size
+        if n == 0:
+            raise ClipimoError("the training set is empty")
+        if drop_last:
+            self.steps_per_epoch = n // self.global_batch
+            if self.steps_per_epoch == 0:
+                raise ClipimoError(
+                    f"{n} training images give no full global batch of {self.global_batch} "
+                    f"({batch_size} x {world_size} processes); lower --batch-size or pass --no-drop-last"
+                )
+        else:
+            self.steps_per_epoch = math.ceil(math.ceil(n / world_size) * world_size / self.global_batch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        perm = np.random.default_rng([int(self.seed), int(epoch), 0x5EED]).permutation(self.n)
+        if self.drop_last:
+            return perm[: self.steps_per_epoch * self.global_batch]
+        total = math.ceil(self.n / self.world_size) * self.world_size
+        return np.concatenate([perm, perm[: total - self.n]])  # like DistributedSampler's padding
+
+    def batches(self, epoch: int, start_step: int = 0) -> list[list[tuple[int, int]]]:
+        order = self.order(epoch)
+        out = []
+        for step in range(start_step, self.steps_per_epoch):
+            chunk = order[step * self.global_batch:(step + 1) * self.global_batch][self.rank::self.world_size]
+            out.append([(int(i), sample_seed(self.seed, epoch, int(i))) for i in chunk])
+        return out
+
+
+def default_workers(device: torch.device, world_size: int) -> int:
+    if device.type != "cuda":
+        return 0
+    per_process = (os.cpu_count() or 1) // max(world_size, 1)
+    return max(0, min(8, per_process - 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints: safetensors tensors + JSON metadata, no pickle
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str = "optim.") -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{idx}.{key}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+                      prefix: str = "optim.") -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix):
+            idx, key = name[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    blob = safetensors_save(tensors, metadata={"clipimo_checkpoint": json.dumps(meta, sort_keys=True)})
+    _io.write_bytes(path, blob)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("clipimo_checkpoint")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise ClipimoError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
+    if raw is None:
+        raise ClipimoError(f"{path} is not a clipimo training checkpoint (no 'clipimo_checkpoint' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
+        raise ClipimoError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}")
+    return tensors, meta
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    pointer = Path(out) / CHECKPOINT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    name = json.loads(pointer.read_text())["checkpoint"]
+    path = pointer.parent / name
+    if not path.is_file():
+        raise ClipimoError(f"{pointer} points at {name}, which is missing; pass --resume FILE or --resume none")
+    return path
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+
+
+class MetricsLog:
+    """JSONL, one object per logged step; on resume the lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            _io.write_text(path, "")
+        elif path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            _io.write_text(path, "".join(line + "\n" for line in kept))
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" or "stopped" (max_steps reached)
+    step: int
+    total_steps: int
+    out: Path
+    export_path: Path | None
+    last_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+class Trainer:
+    """Build the backbone with adapters, the method's trainable module and optimiser; run the loop.
+
+    Subclasses implement ``build`` (head, ``self.student``, ``self.optimizer``, ``self.transform``),
+    ``train_step`` and optionally ``extra_state`` / ``load_extra_state`` / ``export_module``.
+    """
+
+    method = "base"
+    need_labels = True
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv | None = None, backbone: Backbone | None = None):
+        self.cfg = cfg
+        self.env = env or setup_distributed(cfg.device)
+        self.device = self.env.device
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.out = Path(cfg.out)
+        self.items, self.classnames = load_training_items(cfg.data, self.need_labels)
+        self.backbone = backbone or load_clip(cfg.model, cfg.pretrained, device=self.device)
+        if self.backbone.random_init and self.env.is_main:
+            print(f"WARNING: {RANDOM_INIT_WARNING}", flush=True)
+        self.model = self.backbone.model.to(self.device)
+        torch.manual_seed(cfg.seed)  # adapter and head init: identical on every rank
+        add_adapters(self.model, cfg.bottleneck, cfg.scale, cfg.dropout, cfg.init)
+        self.student: nn.Module
+        self.optimizer: torch.optim.Optimizer
+        self.transform: Callable
+        self.build()
+        self.student.to(self.device)
+        self.batches = EpochBatches(len(self.items), cfg.batch_size, self.env.world_size, self.env.rank,
+                                    cfg.seed, cfg.drop_last)
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.after_build()
+        self.dataset = ImageDataset(self.items, self.transform)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(self.device, self.env.world_size)
+        self.ddp_student = self._wrap(self.student)
+        torch.manual_seed(cfg.seed + 1_000_003 * (1 + self.env.rank))  # dropout stream, per rank
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+
+    # -- subclass hooks ------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def after_build(self) -> None:
+        """Called once steps_per_epoch / total_steps are known (schedules)."""
+
+    def train_step(self, batch: Any, step: int, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One optimisation step; returns (tensor metrics averaged over logging, scalar settings)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def export_module(self) -> nn.Module:
+        """The image tower whose adapters are exported."""
+        return self.model.visual
+
+    def export_info(self) -> dict[str, Any]:
+        return {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not self.env.distributed:
+            return module
+        frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+        frozen += [n for n, _ in module.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
+        return DistributedDataParallel(
+            module,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+
+    def own_state(self) -> dict[str, torch.Tensor]:
+        """Adapter and head tensors of the student (everything that is not frozen CLIP)."""
+        return {n: t for n, t in self.student.state_dict().items()
+                if ".adapter." in n or n.startswith("head.")}
+
+    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.batches.batches(epoch, start_step),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            # its own generator: creating an iterator must not draw from the global RNG (dropout)
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "total_steps": self.total_steps,
+            "world_size": self.env.world_size,
+            "config": self.cfg.to_dict(),
+            "backbone": self.backbone.identity,
+            "n_images": len(self.items),
+            "classnames": self.classnames if self.need_labels else None,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        states = [rng_state(self.device)]
+        if self.env.distributed:
+            gathered: list[Any] = [None] * self.env.world_size
+            dist.all_gather_object(gathered, {k: v.cpu() for k, v in states[0].items()})
+            states = gathered
+        if not self.env.is_main:
+            return None
+        tensors = {f"model.{k}": v for k, v in self.own_state().items()}
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
+        tensors.update(opt_tensors)
+        tensors.update(self.extra_state())
+        for r, st in enumerate(states):
+            for kind, t in st.items():
+                tensors[f"rng.{kind}.{r}"] = t
+        meta = {**self.checkpoint_meta(), "optimizer": opt_meta}
+        folder = self.out / CHECKPOINT_DIR
+        name = f"step_{self.step:08d}.safetensors"
+        write_checkpoint(folder / name, tensors, meta)
+        _io.write_json(folder / LATEST, {"checkpoint": name, "step": self.step, "epoch": self.epoch,
+                                         "step_in_epoch": self.step_in_epoch})
+        old = sorted(folder.glob("step_*.safetensors"))[: -self.cfg.keep_checkpoints]
+        for path in old:
+            if path.name != name:
+                path.unlink(missing_ok=True)
+        return folder / name
+
+    def _resume_source(self) -> Path | None:
+        choice = (self.cfg.resume or "auto").strip()
+        if choice.lower() == "none":
+            return None
+        if choice.lower() == "auto":
+            return latest_checkpoint(self.out)
+        return Path(choice)
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, meta = read_checkpoint(path)
+        if meta["method"] != self.method:
+            raise ClipimoError(f"checkpoint {path} is from `train {meta['method']}`, not `train {self.method}`")
+        if meta["world_size"] != self.env.world_size:
+            raise ClipimoError(
+                f"checkpoint {path} was written by {meta['world_size']} process(es), this run has "
+                f"{self.env.world_size}: the data order depends on it, resume with the same count"
+            )
+        ours, theirs = self.cfg.to_dict(), meta["config"]
+        diff = sorted(k for k in set(ours) | set(theirs)
+                      if k not in RUN_CONTROL_FIELDS and ours.get(k) != theirs.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in diff)
+            raise ClipimoError(
+                f"cannot resume from {path}: settings differ ({detail}). Use the run's settings "
+                f"(--config {self.out / 'config.yaml'}) or --resume none to start afresh"
+            )
+        if meta["n_images"] != len(self.items):
+            raise ClipimoError(f"checkpoint {path} was trained on {meta['n_images']} images, --data now lists "
+                               f"{len(self.items)}: the data order would change")
+        if meta["backbone"].get("weights") != self.backbone.identity.get("weights"):
+            raise ClipimoError(f"checkpoint {path} was trained on weights {meta['backbone'].get('weights')}, "
+                               f"this backbone has {self.backbone.identity.get('weights')}")
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        expected = set(self.own_state())
+        if set(model_state) != expected:
+            raise ClipimoError(f"checkpoint {path} does not fit this model "
+                               f"(missing {sorted(expected - set(model_state))[:3]}, "
+                               f"unexpected {sorted(set(model_state) - expected)[:3]})")
+        self.student.load_state_dict(model_state, strict=False)
+        restore_optimizer(self.optimizer, tensors, meta["optimizer"])
+        self.load_extra_state(tensors)
+        rng = {kind: tensors[f"rng.{kind}.{self.env.rank}"] for kind in ("cpu", "cuda")
+               if f"rng.{kind}.{self.env.rank}" in tensors}
+        set_rng_state(rng, self.device)
+        self.step, self.epoch, self.step_in_epoch = meta["step"], meta["epoch"], meta["step_in_epoch"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, env = self.cfg, self.env
+        source = self._resume_source()
+        resumed = source is not None
+        if resumed:
+            self.load_checkpoint(source)
+            if env.is_main:
+                print(f"resuming from {source} (step {self.step}/{self.total_steps})", flush=True)
+        if env.is_main:
+            # the run's settings, reusable as --config to continue it (hence no max_steps / resume)
+            recorded = {**cfg.to_dict(), "max_steps": None, "resume": "auto"}
+            _io.write_text(self.out / "config.yaml",
+                           yaml.safe_dump({"method": self.method, **recorded}, sort_keys=False))
+        log = MetricsLog(self.out / METRICS, self.step if resumed else None) if env.is_main else None
+        history: list[dict[str, Any]] = []
+        pbar = None
+        if env.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+            pbar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.method}", unit="step",
+                        dynamic_ncols=True)
+        acc: dict[str, torch.Tensor] = {}
+        acc_steps, acc_images = 0, 0
+        t_last = time.perf_counter()
+        last: dict[str, Any] = {}
+        stopped = cfg.max_steps is not None and self.step >= cfg.max_steps and self.step < self.total_steps
+        self.student.train()
+        try:
+            while self.epoch < cfg.epochs and not stopped:
+                epoch = self.epoch
+                self.on_epoch_start(epoch)
+                for batch in self._loader(epoch, self.step_in_epoch):
+                    metrics, settings = self.train_step(batch, self.step, epoch)
+                    n_images = len(batch[1]) * env.world_size
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    epoch_end = self.step_in_epoch == self.steps_per_epoch
+                    if epoch_end:
+                        self.epoch, self.step_in_epoch = epoch + 1, 0
+                    for k, v in metrics.items():
+                        acc[k] = acc.get(k, 0) + v.detach().float()
+                    acc_steps += 1
+                    acc_images += n_images
+                    if self.step % cfg.log_every == 0 or epoch_end or self.step == cfg.max_steps:
+                        means = {k: float(all_reduce_mean(v / acc_steps, env)) for k, v in acc.items()}
+                        if not all(math.isfinite(v) for v in means.values()):
+                            raise ClipimoError(f"training diverged at step {self.step}: {means}")
+                        now = time.perf_counter()
+                        record = {"step": self.step, "epoch": epoch, **means, **settings,
+                                  "images_per_s": acc_images / max(now - t_last, 1e-9),
+                                  "step_time_s": (now - t_last) / acc_steps}
+                        history.append(record)
+                        last = record
+                        if log:
+                            log.write(record)
+                        if pbar:
+                            pbar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
+                                              if k in ("loss", "acc", "lr", "images_per_s")})
+                        acc, acc_steps, acc_images, t_last = {}, 0, 0, time.perf_counter()
+                    if pbar:
+                        pbar.update(1)
+                    limit = cfg.max_steps is not None and self.step >= cfg.max_steps
+                    if epoch_end or limit or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                        self.save_checkpoint()
+                    if limit and self.step < self.total_steps:
+                        stopped = True
+                        break
+        finally:
+            if pbar:
+                pbar.close()
+            if log:
+                log.close()
+        export = None
+        if not stopped:
+            export = cfg.export_path
+            if env.is_main:
+                self.export(export)
+                print(f"wrote {export} ({self.method}, {self.step} steps)", flush=True)
+        elif env.is_main:
+            print(f"stopped at step {self.step}/{self.total_steps} (max_steps); run again to continue", flush=True)
+        env.barrier()
+        return TrainResult("stopped" if stopped else "finished", self.step, self.total_steps, self.out,
+                           export, last, history)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def export(self, path: str | os.PathLike) -> None:
+        module = self.export_module()
+        module.clipimo_identity = self.backbone.identity
+        info = {
+            "method": self.method,
+            "config": self.cfg.to_dict(),
+            "steps": self.step,
+            "epochs": self.cfg.epochs,
+            "world_size": self.env.world_size,
+            "global_batch": self.batches.global_batch,
+            "n_images": len(self.items),
+            "random_init_backbone": self.backbone.random_init,
+            **self.export_info(),
+        }
+        save_adapters(module, path, extra={"training": info})

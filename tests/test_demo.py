@@ -1,0 +1,40 @@
+import json
+
+from PIL import Image
+
+from clipimo.cli import main
+from clipimo.demo import POOL_PHOTOS, TASK_PHOTOS, TASK_SPLITS, build_demo_data
+
+
+def test_demo_data_is_deterministic_and_disjoint(tmp_path):
+    a = build_demo_data(tmp_path / "a", seed=3)
+    b = build_demo_data(tmp_path / "b", seed=3)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
+    assert len(files_a) == len(TASK_PHOTOS) * sum(TASK_SPLITS.values()) + len(POOL_PHOTOS) * 24
+    for rel in files_a[:5]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert not set(TASK_PHOTOS.values()) & set(POOL_PHOTOS.values())
+    assert sorted(p.name for p in (a["task"] / "train").iterdir()) == sorted(TASK_PHOTOS)
+    assert a["pool"].read_text().splitlines()[0] == "path,label"
+
+
+def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
+    report = (out / "report" / "report.md").read_text()
+    assert "RANDOM-INIT BACKBONE" in report
+    for method in ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo"):
+        assert f"| {method} " in report or f" {method} |" in report
+    linked = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert any("overlap" in p for p in linked) and any("acc_" in p for p in linked)
+    for rel in linked:
+        path = out / "report" / rel
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    results = json.loads((out / "results" / "results.json").read_text())
+    assert results["meta"]["random_init"] is True and len(results["cells"]) == 2
+    overlap = json.loads((out / "overlap" / "overlap.json").read_text())
+    assert 0 <= overlap["original"]["overlap"] <= 1 and 0 <= overlap["corrected"]["overlap"] <= 1
+    assert (out / "train" / "adapter.safetensors").is_file()

@@ -1,0 +1,121 @@
+"""Method building blocks: the KL term, rescaling, GDA's closed form, the registry, feature use."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from clipimo.errors import ClipimoError
+from clipimo.featurefile import synthetic_features
+from clipimo.methods import METHODS, parse_methods
+from clipimo.methods.cache import cache_logits, kl_divergence, rescale
+from clipimo.methods.common import Problem
+from clipimo.methods.gda import fit_gda
+from clipimo.search import Grid
+
+TINY_GRID = Grid(np.linspace(0, 20, 5), np.linspace(0, 20, 3), np.linspace(0, 30, 4))
+
+
+@pytest.fixture(scope="module")
+def feats():
+    return synthetic_features(num_classes=6, shots=4, n_val=23, n_test=19, dim=16, noise=3.0, seed=5)
+
+
+def direct_kl(query, keys, w):
+    p = torch.softmax(query.double() @ w.double() / 0.5, 1)
+    q = torch.softmax(keys.double() @ w.double() / 0.5, 1)
+    return (p[:, None, :] * (p.log()[:, None, :] - q.log()[None])).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 5, 100])
+def test_kl_chunks_equal_direct_formula_and_fill_every_row(feats, chunk_rows):
+    q, k, w = (torch.from_numpy(a) for a in (feats.val_feats, feats.cache_keys, feats.text_weights))
+    kl = kl_divergence(q, k, w, chunk_rows)  # 23 rows: the last chunk is partial for 5
+    assert kl.shape == (23, 24)
+    torch.testing.assert_close(kl.double(), direct_kl(q, k, w), atol=1e-5, rtol=1e-4)
+    assert bool((kl.abs().amax(1) > 0).all())  # no row skipped (the original left n mod 100 at zero)
+
+
+def test_rescale_maps_onto_target_range():
+    x = torch.tensor([[2.0, 4.0], [3.0, 6.0]])
+    lo, hi = torch.tensor(-0.5), torch.tensor(0.5)
+    r = rescale(x, x.amin(), x.amax(), lo, hi)
+    assert r.amin() == lo and r.amax() == hi
+    torch.testing.assert_close(r[1, 0], torch.tensor(-0.25))
+    assert bool((rescale(torch.ones(2, 2), torch.tensor(1.0), torch.tensor(1.0), lo, hi) == lo).all())
+
+
+def test_cache_logits_sums_exponentials_per_class():
+    a = torch.tensor([[1.0, 0.5, 0.0]])
+    onehot = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(cache_logits(1 - a, 2.0, onehot),
+                               torch.tensor([[1.0 + np.exp(-1.0), np.exp(-2.0)]], dtype=torch.float32))
+
+
+def test_gda_matches_paper_formula(feats):
+    keys, labels, c = feats.cache_keys.astype(np.float64), feats.cache_labels, feats.num_classes
+    mus = np.stack([keys[labels == i].mean(0) for i in range(c)])
+    centred = keys - mus[labels]
+    cov = np.cov(centred.T)
+    d = keys.shape[1]
+    cov_inv = d * np.linalg.pinv((len(keys) - 1) * cov + np.trace(cov) * np.eye(d))
+    want_w = cov_inv @ mus.T
+    want_b = np.log(1.0 / c) - 0.5 * np.einsum("nd,dc,nc->n", mus, cov_inv, mus)
+    w, b = fit_gda(torch.from_numpy(feats.cache_keys), torch.from_numpy(labels), c)
+    np.testing.assert_allclose(w.numpy(), want_w, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.numpy(), want_b, rtol=1e-4, atol=1e-4)
+
+
+def test_gda_needs_every_class_in_the_support():
+    keys = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    with pytest.raises(ClipimoError, match=r"class\(es\) \[2\]"):
+        fit_gda(keys, torch.tensor([0, 0, 1, 1]), 3)
+
+
+def test_registry_names_and_parsing():
+    assert set(METHODS) == {"zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo"}
+    assert parse_methods(" zs, tip ,zs") == ["zs", "tip"]
+    with pytest.raises(ClipimoError, match="tip-x"):
+        parse_methods("zs,tip-x")
+    with pytest.raises(ClipimoError):
+        parse_methods("")
+
+
+def test_zero_shot_accuracy(feats):
+    p = Problem.from_features(feats)
+    res = METHODS["zs"](p)
+    pred = (feats.test_feats @ feats.text_weights).argmax(1)
+    assert res.test_acc == pytest.approx(100.0 * (pred == feats.test_labels).mean())
+    assert res.hparams == {}
+
+
+def _perturbed(feats, stream: str):
+    """Copy of ``feats`` with the original or corrected query/key features scrambled."""
+    rng = np.random.default_rng(0)
+    changes = {}
+    for key in ("cache_keys", "val_feats", "test_feats"):
+        name = key if stream == "original" else f"{key}_corrected"
+        x = rng.standard_normal(getattr(feats, name).shape).astype(np.float32)
+        changes[name] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return dataclasses.replace(feats, **changes)
+
+
+@pytest.mark.parametrize("method", ["tip", "tipx", "gda"])
+def test_variants_use_the_right_stream(method):
+    from clipimo.methods import cache, gda
+
+    feats = synthetic_features(num_classes=6, shots=4, n_val=40, n_test=5, dim=16, noise=2.0, seed=6)
+    base = Problem.from_features(feats)
+    scrambled = Problem.from_features(_perturbed(feats, "corrected"))
+
+    def outcome(p, corrected):
+        if method == "gda":
+            return gda.run(p, corrected=corrected)
+        return cache.grid_counts(p, corrected, method == "tipx", TINY_GRID).tolist()
+
+    # Scrambling the corrected stream leaves the original variant untouched...
+    assert outcome(scrambled, False) == outcome(base, False)
+    # ...and changes the IMO variant.
+    assert outcome(scrambled, True) != outcome(base, True)

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from clipimo import add_adapters, load_clip, save_adapters
+from clipimo.cli import main
+from clipimo.errors import ClipimoError
+
+from conftest import TINY, make_images
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A 3-class custom task (train/val/test ImageFolder trees) and a random non-zero adapter."""
+    root = tmp_path_factory.mktemp("task")
+    for split, n in (("train", 4), ("val", 2), ("test", 3)):
+        for label, name in enumerate(["red", "green", "blue"]):
+            items = make_images(root / "raw" / split / name, 3 * n, seed=10 * label + len(split))
+            (root / "task" / split / name).mkdir(parents=True, exist_ok=True)
+            for i, it in enumerate(items):
+                if it.label == label:
+                    (root / "task" / split / name / f"{i}.png").write_bytes(open(it.path, "rb").read())
+    bb = load_clip(TINY)
+    add_adapters(bb.model)
+    with torch.no_grad():
+        for block in bb.model.visual.transformer.resblocks:
+            block.adapter.up.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    save_adapters(bb.model, root / "adapter.safetensors")
+    return root
+
+
+def _args(task, out, *extra):
+    return ["run", "--datasets", str(task / "task"), "--model", TINY, "--adapter", str(task / "adapter.safetensors"),
+            "--shots", "1,2", "--seeds", "1,2", "--augment-passes", "2", "--out", str(out),
+            "--cache-dir", str(task / "cache"), "--workers", "0", "--no-progress", *extra]
+
+
+def test_run_writes_tables_and_resumes(task, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(_args(task, out)) == 0
+    assert "RANDOM-INIT" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["cells"]) == 4 and results["meta"]["random_init"] is True
+    for cell in results["cells"]:
+        assert set(cell["methods"]) == {"zs", "tip", "tip-imo", "tipx", "tipx-imo"}
+        assert cell["validation"]["protocol"] == "full" and not cell["validation"]["tuned_on_test"]
+        assert set(cell["methods"]["tipx-imo"]["hparams"]) == {"alpha", "beta", "gamma"}
+        assert 0 <= cell["methods"]["tip"]["test_acc"] <= 100
+    zs = {(c["shots"], c["seed"]): c["methods"]["zs"]["test_acc"] for c in results["cells"]}
+    assert len(set(zs.values())) == 1  # zero-shot ignores the support set
+    md = (out / "results.md").read_text()
+    assert "RANDOM-INIT" in md and "### 2 shots" in md and " ± " in md
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 4 * 5
+    assert len(list((out / "supports").glob("*.json"))) == 4
+
+    # resume: finished cells are skipped; a lost cell is recomputed from cached features only
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    lost = sorted(stamp)[0]
+    (out / "cells" / lost).unlink()
+    assert main(_args(task, out)) == 0
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert {k for k in stamp if now[k] != stamp[k]} == {lost}
+    again = json.loads((out / "results.json").read_text())
+    assert [c["methods"] for c in again["cells"]] == [c["methods"] for c in results["cells"]]
+
+
+def test_run_refuses_mixed_configuration_and_missing_adapter(task, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(_args(task, out, "--methods", "zs,tip")) == 0
+    assert main(_args(task, out, "--methods", "zs,tip", "--augment-passes", "3")) == 2
+    assert "another configuration (differs in: augment_passes)" in capsys.readouterr().err
+    with pytest.raises(ClipimoError, match="need an IMO adapter"):
+        args = [a for a in _args(task, tmp_path / "b") if a not in ("--adapter", str(task / "adapter.safetensors"))]
+        main(["--traceback", *args])
+
+
+def test_yaml_config_and_test_tuning_flag(task, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"datasets: [{task / 'task'}]\nshots: [1]\nseeds: [3]\nmethods: zs,tip\nvalidation: test\nmodel: {TINY}\n")
+    base = ["run", "--config", str(cfg), "--out", str(tmp_path / "r"), "--cache-dir", str(task / "cache"), "--workers", "0", "--no-progress"]
+    assert main(base) == 2  # test tuning needs the explicit flag
+    assert main(base + ["--allow-test-tuning"]) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["meta"]["tuned_on_test"] is True
+    assert "TUNED ON THE TEST SPLIT" in (tmp_path / "r" / "results.md").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [x]\nshotz: [1]\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2

@@ -1,0 +1,182 @@
+"""The vectorised search must choose exactly what a per-point loop chooses, ties included."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipimo.featurefile import synthetic_features
+from clipimo.methods import gda, tip, tipx
+from clipimo.methods.cache import grid_counts, kl_divergence, rescale
+from clipimo.methods.common import Problem
+from clipimo.search import PAPER_GRID, Grid, count_correct, first_best
+
+SMALL_GRID = Grid(np.linspace(0, 20, 21), np.linspace(0, 20, 5), np.linspace(0, 30, 7))
+
+
+def naive_counts(z, e, y, alphas, rl=None, gammas=(0.0,)):
+    """The obvious loop: full logits at each point, argmax (first maximum), count hits."""
+    out = np.zeros((len(alphas), len(gammas)), dtype=np.int64)
+    for i, alpha in enumerate(alphas):
+        for j, gamma in enumerate(gammas):
+            if rl is None:
+                logits = z + float(alpha) * e
+            else:
+                logits = z + float(gamma) * rl + float(alpha) * e
+            out[i, j] = int((logits.argmax(1) == y).sum())
+    return out
+
+
+def tie_heavy(n=60, c=7, seed=0, step=0.25):
+    """Quantised terms (exact float sums) so that many classes tie exactly at many points."""
+    g = torch.Generator().manual_seed(seed)
+    z, e, rl = (torch.randint(-4, 5, (n, c), generator=g).float() * step for _ in range(3))
+    z[:, 3] = z[:, 1]  # identical classes: always tied, the lower index must win
+    e[:, 3], rl[:, 3] = e[:, 1], rl[:, 1]
+    z[n // 2:], e[n // 2:], rl[n // 2:] = z[: n - n // 2], e[: n - n // 2], rl[: n - n // 2]  # duplicate queries
+    y = torch.randint(0, c, (n,), generator=g)
+    y[::5] = 3  # labels on the losing side of the exact tie
+    return z, e, rl, y
+
+
+def near_ties(n=50, c=5, seed=1):
+    """Continuous terms with pairs of classes crossing between grid points, within rounding."""
+    g = torch.Generator().manual_seed(seed)
+    z, e, rl = (torch.randn(n, c, generator=g) for _ in range(3))
+    alpha0 = torch.tensor(np.linspace(0, 20, 200)[::7][1:], dtype=torch.float32)[torch.arange(n) % 28]
+    e[:, 2] = e[:, 1] * (1 + 1e-6)
+    z[:, 2] = z[:, 1] - alpha0 * (e[:, 2] - e[:, 1])  # classes 1 and 2 cross near alpha0
+    y = torch.where(torch.arange(n) % 2 == 0, 1, 2)
+    return z, e, rl, y
+
+
+@pytest.mark.parametrize("make", [tie_heavy, near_ties])
+def test_count_correct_matches_loop(make):
+    z, e, rl, y = make()
+    alphas, gammas = np.linspace(0, 20, 200), np.linspace(0, 30, 13)
+    assert np.array_equal(count_correct(z, e, y, alphas).numpy(), naive_counts(z, e, y, alphas))
+    got = count_correct(z, e, y, alphas, rl, gammas, budget=500).numpy()  # many small groups
+    assert np.array_equal(got, naive_counts(z, e, y, alphas, rl, gammas))
+
+
+@pytest.mark.parametrize("make", [tie_heavy, near_ties])
+def test_count_correct_matches_loop_on_signed_grids(make):
+    z, e, rl, y = make(seed=4)
+    alphas, gammas = np.linspace(-3, 7, 41), np.linspace(-2, 2, 9)
+    got = count_correct(z, e, y, alphas, rl, gammas, budget=1)  # one query per group
+    assert np.array_equal(got.numpy(), naive_counts(z, e, y, alphas, rl, gammas))
+
+
+def test_tie_fixture_really_ties():
+    z, e, rl, y = tie_heavy()
+    logits = z + 2.0 * e
+    tied = (logits == logits.max(1, keepdim=True).values).sum(1) > 1
+    assert tied.sum() >= 8
+    counts = naive_counts(z, e, y, np.linspace(0, 20, 200))
+    assert len(np.unique(counts)) < len(counts) / 4  # many grid points share an accuracy
+
+
+def test_first_best_takes_first_in_alpha_beta_gamma_order():
+    counts = np.zeros((3, 4, 5), dtype=np.int64)
+    counts[2, 0, 0] = counts[1, 3, 4] = counts[1, 3, 2] = 7
+    assert first_best(counts) == (1, 3, 2)
+    assert first_best(torch.tensor([1, 5, 5])) == (1,)
+
+
+def tie_problem(seed=0, n_val=14, n_test=11, classes=5, shots=3, dim=16) -> Problem:
+    """Few, duplicated queries and two indistinguishable classes (1 and 2)."""
+    f = synthetic_features(classes, shots, n_val, n_test, dim, noise=3.0, seed=seed)
+    arrays = {k: v.copy() for k, v in vars(f).items()}
+    arrays["text_weights"][:, 2] = arrays["text_weights"][:, 1]
+    for key in ("cache_keys", "cache_keys_corrected"):
+        arrays[key][arrays["cache_labels"] == 2] = arrays[key][arrays["cache_labels"] == 1]
+    for split in ("val", "test"):
+        for key in (f"{split}_feats", f"{split}_feats_corrected"):
+            arrays[key][1::3] = arrays[key][0::3][: len(arrays[key][1::3])]
+        labels = arrays[f"{split}_labels"]
+        labels[1::3] = labels[0::3][: len(labels[1::3])]
+        labels[np.flatnonzero(labels == 1)[::2]] = 2
+        labels[::4] = 2
+    return Problem.from_features(type(f)(**arrays))
+
+
+def naive_cache_search(p: Problem, corrected: bool, with_kl: bool, grid: Grid):
+    """Per-point loop over the grid from precomputed A (and R); returns (counts, best, test hits)."""
+
+    def terms(split):
+        z = 100.0 * (split.feats @ p.text_weights)
+        a = split.query(corrected) @ p.keys(corrected).T
+        r = None
+        if with_kl:
+            kl = kl_divergence(split.feats, p.cache_keys, p.text_weights)
+            r = rescale(kl, kl.amin(), kl.amax(), a.amin(), a.amax())
+        return z, a, r
+
+    def hits(split, z, a, r, alpha, beta, gamma):
+        e = torch.exp(-beta * (1 - a)) @ p.cache_onehot
+        logits = z + alpha * e if r is None else z + gamma * ((-r) @ p.cache_onehot) + alpha * e
+        return int((logits.argmax(1) == split.labels).sum())
+
+    gammas = grid.gammas if with_kl else [0.0]
+    counts = np.zeros((len(grid.alphas), len(grid.betas), len(gammas)), dtype=np.int64)
+    best, best_at = -1, None
+    z, a, r = terms(p.val)
+    for i, alpha in enumerate(grid.alphas):
+        for j, beta in enumerate(grid.betas):
+            for k, gamma in enumerate(gammas):
+                counts[i, j, k] = hits(p.val, z, a, r, float(alpha), float(beta), float(gamma))
+                if counts[i, j, k] > best:
+                    best, best_at = counts[i, j, k], (i, j, k)
+    i, j, k = best_at
+    test = hits(p.test, *terms(p.test), float(grid.alphas[i]), float(grid.betas[j]), float(gammas[k]))
+    return counts, best_at, test
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+@pytest.mark.parametrize("method", [tip, tipx])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cache_methods_match_naive_loop(method, corrected, seed):
+    p = tie_problem(seed)
+    with_kl = method is tipx
+    counts, (i, j, k), test_hits = naive_cache_search(p, corrected, with_kl, SMALL_GRID)
+    assert np.array_equal(grid_counts(p, corrected, with_kl, SMALL_GRID), counts)
+    res = method.run(p, corrected=corrected, grid=SMALL_GRID)
+    want = {"alpha": SMALL_GRID.alphas[i], "beta": SMALL_GRID.betas[j]}
+    if with_kl:
+        want["gamma"] = SMALL_GRID.gammas[k]
+    assert res.hparams == want
+    assert res.val_acc == 100.0 * counts[i, j, k] / len(p.val.labels)
+    assert res.test_acc == 100.0 * test_hits / len(p.test.labels)
+
+
+def test_tip_paper_grid_matches_naive_loop():
+    p = tie_problem(2, n_val=9)
+    counts, best, _ = naive_cache_search(p, True, False, PAPER_GRID)
+    got = grid_counts(p, True, False, PAPER_GRID)
+    assert np.array_equal(got, counts)
+    assert first_best(got) == best
+    assert (counts == counts[best]).sum() > 1  # the tie rule was exercised
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_chunked_terms_give_the_same_counts(with_kl):
+    p = Problem.from_features(synthetic_features(6, 4, 23, 5, 16, noise=3.0, seed=3))
+    whole = grid_counts(p, True, with_kl, SMALL_GRID)
+    assert np.array_equal(grid_counts(p, True, with_kl, SMALL_GRID, chunk_rows=5), whole)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_gda_matches_naive_loop(corrected):
+    p = tie_problem(4)
+    weight, bias = gda.fit_gda(p.keys(corrected), p.cache_labels, p.num_classes)
+
+    def hits(split, alpha):
+        logits = 100.0 * (split.feats @ p.text_weights) + alpha * (split.query(corrected) @ weight + bias)
+        return int((logits.argmax(1) == split.labels).sum())
+
+    val = [hits(p.val, float(a)) for a in gda.GDA_ALPHAS]
+    best = int(np.argmax(val))
+    res = gda.run(p, corrected=corrected)
+    assert res.hparams == {"alpha": gda.GDA_ALPHAS[best]}
+    assert res.val_acc == 100.0 * val[best] / len(p.val.labels)
+    assert res.test_acc == 100.0 * hits(p.test, float(gda.GDA_ALPHAS[best])) / len(p.test.labels)
