@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "overlap",
     "report",
     "run",
+    "shift",
     "train",
 ]
 

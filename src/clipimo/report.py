@@ -74,6 +74,14 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return validate_results(_read_json(path, "results"), str(path))
 
 
+def load_shift(path: str | os.PathLike) -> dict[str, Any]:
+    """A shift.json written by ``clipimo shift``."""
+    record = _read_json(path, "shift")
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        raise ClipimoError(f"shift file {path}: expected a 'rows' list (written by 'clipimo shift')")
+    return record
+
+
 def load_overlap(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check an ``overlap.json`` written by ``clipimo overlap``."""
     record = _read_json(path, "overlap")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..backbone import RANDOM_INIT_WARNING
-from ..report import build_report, load_overlap, load_results
+from ..report import build_report, load_overlap, load_results, load_shift
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,12 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", required=True, help="results.json written by 'clipimo run'")
     p.add_argument("--overlap", nargs="+", default=[], metavar="OVERLAP_JSON",
                    help="overlap.json file(s) written by 'clipimo overlap' to include")
+    p.add_argument("--shift", default=None, metavar="SHIFT_JSON", help="shift.json written by 'clipimo shift' to include")
     p.add_argument("--out", required=True, help="output folder (report.md, plots/)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     results = load_results(args.results)
+    if args.shift:
+        results["shift"] = load_shift(args.shift)
     overlaps = [(str(path), load_overlap(path)) for path in args.overlap]
     path = build_report(results, args.out, overlaps, results_path=str(args.results))
     if results["meta"].get("random_init"):

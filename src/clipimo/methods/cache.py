@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..search import PAPER_GRID, Grid, affine_logits, count_correct, first_best
-from .common import MethodResult, Problem, Split, chunks, percent, zeroshot_logits
+from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
 
 KL_TEMPERATURE = 0.5
 
@@ -100,15 +100,18 @@ def grid_counts(problem: Problem, corrected: bool, with_kl: bool, grid: Grid = P
     return counts.cpu().numpy()
 
 
-def hits_at(problem: Problem, split: Split, corrected: bool, with_kl: bool, alpha: float,
-            beta: float, gamma: float = 0.0, chunk_rows: int | None = None) -> int:
-    """Top-1 hits on ``split`` at one grid point (the per-point computation the search matches)."""
-    hits = 0
+def logits(problem: Problem, split: Split, corrected: bool, with_kl: bool, alpha: float, beta: float,
+           gamma: float = 0.0, chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, logits)`` chunks at one grid point (the per-point computation the search matches)."""
     for t in split_terms(problem, split, corrected, with_kl, chunk_rows):
         e = cache_logits(t.distance, beta, problem.cache_onehot)
-        pred = affine_logits(t.z, e, alpha, t.rl, gamma).argmax(1)
-        hits += int((pred == split.labels[t.rows]).sum())
-    return hits
+        yield t.rows, affine_logits(t.z, e, alpha, t.rl, gamma)
+
+
+def hits_at(problem: Problem, split: Split, corrected: bool, with_kl: bool, alpha: float,
+            beta: float, gamma: float = 0.0, chunk_rows: int | None = None) -> int:
+    """Top-1 hits on ``split`` at one grid point."""
+    return count_hits(logits(problem, split, corrected, with_kl, alpha, beta, gamma, chunk_rows), split.labels)
 
 
 def run(problem: Problem, corrected: bool, with_kl: bool, grid: Grid = PAPER_GRID,

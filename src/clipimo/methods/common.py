@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -83,6 +83,19 @@ def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]
 def zeroshot_logits(problem: Problem, feats: torch.Tensor) -> torch.Tensor:
     """``Z = 100 f W`` on ORIGINAL features (every method keeps this term)."""
     return 100.0 * (feats @ problem.text_weights)
+
+
+def count_hits(logit_chunks: Iterable[tuple[slice, torch.Tensor]], labels: torch.Tensor,
+               classes: Sequence[int] | None = None) -> int:
+    """Top-1 hits over ``(rows, logits)`` chunks (argmax ties to the lowest class). With ``classes``
+    the logits are restricted to those columns and ``labels`` index into ``classes``."""
+    cols = None if classes is None else torch.as_tensor(list(classes), device=labels.device)
+    hits = 0
+    for rows, logits in logit_chunks:
+        if cols is not None:
+            logits = logits[:, cols]
+        hits += int((logits.argmax(1) == labels[rows]).sum())
+    return hits
 
 
 def percent(hits: int, n: int) -> float:

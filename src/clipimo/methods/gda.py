@@ -12,13 +12,14 @@ features for the GDA term; ``Z`` always uses original features.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from ..errors import ClipimoError
 from ..search import affine_logits, count_correct, first_best
-from .common import MethodResult, Problem, Split, chunks, percent, zeroshot_logits
+from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
 
 # The paper's search values: 1e-4 ... 1e4.
 GDA_ALPHAS = np.array([10.0 ** i for i in range(-4, 5)])
@@ -52,6 +53,14 @@ def _terms(problem: Problem, split: Split, corrected: bool, weight, bias, chunk_
         yield rows, zeroshot_logits(problem, split.feats[rows]), gda_logits
 
 
+def logits(problem: Problem, split: Split, corrected: bool, alpha: float, fitted: tuple | None = None,
+           chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, Z + alpha * GDA)`` chunks; ``fitted`` is ``fit_gda``'s output when already at hand."""
+    weight, bias = fitted or fit_gda(problem.keys(corrected), problem.cache_labels, problem.num_classes)
+    for rows, z, g in _terms(problem, split, corrected, weight, bias, chunk_rows):
+        yield rows, affine_logits(z, g, alpha)
+
+
 def run(problem: Problem, corrected: bool = False, alphas: np.ndarray = GDA_ALPHAS,
         chunk_rows: int | None = None) -> MethodResult:
     """Search alpha on val; hparams ``{"alpha"}``."""
@@ -61,10 +70,8 @@ def run(problem: Problem, corrected: bool = False, alphas: np.ndarray = GDA_ALPH
         counts += count_correct(z, g, problem.val.labels[rows], alphas)[:, 0]
     (best,) = first_best(counts)
     alpha = float(alphas[best])
-    test_hits = 0
-    for rows, z, g in _terms(problem, problem.test, corrected, weight, bias, chunk_rows):
-        pred = affine_logits(z, g, alpha).argmax(1)
-        test_hits += int((pred == problem.test.labels[rows]).sum())
+    test_hits = count_hits(logits(problem, problem.test, corrected, alpha, (weight, bias), chunk_rows),
+                           problem.test.labels)
     return MethodResult(val_acc=percent(int(counts[best]), problem.val.labels.shape[0]),
                         test_acc=percent(test_hits, problem.test.labels.shape[0]),
                         hparams={"alpha": alpha})

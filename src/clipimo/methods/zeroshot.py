@@ -1,15 +1,21 @@
 """Zero-shot CLIP: ``Z = 100 f W`` on original features, nothing to search."""
 from __future__ import annotations
 
-from .common import MethodResult, Problem, Split, chunks, percent, zeroshot_logits
+from typing import Iterator
+
+import torch
+
+from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
+
+
+def logits(problem: Problem, split: Split, chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, Z)`` chunks of ``split``."""
+    for rows in chunks(split.labels.shape[0], problem.num_classes, chunk_rows):
+        yield rows, zeroshot_logits(problem, split.feats[rows])
 
 
 def _hits(problem: Problem, split: Split, chunk_rows: int | None) -> int:
-    hits = 0
-    for rows in chunks(split.labels.shape[0], problem.num_classes, chunk_rows):
-        pred = zeroshot_logits(problem, split.feats[rows]).argmax(1)
-        hits += int((pred == split.labels[rows]).sum())
-    return hits
+    return count_hits(logits(problem, split, chunk_rows), split.labels)
 
 
 def run(problem: Problem, chunk_rows: int | None = None) -> MethodResult:

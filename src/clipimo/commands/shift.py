@@ -1,0 +1,37 @@
+"""``clipimo shift``: ImageNet few-shot cache + tuned hyper-parameters applied to ImageNet-V2/-Sketch/-A/-R."""
+from __future__ import annotations
+
+import argparse
+
+from ..data import SHIFT_SETS
+from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, RunConfig, as_list
+from ..shift import run_shift, shift_markdown
+from .features import add_backbone_args, add_extractor_args, make_extractor
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shift", help="distribution shift: ImageNet cache and hyper-parameters on ImageNet-V2/-Sketch/-A/-R")
+    p.add_argument("--root", required=True, help="folder holding imagenet/ and the shift sets (CoOp layout)")
+    p.add_argument("--targets", default=",".join(SHIFT_SETS), help=f"comma-separated (default {','.join(SHIFT_SETS)})")
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--validation", choices=["heldout", "test"], default=None,
+                   help="ImageNet tuning set (default heldout: carved from train, disjoint from the support)")
+    p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (what the paper did; recorded)")
+    p.add_argument("--augment-passes", type=int, default=10)
+    p.add_argument("--out", required=True, help="folder for shift.json and shift.md")
+    add_backbone_args(p)
+    add_extractor_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=as_list(args.seeds, int),
+                    methods=as_list(args.methods), validation=args.validation,
+                    allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes)
+    result = run_shift(cfg, make_extractor(args), args.out, targets=as_list(args.targets), device=args.device,
+                       progress=not args.no_progress)
+    print(shift_markdown(result))
+    print(f"wrote {args.out}/shift.json and shift.md (add it to a report: clipimo report --shift {args.out}/shift.json)")
+    return 0

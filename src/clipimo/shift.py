@@ -1,0 +1,97 @@
+"""Distribution shift (§7): an ImageNet few-shot cache and its tuned hyper-parameters, applied unchanged
+to ImageNet-V2, -Sketch, -A and -R (logits restricted to the target's classes, 200 for -A and -R)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__, _io
+from .backbone import RANDOM_INIT_WARNING
+from .data import SHIFT_SETS, load_dataset
+from .errors import ClipimoError
+from .evaluate import evaluate_features, resolve_device
+from .features import FeatureExtractor
+from .methods.common import Problem, Split
+from .methods.predict import accuracy_at
+from .report import md_table
+from .runner import RunConfig, cell_features
+
+SOURCE = "ImageNet"
+
+
+def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
+              device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Tune every method on the ImageNet cell of each seed in ``cfg`` (one shot count), score the targets.
+
+    Writes ``out/shift.json`` (per-seed and mean rows) and ``out/shift.md``; returns the record.
+    """
+    if len(cfg.shots) != 1:
+        raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
+    imo = [m for m in cfg.methods if m.endswith("-imo")]
+    if imo and extractor.adapter_hash is None:
+        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
+    out, dev = Path(out), resolve_device(device)
+    source = load_dataset(SOURCE, cfg.root)
+    shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
+    if extractor.backbone.random_init:
+        print(f"WARNING: {RANDOM_INIT_WARNING}")
+    per_seed: list[dict[str, Any]] = []
+    records = []
+    for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress):
+        feats, record = cell_features(extractor, source, cfg.shots[0], seed, cfg, out / "supports")
+        records.append(record)
+        tuned = evaluate_features(feats, cfg.methods, device=dev)
+        problem = Problem.from_features(feats, dev)
+        per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
+                     for m, r in tuned.items()]
+        for target in shifted:
+            tf = extractor.image_features(target.test, desc=f"{target.name} test")
+            corrected = tf.corrected if tf.corrected is not None else tf.original
+            split = Split(tf.original.to(dev), corrected.to(dev), tf.labels.to(dev))
+            for m, r in tuned.items():
+                acc = accuracy_at(problem, split, m, r["hparams"], classes=target.imagenet_classes)
+                per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc, "hparams": r["hparams"]})
+    rows = []
+    for target in [SOURCE] + [t.name for t in shifted]:
+        for m in cfg.methods:
+            accs = [r["test_acc"] for r in per_seed if r["target"] == target and r["method"] == m]
+            rows.append({"target": target, "method": m, "test_acc": float(np.mean(accs)),
+                         "std": float(np.std(accs)), "n": len(accs)})
+    result = {
+        "source": SOURCE,
+        "shots": cfg.shots[0],
+        "seeds": cfg.seeds,
+        "rows": rows,
+        "per_seed": per_seed,
+        "validation": records,
+        "backbone": extractor.backbone.identity,
+        "random_init": extractor.backbone.random_init,
+        "adapter": None if extractor.adapter_hash is None else {"path": str(extractor.adapter_path),
+                                                               "sha256": extractor.adapter_hash},
+        "config": dataclasses.asdict(cfg),
+        "clipimo_version": __version__,
+    }
+    _io.write_json(out / "shift.json", result)
+    _io.write_text(out / "shift.md", shift_markdown(result))
+    return result
+
+
+def shift_markdown(result: dict[str, Any]) -> str:
+    """Methods x targets table, mean ± std over seeds."""
+    targets = list(dict.fromkeys(r["target"] for r in result["rows"]))
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    index = {(r["target"], r["method"]): r for r in result["rows"]}
+    lines = ["# Distribution shift", ""]
+    if result["random_init"]:
+        lines += [f"> **{RANDOM_INIT_WARNING}**", ""]
+    lines += [f"{result['source']} {result['shots']}-shot cache and hyper-parameters applied unchanged; "
+              f"top-1 test accuracy (%), mean ± std over seeds {', '.join(map(str, result['seeds']))}.", ""]
+    table = [[m] + [f"{index[(t, m)]['test_acc']:.2f} ± {index[(t, m)]['std']:.2f}" for t in targets] for m in methods]
+    lines += [md_table(["method"] + targets, table), ""]
+    return "\n".join(lines)
+
+
