@@ -22,6 +22,7 @@ import open_clip
 import torch
 from torch import nn
 
+from . import _io
 from .errors import ClipimoError
 
 RANDOM_INIT_SEED = 0
@@ -90,14 +91,6 @@ def resolve_model_name(name: str) -> str:
             "open_clip.list_models()) or a path to an open_clip model config .json"
         )
     return name
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -180,7 +173,7 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None, cache_dir: 
         file = _download_tag(name, text, tag_cfg, cache_dir)
         return file, tag_cfg, {"model": name, "weights": f"tag:{text}", "random_init": False}
     if path.is_file():
-        return str(path), {}, {"model": name, "weights": f"sha256:{_sha256_file(path)}", "random_init": False}
+        return str(path), {}, {"model": name, "weights": f"sha256:{_io.sha256_file(path)}", "random_init": False}
     if text.endswith(_WEIGHT_SUFFIXES) or os.sep in text:
         raise ClipimoError(f"pretrained weights file {path} does not exist")
     tags = open_clip.list_pretrained_tags_by_model(name)

@@ -112,18 +112,22 @@ def validate_features(arrays: Mapping[str, np.ndarray], source: str = "features"
     return FeatureSet(**out)
 
 
-def load_features(path: str | os.PathLike) -> FeatureSet:
-    """Read and validate a features ``.npz`` (no pickle)."""
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, refusing pickled objects, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise ClipimoError(f"{path}: features file not found")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ClipimoError(f"{path}: not a readable .npz features file without pickled objects "
                            f"({err})") from err
-    return validate_features(arrays, str(path))
+
+
+def load_features(path: str | os.PathLike) -> FeatureSet:
+    """Read and validate a features ``.npz`` (no pickle)."""
+    return validate_features(read_npz(path), str(path))
 
 
 def save_features(path: str | os.PathLike, feats: FeatureSet | Mapping[str, np.ndarray]) -> None:

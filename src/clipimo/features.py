@@ -41,14 +41,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CLIPIMO_CACHE", Path.home() / ".cache" / "clipimo"))
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _item_seed(seed: int, pass_index: int, path: str) -> int:
     """Augmentation seed of one image in one pass: independent of batching, sharding and workers."""
     blob = hashlib.sha256(f"{seed}:{pass_index}:{path}".encode()).digest()
@@ -107,7 +99,7 @@ class FeatureExtractor:
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
             load_adapters(backbone.model, adapter)
-            self.adapter_hash = _sha256_file(Path(adapter))
+            self.adapter_hash = _io.sha256_file(Path(adapter))
         elif has_adapters(backbone.model):
             raise ClipimoError("the backbone already carries adapters: pass the adapter file instead, so it can be hashed")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -103,6 +103,23 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std()) if len(arr) > 1 else 0.0
 
 
+def _aggregate(per: Mapping[tuple[str, int, str], Mapping[int, float]]) -> list[dict[str, Any]]:
+    """Rows of mean and population std over seeds per (dataset, shots, method), plus "average" rows
+    (with several datasets): per seed the mean over the datasets, then mean/std over the seeds they share."""
+    rows = []
+    for (ds, k, m), by_seed in per.items():
+        mean, std = _mean_std(list(by_seed.values()))
+        rows.append({"dataset": ds, "shots": k, "method": m, "mean": mean, "std": std, "n": len(by_seed)})
+    datasets = list(dict.fromkeys(ds for ds, _, _ in per))
+    for k, m in dict.fromkeys((k, m) for _, k, m in per):
+        per_ds = [per.get((ds, k, m), {}) for ds in datasets]
+        seeds = set.intersection(*(set(d) for d in per_ds)) if per_ds else set()
+        if len(datasets) > 1 and seeds:
+            mean, std = _mean_std([float(np.mean([d[s] for d in per_ds])) for s in sorted(seeds)])
+            rows.append({"dataset": "average", "shots": k, "method": m, "mean": mean, "std": std, "n": len(seeds)})
+    return rows
+
+
 def summarise(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and (population) std over seeds of test accuracy per dataset, shots and method, plus
     "average" rows: per seed the mean over the datasets that have it, then mean/std over seeds.
@@ -113,18 +130,7 @@ def summarise(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for cell in cells:
         for method, rec in cell["methods"].items():
             acc.setdefault((cell["dataset"], int(cell["shots"]), method), {})[int(cell["seed"])] = float(rec["test_acc"])
-    rows = []
-    for (ds, k, m), by_seed in acc.items():
-        mean, std = _mean_std(list(by_seed.values()))
-        rows.append({"dataset": ds, "shots": k, "method": m, "mean": mean, "std": std, "n": len(by_seed)})
-    datasets = list(dict.fromkeys(ds for ds, _, _ in acc))
-    for k, m in dict.fromkeys((k, m) for _, k, m in acc):
-        per_ds = [acc.get((ds, k, m), {}) for ds in datasets]
-        seeds = set.intersection(*(set(d) for d in per_ds)) if per_ds else set()
-        if len(datasets) > 1 and seeds:
-            mean, std = _mean_std([float(np.mean([d[s] for d in per_ds])) for s in sorted(seeds)])
-            rows.append({"dataset": "average", "shots": k, "method": m, "mean": mean, "std": std, "n": len(seeds)})
-    return rows
+    return _aggregate(acc)
 
 
 def imo_gains(cells: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -140,17 +146,7 @@ def imo_gains(cells: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str,
             if is_imo(m) and base_method(m) in methods:
                 gain = float(rec["test_acc"]) - float(methods[base_method(m)]["test_acc"])
                 per.setdefault((cell["dataset"], int(cell["shots"]), base_method(m)), {})[int(cell["seed"])] = gain
-    rows = []
-    for (ds, k, b), by_seed in per.items():
-        mean, std = _mean_std(list(by_seed.values()))
-        rows.append({"dataset": ds, "shots": k, "method": b, "mean": mean, "std": std, "n": len(by_seed)})
-    datasets = list(dict.fromkeys(ds for ds, _, _ in per))
-    for k, b in dict.fromkeys((k, b) for _, k, b in per):
-        per_ds = [per.get((ds, k, b), {}) for ds in datasets]
-        seeds = set.intersection(*(set(d) for d in per_ds)) if per_ds else set()
-        if len(datasets) > 1 and seeds:
-            mean, std = _mean_std([float(np.mean([d[s] for d in per_ds])) for s in sorted(seeds)])
-            rows.append({"dataset": "average", "shots": k, "method": b, "mean": mean, "std": std, "n": len(seeds)})
+    rows = _aggregate(per)
     have = {(r["dataset"], r["shots"], r["method"]) for r in rows}
     means = {(r["dataset"], int(r["shots"]), r["method"]): float(r["mean"]) for r in summary}
     for (ds, k, m), v in means.items():

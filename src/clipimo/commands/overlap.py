@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 from .. import __version__, _io, diagnostics, plots
 from ..backbone import RANDOM_INIT_WARNING
 from ..errors import ClipimoError
+from ..featurefile import read_npz
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 OVERLAP_FORMAT = "clipimo-overlap/1"
@@ -81,13 +81,7 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
     ``meta``) and the §8 features file (``<split>`` from test|val|cache). Loaded without pickle.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"features file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ClipimoError(f"features file {path} could not be read as .npz (without pickle): {err}") from err
+    arrays = read_npz(path)
     keys = set(arrays)
     meta = _meta(arrays["meta"]) if "meta" in keys else {}
     if "feats" in keys:
