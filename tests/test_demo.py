@@ -22,6 +22,7 @@ def test_demo_data_is_deterministic_and_disjoint(tmp_path):
 def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
+    assert "*** RANDOM-INIT BACKBONE" in capsys.readouterr().out
     report = (out / "report" / "report.md").read_text()
     assert "RANDOM-INIT BACKBONE" in report
     for method in ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo"):

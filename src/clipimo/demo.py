@@ -148,12 +148,11 @@ def run_demo(
     settings = settings or DemoSettings()
     pretrained = pretrained or os.environ.get("CLIPIMO_PRETRAINED") or None
     model = model or os.environ.get("CLIPIMO_MODEL") or ("ViT-B-16" if pretrained else DEMO_RANDOM_MODEL)
-    say = print if progress else (lambda *a, **k: None)
 
-    say(f"[1/5] demo data: crops of scikit-image's sample photographs -> {out / 'data'}")
+    print(f"[1/5] demo data: crops of scikit-image's sample photographs -> {out / 'data'}")
     data = build_demo_data(out / "data")
 
-    say(f"[2/5] supervised IMO adapter training on the generic pool ({len(POOL_PHOTOS)} classes)")
+    print(f"[2/5] supervised IMO adapter training on the generic pool ({len(POOL_PHOTOS)} classes)")
     cfg = make_config(
         "supervised", data=str(data["pool"]), out=str(out / "train"), model=model, pretrained=pretrained,
         device=device, epochs=settings.train_epochs, batch_size=32, workers=workers, progress=progress,
@@ -161,7 +160,7 @@ def run_demo(
     )
     adapter = train(cfg).export_path
 
-    say(f"[3/5] few-shot evaluation of every method on the task ({len(TASK_PHOTOS)} classes)")
+    print(f"[3/5] few-shot evaluation of every method on the task ({len(TASK_PHOTOS)} classes)")
     extractor = FeatureExtractor(
         load_clip(model, pretrained, device=device), adapter=adapter, cache_dir=out / "cache",
         num_workers=workers, progress=progress,
@@ -172,7 +171,7 @@ def run_demo(
     )
     results = run_experiment(run_cfg, extractor, out / "results", device=device, progress=progress)
 
-    say("[4/5] intra-modal overlap of the task's test images, original vs corrected")
+    print("[4/5] intra-modal overlap of the task's test images, original vs corrected")
     test = load_custom_dataset(data["task"]).test
     feats = extractor.image_features(test, desc="task test")
     src = {
@@ -187,10 +186,10 @@ def run_demo(
     overlap = overlap_record(src, figures, n_classes=len(TASK_PHOTOS))
     write_overlap(overlap, out / "overlap")
 
-    say("[5/5] report")
+    print("[5/5] report")
     report = build_report(results, out / "report", overlaps=[(str(out / "overlap" / "overlap.json"), overlap)],
                           results_path=str(out / "results" / "results.json"))
     if extractor.backbone.random_init:
-        say(f"\n*** {RANDOM_INIT_WARNING} ***")
-    say(f"\nreport: {report}")
+        print(f"\n*** {RANDOM_INIT_WARNING} ***")
+    print(f"\nreport: {report}")
     return report
