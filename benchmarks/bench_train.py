@@ -166,7 +166,7 @@ def bench(args) -> dict:
         ds_sup, ds_dino = sup.transform, dino.transform
         with torch.random.fork_rng(devices=[]):
             for name, t in (("transforms: eval (supervised), 1 core", ds_sup),
-                            (f"transforms: multi-crop (DINO), 1 core", ds_dino)):
+                            ("transforms: multi-crop (DINO), 1 core", ds_dino)):
                 def run():
                     for i in range(n):
                         torch.manual_seed(sample_seed(0, 0, i))

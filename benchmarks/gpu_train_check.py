@@ -88,7 +88,6 @@ def _grads(trainer) -> torch.Tensor:
 def part_precision(args, tmp: Path) -> None:
     print("\n== 2. bf16 autocast vs fp32 on the same batch", flush=True)
     csv = write_images(tmp / "prec", 8)
-    device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     for method in ("supervised", "dino"):
         results = {}

@@ -8,7 +8,7 @@ from clipimo.demo import POOL_PHOTOS, TASK_PHOTOS, TASK_SPLITS, build_demo_data
 
 def test_demo_data_is_deterministic_and_disjoint(tmp_path):
     a = build_demo_data(tmp_path / "a", seed=3)
-    b = build_demo_data(tmp_path / "b", seed=3)
+    build_demo_data(tmp_path / "b", seed=3)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
     assert len(files_a) == len(TASK_PHOTOS) * sum(TASK_SPLITS.values()) + len(POOL_PHOTOS) * 24

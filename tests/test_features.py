@@ -135,3 +135,33 @@ def test_features_cli(tmp_path, images, adapter_file, capsys):
         meta = json.loads(str(z["meta"]))
     assert meta["random_init"] is True and meta["classnames"] == ["blue", "green", "red"]
     assert main(["features", "--model", TINY, "--images", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
+
+
+def test_extractor_refuses_adapters_changed_under_it(tmp_path, images, adapter_file):
+    bb = load_clip(TINY)
+    plain = FeatureExtractor(bb, cache_dir=tmp_path / "cache", num_workers=0, progress=False)
+    FeatureExtractor(bb, adapter=adapter_file, cache_dir=tmp_path / "cache", num_workers=0, progress=False)
+    with pytest.raises(ClipimoError, match="adapters changed"):
+        plain.image_features(images)
+
+
+def test_backbone_mismatch_needs_explicit_permission(tmp_path, images, adapter_file):
+    bb = load_clip(TINY)
+    bb.model.clipimo_identity = {**bb.identity, "weights": "tag:other"}
+    with pytest.raises(ClipimoError, match="was trained on"):
+        FeatureExtractor(bb, adapter=adapter_file, cache_dir=tmp_path / "c", num_workers=0)
+    bb = load_clip(TINY)
+    bb.model.clipimo_identity = {**bb.identity, "weights": "tag:other"}
+    ex = FeatureExtractor(bb, adapter=adapter_file, cache_dir=tmp_path / "c", num_workers=0, progress=False,
+                          strict_backbone=False)
+    assert ex.image_features(images).corrected is not None
+
+
+def test_openai_weight_file_into_gelu_model_warns(tmp_path):
+    from safetensors.torch import save_file
+
+    bb = load_clip("ViT-B-16")
+    path = tmp_path / "vitb16.safetensors"
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
+    with pytest.warns(UserWarning, match="ViT-B-16-quickgelu"):
+        load_clip("ViT-B-16", str(path))

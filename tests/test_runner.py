@@ -87,3 +87,38 @@ def test_yaml_config_and_test_tuning_flag(task, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets: [x]\nshotz: [1]\n")
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_saved_cell_features_carry_provenance_and_evaluate_warns(task, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(_args(task, out, "--shots", "1", "--seeds", "1", "--methods", "zs,tip,tip-imo", "--save-features")) == 0
+    npz = next((out / "features").glob("*.npz"))
+    capsys.readouterr()
+    assert main(["evaluate", "--features", str(npz), "--methods", "zs,tip", "--json", str(tmp_path / "e.json")]) == 0
+    assert "RANDOM-INIT" in capsys.readouterr().out
+    cell = json.loads(next((out / "cells").glob("*.json")).read_text())
+    assert json.loads((tmp_path / "e.json").read_text())["tip"] == cell["methods"]["tip"]
+
+
+def test_skip_unreadable_is_recorded(task, tmp_path):
+    import shutil
+
+    copy = tmp_path / "task"
+    shutil.copytree(task / "task", copy)
+    broken = copy / "test" / "red" / "broken.png"
+    broken.write_bytes(b"not an image")
+    args = [a if a != str(task / "task") else str(copy) for a in _args(task, tmp_path / "r", "--shots", "1", "--seeds", "1",
+                                                                     "--methods", "zs")]
+    assert main(args) == 2
+    assert main(args + ["--skip-unreadable"]) == 0
+    cell = json.loads(next((tmp_path / "r" / "cells").glob("*.json")).read_text())
+    assert cell["validation"]["skipped_unreadable"] == {"test": [str(broken)]}
+
+
+def test_yaml_booleans_are_parsed(task, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"datasets: [{task / 'task'}]\nshots: [1]\nseeds: [1]\nmethods: zs\nvalidation: test\n"
+                   f"allow_test_tuning: 'false'\nmodel: {TINY}\n")
+    base = ["run", "--config", str(cfg), "--out", str(tmp_path / "r"), "--cache-dir", str(task / "cache"),
+            "--workers", "0", "--no-progress"]
+    assert main(base) == 2  # the string 'false' must not count as permission

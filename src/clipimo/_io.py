@@ -52,3 +52,21 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file that must hold a mapping (safe loader: plain data only)."""
+    import yaml
+
+    from .errors import ClipimoError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+    return data

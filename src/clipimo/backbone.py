@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,10 +56,6 @@ class Backbone:
     def random_init(self) -> bool:
         return bool(self.identity.get("random_init"))
 
-    def identity_hash(self) -> str:
-        """Short stable hash of what determines the weights (used in cache keys)."""
-        blob = json.dumps(self.identity, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _register_bundled_configs() -> None:
@@ -108,6 +105,12 @@ def _torchscript_state_dict(path: Path, model: nn.Module) -> dict[str, torch.Ten
     return {k: v for k, v in state.items() if k in persistent or k not in _TORCHSCRIPT_EXTRAS}
 
 
+def _openai_needs_quick_gelu(name: str) -> bool:
+    """True when ``name`` has OpenAI weights trained with QuickGELU but itself uses plain GELU."""
+    cfg = open_clip.get_model_config(name) or {}
+    return bool(open_clip.get_pretrained_cfg(name, "openai").get("quick_gelu")) and not cfg.get("quick_gelu")
+
+
 def _host_reachable(host: str, port: int = 443) -> bool:
     try:
         with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
@@ -155,6 +158,8 @@ def _download_tag(name: str, tag: str, cfg: dict, cache_dir: str | None) -> str:
             f"Download them on a machine with network access (open_clip.create_model('{name}', "
             f"pretrained='{tag}') fills the Hugging Face cache), then either copy the cache (HF_HOME) "
             f"or pass the weights file directly: --pretrained /path/to/weights.{{safetensors,bin,pt}}"
+            + (f" with --model {name}-quickgelu (OpenAI weights use QuickGELU; their TorchScript .pt files "
+               "set it by themselves)" if cfg.get("quick_gelu") and not name.endswith("-quickgelu") else "")
         )
     try:
         return open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
@@ -208,6 +213,12 @@ def load_clip(
     torchscript = bool(checkpoint) and _is_torchscript(Path(checkpoint))
     if torchscript:
         kwargs["force_quick_gelu"] = True
+    elif checkpoint and not tag_cfg and _openai_needs_quick_gelu(name):
+        warnings.warn(
+            f"{checkpoint}: loading a weights file into {name}, which uses plain GELU; if these are OpenAI "
+            f"CLIP weights (trained with QuickGELU) use --model {name}-quickgelu, or the features are wrong",
+            stacklevel=2,
+        )
     identity["config_sha256"] = hashlib.sha256(
         json.dumps(open_clip.get_model_config(name), sort_keys=True).encode()
     ).hexdigest()[:16]

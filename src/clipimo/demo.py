@@ -18,13 +18,12 @@ from PIL import Image
 
 from . import _io
 from .backbone import RANDOM_INIT_WARNING, load_clip
-from .commands.overlap import overlap_record, write_overlap
 from .data import load_custom_dataset
 from .diagnostics import compare_streams
 from .errors import ClipimoError
 from .features import FeatureExtractor
 from .methods import METHODS
-from .report import build_report
+from .report import build_report, overlap_file_record, write_overlap
 from .runner import RunConfig, run_experiment
 from .train import make_config, train
 
@@ -183,7 +182,7 @@ def run_demo(
         "labels": feats.labels.numpy(),
     }
     figures = compare_streams(feats.original.numpy(), feats.corrected.numpy(), feats.labels.numpy())
-    overlap = overlap_record(src, figures, n_classes=len(TASK_PHOTOS))
+    overlap = overlap_file_record(src, figures, n_classes=len(TASK_PHOTOS))
     write_overlap(overlap, out / "overlap")
 
     print("[5/5] report")

@@ -137,10 +137,6 @@ class SimilarityHistograms:
         return bin_edges(self.bins)
 
     @property
-    def bin_width(self) -> float:
-        return (SIM_RANGE[1] - SIM_RANGE[0]) / self.bins
-
-    @property
     def n_paired(self) -> int:
         return int(self.paired.sum())
 

@@ -7,22 +7,10 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from .errors import ClipimoError
+from .device import resolve_device
 from .featurefile import FeatureSet, load_features
 from .methods import METHODS, Problem, parse_methods
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device, failing clearly when CUDA is asked for but absent."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ClipimoError(f"device {device!r}: expected 'cpu' or 'cuda[:index]'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClipimoError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ClipimoError(f"device {device!r}: expected 'cpu' or 'cuda[:index]'")
-    return dev
+from .tables import md_table
 
 
 def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
@@ -50,7 +38,6 @@ def format_table(results: dict[str, dict], markdown: bool = False) -> str:
              ", ".join(f"{k}={v:.4g}" for k, v in r["hparams"].items()) or "-")
             for name, r in results.items()]
     if markdown:
-        lines = [header, ("---", "---:", "---:", "---")] + rows
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+        return md_table(header, rows, align="lrrl")
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)

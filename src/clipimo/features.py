@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import _io
-from .adapter import adapters_enabled, has_adapters, load_adapters
+from .adapter import adapter_state, adapters_enabled, has_adapters, load_adapters
 from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
@@ -56,6 +56,11 @@ class ImageFeatures:
     labels: torch.Tensor
     paths: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def corrected_or_original(self) -> torch.Tensor:
+        """The corrected stream, or the original one where no adapter was used (both streams then agree)."""
+        return self.original if self.corrected is None else self.corrected
 
 
 class _Images(Dataset):
@@ -93,15 +98,19 @@ class FeatureExtractor:
         amp: bool | None = None,
         progress: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        strict_backbone: bool = True,
     ):
+        """``amp``: bf16 autocast (default: on CUDA only); ``strict_backbone=False`` accepts an adapter
+        file trained on another backbone identity (e.g. the same weights given as a tag and as a file)."""
         self.backbone = backbone
         self.adapter_hash: str | None = None
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
-            load_adapters(backbone.model, adapter)
+            load_adapters(backbone.model, adapter, strict_backbone=strict_backbone)
             self.adapter_hash = _io.sha256_file(Path(adapter))
         elif has_adapters(backbone.model):
             raise ClipimoError("the backbone already carries adapters: pass the adapter file instead, so it can be hashed")
+        self._adapter_state = self._current_adapter_state()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
@@ -109,6 +118,17 @@ class FeatureExtractor:
         self.progress = progress
         self.shard_size = shard_size
         self.encoded_images = 0
+
+    def _current_adapter_state(self) -> str | None:
+        """Digest of the adapter tensors now in the model: cached features are only valid for the
+        adapter this extractor was built with."""
+        if not has_adapters(self.backbone.model):
+            return None
+        digest = hashlib.sha256()
+        for name, t in sorted(adapter_state(self.backbone.model).items()):
+            digest.update(name.encode())
+            digest.update(t.float().numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def precision(self) -> str:
@@ -189,6 +209,11 @@ class FeatureExtractor:
 
     def _encode(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
         model, device = self.backbone.model, self.backbone.device
+        if self._current_adapter_state() != self._adapter_state:
+            raise ClipimoError(
+                "the backbone's adapters changed after this FeatureExtractor was made (another extractor or "
+                "load_adapters touched the same model): make a new extractor with its own backbone"
+            )
         adapted = self.adapter_hash is not None
         n = len(items)
         sums: list[torch.Tensor | None] = [None, None]

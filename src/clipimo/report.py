@@ -16,12 +16,40 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import _io, plots
+from . import __version__, _io, plots
 from .backbone import RANDOM_INIT_WARNING
 from .errors import ClipimoError
 from .plots import IMO_SUFFIX, base_method, is_imo, order_methods, slug
+from .tables import cell_text, md_table
+
+OVERLAP_FORMAT = "clipimo-overlap/1"
 
 PLOTS_DIR = "plots"
+
+
+# ---- overlap files -------------------------------------------------------------------------------
+
+def overlap_file_record(src: dict[str, Any], figures: dict[str, Any], n_classes: int) -> dict[str, Any]:
+    """The overlap.json record: figures from ``diagnostics.compare_streams`` plus their provenance."""
+    return {
+        "format": OVERLAP_FORMAT,
+        "source": src["source"],
+        "backbone": src["backbone"],
+        "adapter": src["adapter"],
+        "random_init": src["random_init"],
+        "n_items": int(len(src["labels"])),
+        "n_classes": n_classes,
+        "dim": int(np.asarray(src["original"]).shape[1]),
+        **figures,
+        "clipimo_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_overlap(record: dict[str, Any], out: Path, title: str | None = None) -> None:
+    """``out/overlap.json`` and its histogram picture ``out/overlap.png``."""
+    _io.write_json(out / "overlap.json", record)
+    plots.overlap_figure(record, out / "overlap.png", title=title)
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -98,7 +126,7 @@ def load_overlap(path: str | os.PathLike) -> dict[str, Any]:
 
 # ---- aggregation ---------------------------------------------------------------------------------
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std()) if len(arr) > 1 else 0.0
 
@@ -108,14 +136,14 @@ def _aggregate(per: Mapping[tuple[str, int, str], Mapping[int, float]]) -> list[
     (with several datasets): per seed the mean over the datasets, then mean/std over the seeds they share."""
     rows = []
     for (ds, k, m), by_seed in per.items():
-        mean, std = _mean_std(list(by_seed.values()))
+        mean, std = mean_std(list(by_seed.values()))
         rows.append({"dataset": ds, "shots": k, "method": m, "mean": mean, "std": std, "n": len(by_seed)})
     datasets = list(dict.fromkeys(ds for ds, _, _ in per))
     for k, m in dict.fromkeys((k, m) for _, k, m in per):
         per_ds = [per.get((ds, k, m), {}) for ds in datasets]
         seeds = set.intersection(*(set(d) for d in per_ds)) if per_ds else set()
         if len(datasets) > 1 and seeds:
-            mean, std = _mean_std([float(np.mean([d[s] for d in per_ds])) for s in sorted(seeds)])
+            mean, std = mean_std([float(np.mean([d[s] for d in per_ds])) for s in sorted(seeds)])
             rows.append({"dataset": "average", "shots": k, "method": m, "mean": mean, "std": std, "n": len(seeds)})
     return rows
 
@@ -157,19 +185,6 @@ def imo_gains(cells: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str,
 
 
 # ---- Markdown helpers ----------------------------------------------------------------------------
-
-def _cell_text(v: Any) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table; ``align`` items are 'l' or 'r'."""
-    align = align or ["l"] + ["r"] * (len(header) - 1)
-    lines = ["| " + " | ".join(_cell_text(h) for h in header) + " |",
-             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
-    lines += ["| " + " | ".join(_cell_text(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
 
 def _pm(mean: float | None, std: float | None, n: int | None = None, signed: bool = False) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -227,7 +242,7 @@ def _header(results: Mapping[str, Any], results_path: str | None = None) -> list
     out += [f"- **Backbone:** model `{backbone.get('model', '?')}`, weights `{backbone.get('weights', '?')}`"
             + (" — **random init**" if random_init else "")]
     if extra:
-        out += ["  - " + ", ".join(f"{k}: `{_cell_text(v)}`" for k, v in extra.items())]
+        out += ["  - " + ", ".join(f"{k}: `{cell_text(v)}`" for k, v in extra.items())]
     out += [f"- **Adapter:** {adapter_text}"]
     out += [f"- **Validation protocol:** `{meta.get('validation', '?')}`"
             + (" — **tuned on test**" if meta.get("tuned_on_test") else "")]

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
@@ -46,6 +47,7 @@ class RunConfig:
     validation: str | None = None
     allow_test_tuning: bool = False
     augment_passes: int = CACHE_AUGMENT_PASSES
+    skip_unreadable: bool = False
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
@@ -64,22 +66,45 @@ def cell_name(dataset: str, shots: int, seed: int) -> str:
     return f"{dataset}_k{shots}_s{seed}"
 
 
+def require_adapter(methods: list[str], extractor: FeatureExtractor) -> None:
+    imo = [m for m in methods if m.endswith("-imo")]
+    if imo and extractor.adapter_hash is None:
+        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
+
+
+def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
+    """What a saved features file says about where its features came from."""
+    return {
+        "backbone": extractor.backbone.identity,
+        "random_init": extractor.backbone.random_init,
+        "adapter": None if extractor.adapter_hash is None else {
+            "path": str(extractor.adapter_path), "sha256": extractor.adapter_hash},
+        "precision": extractor.precision,
+    }
+
+
 def cell_features(
     extractor: FeatureExtractor, splits: DatasetSplits, shots: int, seed: int, cfg: RunConfig, index_dir: Path
 ) -> tuple[FeatureSet, dict]:
-    """The §8 features of one cell, and its validation record. Encodes only what the cache lacks."""
+    """The §8 features of one cell, and its validation record (which lists any skipped unreadable
+    images). Encodes only what the cache lacks."""
     support = few_shot_support(splits, shots, seed, index_path=index_dir / f"{cell_name(splits.name, shots, seed)}.json")
     val_items, record = validation_set(
         splits, shots, seed, support, protocol=cfg.validation, allow_test_tuning=cfg.allow_test_tuning
     )
     label = cell_name(splits.name, shots, seed)
-    keys = extractor.image_features(support, passes=cfg.augment_passes, seed=seed, desc=f"{label} cache keys")
-    val = extractor.image_features(val_items, desc=f"{splits.name} val")
-    test = extractor.image_features(splits.test, desc=f"{splits.name} test")
+    skip = cfg.skip_unreadable
+    keys = extractor.image_features(support, passes=cfg.augment_passes, seed=seed, skip_unreadable=skip,
+                                    desc=f"{label} cache keys")
+    val = extractor.image_features(val_items, skip_unreadable=skip, desc=f"{splits.name} val")
+    test = extractor.image_features(splits.test, skip_unreadable=skip, desc=f"{splits.name} test")
+    skipped = {name: sorted(f.skipped) for name, f in (("support", keys), ("val", val), ("test", test)) if f.skipped}
+    if skipped:
+        record = {**record, "skipped_unreadable": skipped}
     arrays = {"text_weights": extractor.text_weights(splits.classnames, splits.templates).numpy()}
     for prefix, feats in (("cache_keys", keys), ("val_feats", val), ("test_feats", test)):
         arrays[prefix] = feats.original.numpy()
-        arrays[f"{prefix}_corrected"] = (feats.corrected if feats.corrected is not None else feats.original).numpy()
+        arrays[f"{prefix}_corrected"] = feats.corrected_or_original.numpy()
     arrays["cache_labels"], arrays["val_labels"], arrays["test_labels"] = (
         f.labels.numpy() for f in (keys, val, test)
     )
@@ -94,6 +119,7 @@ def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
         "validation": cfg.validation,
         "allow_test_tuning": cfg.allow_test_tuning,
         "augment_passes": cfg.augment_passes,
+        "skip_unreadable": cfg.skip_unreadable,
         "root": str(Path(cfg.root).resolve()),
     }
 
@@ -115,9 +141,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
                    progress: bool = True, save_features: bool = False) -> dict[str, Any]:
     """Run every missing cell, then write results.json/.csv/.md in ``out``; returns the results."""
     out = Path(out)
-    imo = [m for m in cfg.methods if m.endswith("-imo")]
-    if imo and extractor.adapter_hash is None:
-        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
+    require_adapter(cfg.methods, extractor)
     fingerprint = _fingerprint(cfg, extractor)
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
@@ -142,7 +166,9 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
                 continue
         feats, record = cell_features(extractor, splits, shots, seed, cfg, out / "supports")
         if save_features:
-            save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz", feats)
+            meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record}
+            save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz",
+                              {**dataclasses.asdict(feats), "meta": np.array(json.dumps(meta))})
         cell = {
             "dataset": splits.name,
             "shots": shots,
@@ -157,8 +183,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
         "meta": {
             "backbone": extractor.backbone.identity,
             "random_init": extractor.backbone.random_init,
-            "adapter": None if extractor.adapter_hash is None else {
-                "path": str(extractor.adapter_path), "sha256": extractor.adapter_hash},
+            "adapter": feature_meta(extractor)["adapter"],
             "methods": cfg.methods,
             "datasets": sorted({c["dataset"] for c in cells}, key=[c["dataset"] for c in cells].index),
             "shots": cfg.shots,
@@ -193,19 +218,6 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     _io.write_json(out / "results.json", results)
     _io.write_text(out / "results.csv", results_csv(results))
     _io.write_text(out / "results.md", results_markdown(results))
-
-
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Options for ``clipimo run`` from YAML (keys as the long flags, with '_' for '-')."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ClipimoError(f"config file {path}: expected a mapping of option: value, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 def as_list(value: Any, cast=str) -> list:

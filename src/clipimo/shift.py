@@ -6,19 +6,20 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
 from .backbone import RANDOM_INIT_WARNING
 from .data import SHIFT_SETS, load_dataset
 from .errors import ClipimoError
-from .evaluate import evaluate_features, resolve_device
+from .device import resolve_device
+from .evaluate import evaluate_features
 from .features import FeatureExtractor
 from .methods.common import Problem, Split
 from .methods.predict import accuracy_at
-from .report import md_table
-from .runner import RunConfig, cell_features
+from .report import mean_std
+from .tables import md_table
+from .runner import RunConfig, cell_features, feature_meta, require_adapter
 
 SOURCE = "ImageNet"
 
@@ -31,9 +32,7 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
     """
     if len(cfg.shots) != 1:
         raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
-    imo = [m for m in cfg.methods if m.endswith("-imo")]
-    if imo and extractor.adapter_hash is None:
-        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
+    require_adapter(cfg.methods, extractor)
     out, dev = Path(out), resolve_device(device)
     source = load_dataset(SOURCE, cfg.root)
     shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
@@ -49,9 +48,8 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
         per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
                      for m, r in tuned.items()]
         for target in shifted:
-            tf = extractor.image_features(target.test, desc=f"{target.name} test")
-            corrected = tf.corrected if tf.corrected is not None else tf.original
-            split = Split(tf.original.to(dev), corrected.to(dev), tf.labels.to(dev))
+            tf = extractor.image_features(target.test, skip_unreadable=cfg.skip_unreadable, desc=f"{target.name} test")
+            split = Split(tf.original.to(dev), tf.corrected_or_original.to(dev), tf.labels.to(dev))
             for m, r in tuned.items():
                 acc = accuracy_at(problem, split, m, r["hparams"], classes=target.imagenet_classes)
                 per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc, "hparams": r["hparams"]})
@@ -59,8 +57,8 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
     for target in [SOURCE] + [t.name for t in shifted]:
         for m in cfg.methods:
             accs = [r["test_acc"] for r in per_seed if r["target"] == target and r["method"] == m]
-            rows.append({"target": target, "method": m, "test_acc": float(np.mean(accs)),
-                         "std": float(np.std(accs)), "n": len(accs)})
+            mean, std = mean_std(accs)
+            rows.append({"target": target, "method": m, "test_acc": mean, "std": std, "n": len(accs)})
     result = {
         "source": SOURCE,
         "shots": cfg.shots[0],
@@ -70,8 +68,7 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
         "validation": records,
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
-        "adapter": None if extractor.adapter_hash is None else {"path": str(extractor.adapter_path),
-                                                               "sha256": extractor.adapter_hash},
+        "adapter": feature_meta(extractor)["adapter"],
         "config": dataclasses.asdict(cfg),
         "clipimo_version": __version__,
     }

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from .._io import write_json
+from ..backbone import RANDOM_INIT_WARNING
 from ..evaluate import evaluate_features, format_table
+from ..featurefile import read_npz, validate_features
 from ..methods import METHODS
 
 DEFAULT_METHODS = "zs,tip,tip-imo,tipx,tipx-imo"
@@ -25,7 +28,14 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    results = evaluate_features(args.features, args.methods, device=args.device, progress=True)
+    arrays = read_npz(args.features)
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    if meta.get("random_init"):
+        print(f"WARNING: {RANDOM_INIT_WARNING}")
+    if (meta.get("validation") or {}).get("tuned_on_test"):
+        print("WARNING: this file's val_* features are the TEST split: the accuracies below are tuned on test")
+    feats = validate_features(arrays, str(args.features))
+    results = evaluate_features(feats, args.methods, device=args.device, progress=True)
     if args.json:
         write_json(args.json, results)
     print(format_table(results, markdown=args.markdown))

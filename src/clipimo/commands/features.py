@@ -26,6 +26,10 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
     parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="feature precision: auto = bf16 autocast on CUDA, fp32 on CPU (part of the cache key)")
+    parser.add_argument("--allow-backbone-mismatch", action="store_true",
+                        help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -39,7 +43,9 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        amp={"auto": None, "fp32": False, "bf16": True}[args.precision],
         progress=not args.no_progress,
+        strict_backbone=not args.allow_backbone_mismatch,
     )
 
 

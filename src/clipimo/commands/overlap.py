@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__, _io, diagnostics, plots
+from .. import diagnostics
 from ..backbone import RANDOM_INIT_WARNING
 from ..errors import ClipimoError
 from ..featurefile import read_npz
+from ..report import overlap_file_record, write_overlap
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
-OVERLAP_FORMAT = "clipimo-overlap/1"
 DEFAULT_MAX_EXACT_PAIRS = 250_000_000   # ~22k images; beyond that sample unless --exact
 DEFAULT_AUTO_SAMPLE = 20_000_000
 # §8 features file: split -> (features key, corrected key, labels key)
@@ -168,28 +167,6 @@ def _model_source(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- run -----------------------------------------------------------------------------------------
 
-def overlap_record(src: dict[str, Any], figures: dict[str, Any], n_classes: int) -> dict[str, Any]:
-    """The overlap.json record: figures from ``diagnostics.compare_streams`` plus their provenance."""
-    return {
-        "format": OVERLAP_FORMAT,
-        "source": src["source"],
-        "backbone": src["backbone"],
-        "adapter": src["adapter"],
-        "random_init": src["random_init"],
-        "n_items": int(len(src["labels"])),
-        "n_classes": n_classes,
-        "dim": int(np.asarray(src["original"]).shape[1]),
-        **figures,
-        "clipimo_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def write_overlap(record: dict[str, Any], out: Path, title: str | None = None) -> None:
-    _io.write_json(out / "overlap.json", record)
-    plots.overlap_figure(record, out / "overlap.png", title=title)
-
-
 def _sample_size(args: argparse.Namespace, n: int) -> int | None:
     total = n * (n - 1) // 2
     if args.sample_pairs is not None:
@@ -255,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     sample = _sample_size(args, n)
     figures = diagnostics.compare_streams(src["original"], src["corrected"], labels, bins=args.bins,
                                           sample_pairs=sample, seed=args.seed)
-    record = overlap_record(src, figures, n_classes=int(len(counts)))
+    record = overlap_file_record(src, figures, n_classes=int(len(counts)))
     out = Path(args.out)
     write_overlap(record, out, title=args.title)
     if record["random_init"]:

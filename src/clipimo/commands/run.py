@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, load_yaml_config, run_experiment
+from .. import _io
+from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, run_experiment
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 # option -> (default, parser of a flag/YAML value)
@@ -14,7 +15,7 @@ _GRID_OPTIONS = {
     "seeds": (list(DEFAULT_SEEDS), lambda v: as_list(v, int)),
     "methods": (list(DEFAULT_METHODS), lambda v: as_list(v)),
     "validation": (None, str),
-    "allow_test_tuning": (False, bool),
+    "allow_test_tuning": (False, lambda v: as_bool(v, "allow_test_tuning")),
     "augment_passes": (10, int),
 }
 
@@ -38,6 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: run(args, p))
 
 
+def as_bool(value, name: str) -> bool:
+    """A YAML/flag boolean: true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "yes", "on", "1"}:
+        return True
+    if text in {"false", "no", "off", "0"}:
+        return False
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
+
+
 def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Defaults, overridden by the YAML config, overridden by explicit flags.
 
@@ -46,7 +59,7 @@ def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
     """
     values = {k: default for k, (default, _) in _GRID_OPTIONS.items()}
     if args.config:
-        loaded = load_yaml_config(args.config)
+        loaded = {k.replace("-", "_"): v for k, v in _io.read_yaml_mapping(args.config).items()}
         other = {a.dest for a in parser._actions} - set(_GRID_OPTIONS) - {"help", "config", "out"}
         unknown = set(loaded) - set(_GRID_OPTIONS) - other
         if unknown:
@@ -60,7 +73,7 @@ def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    cfg = RunConfig(**grid_options(args, parser))
+    cfg = RunConfig(**grid_options(args, parser), skip_unreadable=args.skip_unreadable)
     extractor = make_extractor(args)
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=not args.no_progress,
                              save_features=args.save_features)

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=as_list(args.seeds, int),
                     methods=as_list(args.methods), validation=args.validation,
-                    allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes)
+                    allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes,
+                    skip_unreadable=args.skip_unreadable)
     result = run_shift(cfg, make_extractor(args), args.out, targets=as_list(args.targets), device=args.device,
                        progress=not args.no_progress)
     print(shift_markdown(result))

@@ -49,10 +49,6 @@ class DatasetSplits:
         """Every template of this dataset filled with ``classname`` ('_' -> space)."""
         return format_prompts(self.templates, classname)
 
-    def all_prompts(self) -> list[list[str]]:
-        """Prompts per class, in label order (the text classifier's input)."""
-        return [self.prompts(name) for name in self.classnames]
-
     def relpath(self, item: LabelledImage) -> str:
         """Path of an item relative to the dataset folder, '/'-separated (for JSON indices)."""
         return Path(os.path.relpath(item.path, self.root)).as_posix()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from .. import _io
 from ..errors import ClipimoError
 
 # Fields that may change between a run and its resumption (they do not alter the trajectory).
@@ -170,19 +170,6 @@ def _check_choices(cls: type, cfg: TrainConfig) -> None:
             raise ClipimoError(f"'{f.name}' must be one of {choices}, got {getattr(cfg, f.name)!r}")
 
 
-def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ClipimoError(f"config file {path} must hold a mapping of setting: value")
-    return data
-
-
 def make_config(method: str, yaml_path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
     """Defaults of ``method``, then the YAML file, then ``overrides`` (flag values; None means "unset")."""
     if method not in CONFIGS:
@@ -192,7 +179,7 @@ def make_config(method: str, yaml_path: str | os.PathLike | None = None, **overr
     values: dict[str, Any] = {}
     sources: list[tuple[str, dict[str, Any]]] = []
     if yaml_path:
-        raw = read_yaml_config(yaml_path)
+        raw = _io.read_yaml_mapping(yaml_path)
         declared = raw.pop("method", method)
         if declared != method:
             raise ClipimoError(f"config file {yaml_path} is for method {declared!r}, not {method!r}")
@@ -210,11 +197,6 @@ def make_config(method: str, yaml_path: str | os.PathLike | None = None, **overr
     _check_choices(cls, cfg)
     validate(cfg)
     return cfg
-
-
-def config_from_dict(method: str, values: dict[str, Any]) -> TrainConfig:
-    """Rebuild a config saved by ``TrainConfig.to_dict`` (e.g. from a checkpoint)."""
-    return make_config(method, **values)
 
 
 def validate(cfg: TrainConfig) -> None:

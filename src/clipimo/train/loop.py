@@ -36,6 +36,7 @@ from ..adapter import add_adapters, save_adapters
 from ..backbone import RANDOM_INIT_WARNING, Backbone, load_clip
 from ..data.generic import is_image_file, read_csv_list, read_image_folder
 from ..data.items import LabelledImage
+from ..device import resolve_device
 from ..errors import ClipimoError
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 
@@ -76,18 +77,6 @@ class DistEnv:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
-
-
-def resolve_device(device: str) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ClipimoError(f"bad --device {device!r}: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClipimoError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return dev
 
 
 def setup_distributed(device: str = "auto") -> DistEnv:
