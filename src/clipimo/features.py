@@ -30,7 +30,7 @@ from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
 from .errors import ClipimoError
-from .transforms import cache_augmentation
+from .transforms import cache_augmentation, seeded_transform
 
 FEATURE_FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 4096
@@ -80,9 +80,7 @@ class _Images(Dataset):
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
         if self.seed is None:
             return self.transform(im), True, ""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_item_seed(self.seed, self.pass_index, path))
-            return self.transform(im), True, ""
+        return seeded_transform(self.transform, im, _item_seed(self.seed, self.pass_index, path)), True, ""
 
 
 class FeatureExtractor:

@@ -1,8 +1,9 @@
 """Image transforms of the protocol (§5) beyond the backbone's own eval transform (``Backbone.preprocess``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+import torch
 from torchvision import transforms as T
 
 CACHE_AUG_SCALE = (0.5, 1.0)
@@ -19,3 +20,11 @@ def cache_augmentation(size: int, mean: Sequence[float], std: Sequence[float]) -
         ]
     )
 
+
+
+def seeded_transform(transform: Callable, image: Any, seed: int) -> Any:
+    """Apply a random transform under its own seed, leaving the caller's torch RNG stream untouched:
+    an image's augmentation then depends on its seed only, not on batching, workers or processes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)

@@ -38,6 +38,7 @@ from ..data.generic import is_image_file, read_csv_list, read_image_folder
 from ..data.items import LabelledImage
 from ..device import resolve_device
 from ..errors import ClipimoError
+from ..transforms import seeded_transform
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 
 CHECKPOINT_FORMAT = "clipimo-train-checkpoint"
@@ -157,10 +158,7 @@ class ImageDataset(Dataset):
                 img = img.convert("RGB")
         except Exception as err:  # PIL raises many types
             raise ClipimoError(f"cannot read training image {item.path}: {err}") from err
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            out = self.transform(img)
-        return out, item.label
+        return seeded_transform(self.transform, img, seed), item.label
 
 
 class EpochBatches:
