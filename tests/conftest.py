@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,3 +42,34 @@ def make_images(folder, n: int, n_classes: int = 3, size: int = 40, seed: int = 
 @pytest.fixture()
 def images(tmp_path):
     return make_images(tmp_path / "imgs", 10)
+
+
+def _tiny_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+TINY_PNG = _tiny_png()
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def put_image(path):
+    """Write a tiny valid PNG at ``path`` (whatever its suffix) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(TINY_PNG)
+    return path
+
+
+def assert_png(path, min_w=200, min_h=150):
+    """A valid, non-blank PNG of at least the given size."""
+    data = open(path, "rb").read()
+    assert len(data) > 1000 and data[:8] == PNG_SIGNATURE
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] >= min_w and im.size[1] >= min_h
+    import matplotlib.image
+
+    arr = matplotlib.image.imread(path)
+    assert arr.ndim == 3 and float(arr.std()) > 0  # not a blank canvas

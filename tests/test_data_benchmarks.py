@@ -2,31 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from clipimo.commands import datasets as datasets_cmd
 from clipimo.data import IMAGENET_TEMPLATES, get_spec, load_dataset
 from clipimo.data.check import check_dataset, format_report
 from clipimo.errors import ClipimoError
 
-
-def _png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-PNG = _png_bytes()
-
-
-def put_image(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(PNG)
+from conftest import put_image
 
 
 def make_zhou(root: Path, name: str, per_split: dict[str, int], *, skip_image: str | None = None,

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from clipimo.commands import datasets as datasets_cmd
 from clipimo.data import (build_open_images_subset, load_custom_dataset, read_csv_list,
@@ -16,26 +14,15 @@ from clipimo.data import (build_open_images_subset, load_custom_dataset, read_cs
 from clipimo.data.openimages import read_class_descriptions, read_verified_labels
 from clipimo.errors import ClipimoError
 
-
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (10, 200, 40)).save(buf, format="PNG")
-    return buf.getvalue()
+from conftest import put_image
 
 
-PNG = _png()
-
-
-def put(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(PNG)
-    return path
 
 
 def test_image_folder(tmp_path):
     for name in ("b.png", "a.jpg", "nested/c.JPEG"):
-        put(tmp_path / "zebra" / name)
-    put(tmp_path / "ant" / "x.png")
+        put_image(tmp_path / "zebra" / name)
+    put_image(tmp_path / "ant" / "x.png")
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
     (tmp_path / ".cache").mkdir()
     items, classnames = read_image_folder(tmp_path)
@@ -48,9 +35,9 @@ def test_image_folder(tmp_path):
 
 
 def test_csv_with_class_names_and_ints(tmp_path):
-    put(tmp_path / "imgs" / "1.png")
-    put(tmp_path / "imgs" / "2.png")
-    absolute = put(tmp_path / "elsewhere" / "3.png")
+    put_image(tmp_path / "imgs" / "1.png")
+    put_image(tmp_path / "imgs" / "2.png")
+    absolute = put_image(tmp_path / "elsewhere" / "3.png")
     (tmp_path / "names.csv").write_text(
         f"path,label\nimgs/1.png,dog\nimgs/2.png,cat\n{absolute},dog\n")
     items, classnames = read_csv_list(tmp_path / "names.csv")
@@ -79,7 +66,7 @@ def make_open_images(tmp_path: Path) -> tuple[Path, Path, Path]:
     one row with Confidence 0, and image 29 has no file."""
     images = tmp_path / "oi" / "train"
     for i in range(29):
-        put(images / f"img{i:02d}.jpg")
+        put_image(images / f"img{i:02d}.jpg")
     descriptions = tmp_path / "oi" / "class-descriptions-boxable.csv"  # official: no header
     descriptions.write_text("".join(f"/m/{k:03d},Thing {k}\n" for k in range(6))
                             + "/m/dup,Thing 0\n")
@@ -159,13 +146,13 @@ def test_open_images_cli(tmp_path, capsys):
 def test_custom_dataset_folders_and_csv(tmp_path):
     for split, classes in (("train", ("cat", "dog", "eel")), ("test", ("dog", "cat"))):
         for cname in classes:
-            put(tmp_path / "task" / split / cname / "0.png")
+            put_image(tmp_path / "task" / split / cname / "0.png")
     ds = load_custom_dataset(tmp_path / "task")
     assert ds.name == "task" and ds.classnames == ["cat", "dog", "eel"]
     assert ds.counts() == {"train": 3, "val": 0, "test": 2}
     assert ds.test[1].label == 1 and ds.prompts("sea_lion") == ["a photo of a sea lion."]
 
-    put(tmp_path / "csvtask" / "a.png")
+    put_image(tmp_path / "csvtask" / "a.png")
     (tmp_path / "csvtask" / "train.csv").write_text("path,label\na.png,10\na.png,2\n")
     (tmp_path / "csvtask" / "test.csv").write_text("path,label\na.png,2\n")
     ds = load_custom_dataset(tmp_path / "csvtask", name="mine", templates=["{}"])

@@ -1,9 +1,9 @@
 import json
 
-from PIL import Image
-
 from clipimo.cli import main
 from clipimo.demo import POOL_PHOTOS, TASK_PHOTOS, TASK_SPLITS, build_demo_data
+
+from conftest import assert_png
 
 
 def test_demo_data_is_deterministic_and_disjoint(tmp_path):
@@ -30,10 +30,7 @@ def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
     linked = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert any("overlap" in p for p in linked) and any("acc_" in p for p in linked)
     for rel in linked:
-        path = out / "report" / rel
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(path) as im:
-            assert im.size[0] > 300 and im.size[1] > 200
+        assert_png(out / "report" / rel, 300, 200)
     results = json.loads((out / "results" / "results.json").read_text())
     assert results["meta"]["random_init"] is True and len(results["cells"]) == 2
     overlap = json.loads((out / "overlap" / "overlap.json").read_text())

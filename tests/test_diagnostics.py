@@ -12,7 +12,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from clipimo import add_adapters, load_clip, save_adapters
 from clipimo import diagnostics as dg
@@ -22,22 +21,11 @@ from clipimo.commands import features as features_cmd
 from clipimo.commands import overlap as overlap_cmd
 from clipimo.errors import ClipimoError
 
-from conftest import TINY, make_images
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from conftest import TINY, assert_png, make_images
 
 
-def assert_png(path, min_w=200, min_h=150):
-    data = open(path, "rb").read()
-    assert len(data) > 1000 and data[:8] == PNG_SIGNATURE
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        assert im.format == "PNG" and im.size[0] >= min_w and im.size[1] >= min_h
-    import matplotlib.image
 
-    arr = matplotlib.image.imread(path)
-    assert arr.ndim == 3 and arr.shape[0] >= min_h and float(arr.std()) > 0  # not a blank canvas
+
 
 
 def even(a: float, b: float, m: int) -> np.ndarray:

@@ -10,8 +10,8 @@ from clipimo.featurefile import synthetic_features
 from clipimo.methods import METHODS, Problem
 from clipimo.methods.predict import accuracy_at, logits_at
 
-from conftest import TINY
-from test_data_benchmarks import WNIDS, make_imagenet, put_image
+from conftest import TINY, put_image
+from test_data_benchmarks import WNIDS, make_imagenet
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -70,3 +70,32 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
     return data
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, meta_key: str, meta: Any) -> None:
+    """Tensors plus one JSON metadata entry, written atomically (safetensors: no pickle)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    write_bytes(path, save(tensors, metadata={meta_key: json.dumps(meta, sort_keys=True)}))
+
+
+def read_safetensors(path: str | os.PathLike, meta_key: str, what: str) -> tuple[dict, Any]:
+    """Tensors and the JSON metadata entry ``meta_key`` of a file written by ``write_safetensors``;
+    errors name the file and say which kind of file (``what``) was expected."""
+    from safetensors import safe_open
+
+    from .errors import ClipimoError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(meta_key)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise ClipimoError(f"{what} {path} is not a readable safetensors file: {err}") from err
+    if raw is None:
+        raise ClipimoError(f"{path} is a safetensors file but not a clipimo {what} (no '{meta_key}' metadata)")
+    return tensors, json.loads(raw)

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 from torch import nn
 from torch.nn import functional as F
 
@@ -178,24 +174,12 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra: dict[str, An
         "backbone": getattr(model, "clipimo_identity", None),
         **(extra or {}),
     }
-    blob = safetensors_save(adapter_state(model), metadata={"clipimo": json.dumps(meta, sort_keys=True)})
-    _io.write_bytes(path, blob)
+    _io.write_safetensors(path, adapter_state(model), "clipimo", meta)
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of an adapter file, with clear errors for anything that is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"adapter file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("clipimo")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:
-        raise ClipimoError(f"adapter file {path} is not a readable safetensors file: {err}") from err
-    if raw is None:
-        raise ClipimoError(f"{path} is a safetensors file but not a clipimo adapter (no 'clipimo' metadata)")
-    meta = json.loads(raw)
+    tensors, meta = _io.read_safetensors(path, "clipimo", "adapter file")
     if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_FORMAT_VERSION:
         raise ClipimoError(
             f"{path}: unsupported adapter format {meta.get('format')!r} v{meta.get('version')}, "

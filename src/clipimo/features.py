@@ -18,8 +18,6 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -268,8 +266,7 @@ class FeatureExtractor:
         key = self._key("text", payload, adapter_dependent=False)
         path = self._cache_file(key)
         if path.is_file():
-            with safe_open(str(path), framework="pt") as fh:
-                return fh.get_tensor("text_weights")
+            return _io.read_safetensors(path, "clipimo", "text-feature cache file")[0]["text_weights"]
         model, device, tok = self.backbone.model, self.backbone.device, self.backbone.tokenizer
         rows = []
         with torch.inference_mode(), self._autocast():
@@ -279,29 +276,26 @@ class FeatureExtractor:
                 emb = F.normalize(model.encode_text(tokens).float(), dim=-1).view(len(names), len(templates), -1)
                 rows.append(F.normalize(emb.mean(dim=1), dim=-1).cpu())
         weights = torch.cat(rows).T.contiguous()
-        _io.write_bytes(path, safetensors_save({"text_weights": weights}))
+        _io.write_safetensors(path, {"text_weights": weights}, "clipimo", payload)
         return weights
 
 
 def _write_shard(path: Path, feats: ImageFeatures) -> None:
-    tensors = {"original": feats.original.contiguous(), "labels": feats.labels}
+    tensors = {"original": feats.original, "labels": feats.labels}
     if feats.corrected is not None:
-        tensors["corrected"] = feats.corrected.contiguous()
-    meta = {"paths": feats.paths, "skipped": feats.skipped}
-    _io.write_bytes(path, safetensors_save(tensors, metadata={"clipimo": json.dumps(meta)}))
+        tensors["corrected"] = feats.corrected
+    _io.write_safetensors(path, tensors, "clipimo", {"paths": feats.paths, "skipped": feats.skipped})
 
 
 def _read_shard(path: Path) -> ImageFeatures:
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads(fh.metadata()["clipimo"])
-        keys = set(fh.keys())
-        return ImageFeatures(
-            original=fh.get_tensor("original"),
-            corrected=fh.get_tensor("corrected") if "corrected" in keys else None,
-            labels=fh.get_tensor("labels"),
-            paths=meta["paths"],
-            skipped=meta["skipped"],
-        )
+    tensors, meta = _io.read_safetensors(path, "clipimo", "feature cache file")
+    return ImageFeatures(
+        original=tensors["original"],
+        corrected=tensors.get("corrected"),
+        labels=tensors["labels"],
+        paths=meta["paths"],
+        skipped=meta["skipped"],
+    )
 
 
 def _concat(parts: list[ImageFeatures]) -> ImageFeatures:

@@ -25,8 +25,6 @@ import torch
 import torch.distributed as dist
 import yaml
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -240,25 +238,12 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
 
 
 def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    blob = safetensors_save(tensors, metadata={"clipimo_checkpoint": json.dumps(meta, sort_keys=True)})
-    _io.write_bytes(path, blob)
+    _io.write_safetensors(path, tensors, "clipimo_checkpoint",
+                          {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("clipimo_checkpoint")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:
-        raise ClipimoError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
-    if raw is None:
-        raise ClipimoError(f"{path} is not a clipimo training checkpoint (no 'clipimo_checkpoint' metadata)")
-    meta = json.loads(raw)
+    tensors, meta = _io.read_safetensors(path, "clipimo_checkpoint", "training checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise ClipimoError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}")
     return tensors, meta
