@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipimo.featurefile import synthetic_features
+from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
 from clipimo.methods import gda, tip, tipx
 from clipimo.methods.cache import grid_counts, kl_divergence, rescale
 from clipimo.methods.common import Problem
@@ -86,7 +86,7 @@ def test_first_best_takes_first_in_alpha_beta_gamma_order():
 def tie_problem(seed=0, n_val=14, n_test=11, classes=5, shots=3, dim=16) -> Problem:
     """Few, duplicated queries and two indistinguishable classes (1 and 2)."""
     f = synthetic_features(classes, shots, n_val, n_test, dim, noise=3.0, seed=seed)
-    arrays = {k: v.copy() for k, v in vars(f).items()}
+    arrays = {k: v.copy() for k, v in feature_arrays(f).items()}
     arrays["text_weights"][:, 2] = arrays["text_weights"][:, 1]
     for key in ("cache_keys", "cache_keys_corrected"):
         arrays[key][arrays["cache_labels"] == 2] = arrays[key][arrays["cache_labels"] == 1]
@@ -97,7 +97,7 @@ def tie_problem(seed=0, n_val=14, n_test=11, classes=5, shots=3, dim=16) -> Prob
         labels[1::3] = labels[0::3][: len(labels[1::3])]
         labels[np.flatnonzero(labels == 1)[::2]] = 2
         labels[::4] = 2
-    return Problem.from_features(type(f)(**arrays))
+    return Problem.from_features(validate_features(arrays))
 
 
 def naive_cache_search(p: Problem, corrected: bool, with_kl: bool, grid: Grid):

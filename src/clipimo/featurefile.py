@@ -28,6 +28,10 @@ FEATURE_KEYS = (
     "test_feats_corrected",
     "test_labels",
 )
+# Optional §8 keys: the E per-pass support features (for methods that fit on every augmented view)
+# and the model's zero-shot logit scale and bias (CLIP: 100 and 0; SigLIP models have their own).
+VIEW_KEYS = ("cache_views", "cache_views_corrected")
+SCALAR_KEYS = {"logit_scale": 100.0, "logit_bias": 0.0}
 # Rows (and text-weight columns) must have unit L2 norm within this tolerance; half precision
 # storage rounds more, so it gets a looser one.
 NORM_TOL = {2: 1e-2, 4: 1e-3, 8: 1e-3}
@@ -47,6 +51,14 @@ class FeatureSet:
     test_feats: np.ndarray
     test_feats_corrected: np.ndarray
     test_labels: np.ndarray
+    cache_views: np.ndarray | None = None
+    cache_views_corrected: np.ndarray | None = None
+    logit_scale: float = SCALAR_KEYS["logit_scale"]
+    logit_bias: float = SCALAR_KEYS["logit_bias"]
+
+    @property
+    def has_views(self) -> bool:
+        return self.cache_views is not None
 
     @property
     def dim(self) -> int:
@@ -61,6 +73,7 @@ def validate_features(arrays: Mapping[str, np.ndarray], source: str = "features"
     """Check the §8 contract and return a :class:`FeatureSet`; ``source`` names the file in errors.
 
     Extra keys are ignored (producers may add metadata); missing ones are all listed at once.
+    The optional ``cache_views``/``cache_views_corrected`` ``[E, N, D]`` come as a pair or not at all.
     """
     missing = [k for k in FEATURE_KEYS if k not in arrays]
     if missing:
@@ -109,7 +122,38 @@ def validate_features(arrays: Mapping[str, np.ndarray], source: str = "features"
             what = "columns" if key == "text_weights" else "rows"
             fail(key, f"{what} are not L2-normalised (largest |norm - 1| = {worst:.3g})")
         out[key] = a.astype(np.float32)
+    out.update(_validate_views(arrays, out["cache_keys"].shape, fail))
+    for key, default in SCALAR_KEYS.items():
+        value = np.asarray(arrays.get(key, default))
+        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+            fail(key, f"is {value!r}, expected one finite number")
+        out[key] = float(value)
     return FeatureSet(**out)
+
+
+def _validate_views(arrays: Mapping[str, np.ndarray], keys_shape: tuple[int, ...],
+                    fail) -> dict[str, np.ndarray]:
+    present = [k for k in VIEW_KEYS if arrays.get(k) is not None]
+    if not present:
+        return {}
+    if len(present) == 1:
+        fail(VIEW_KEYS[1 - VIEW_KEYS.index(present[0])], f"is missing while '{present[0]}' is present "
+             "(the views of both streams come as a pair)")
+    out = {}
+    for key in VIEW_KEYS:
+        a = np.asarray(arrays[key])
+        if a.dtype.kind != "f":
+            fail(key, f"has dtype {a.dtype}, expected floating point")
+        if a.ndim != 3 or a.shape[1:] != keys_shape or a.shape[0] == 0:
+            fail(key, f"has shape {a.shape}, expected [E, {keys_shape[0]}, {keys_shape[1]}] with E > 0 "
+                      "(E augmentation passes of the cache_keys images)")
+        if not np.isfinite(a).all():
+            fail(key, "contains NaN or infinite values")
+        worst = float(np.abs(np.linalg.norm(a.astype(np.float64), axis=2) - 1.0).max())
+        if worst > NORM_TOL.get(a.dtype.itemsize, 1e-3):
+            fail(key, f"views are not L2-normalised (largest |norm - 1| = {worst:.3g})")
+        out[key] = a.astype(np.float32)
+    return out
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -135,10 +179,15 @@ def save_features(path: str | os.PathLike, feats: FeatureSet | Mapping[str, np.n
 
     Keys beyond the §8 ones (e.g. metadata strings) are written too.
     """
-    arrays = asdict(feats) if isinstance(feats, FeatureSet) else dict(feats)
+    arrays = feature_arrays(feats) if isinstance(feats, FeatureSet) else dict(feats)
     validate_features(arrays, str(path))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def feature_arrays(feats: FeatureSet) -> dict[str, np.ndarray]:
+    """The arrays of a :class:`FeatureSet` as a features file stores them (absent views left out)."""
+    return {k: np.asarray(v) for k, v in asdict(feats).items() if v is not None}
 
 
 def synthetic_features(num_classes: int = 10, shots: int = 4, n_val: int = 50, n_test: int = 50,

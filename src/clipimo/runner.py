@@ -24,7 +24,7 @@ from .data import few_shot_support, open_dataset, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
 from .evaluate import evaluate_features
-from .featurefile import FeatureSet, save_features as save_feature_file, validate_features
+from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
 from .methods import parse_methods
 from .report import results_markdown, summarise
@@ -168,7 +168,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
         if save_features:
             meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record}
             save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz",
-                              {**dataclasses.asdict(feats), "meta": np.array(json.dumps(meta))})
+                              {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
         cell = {
             "dataset": splits.name,
             "shots": shots,

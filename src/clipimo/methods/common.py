@@ -6,7 +6,8 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from ..featurefile import FeatureSet
+from ..errors import ClipimoError
+from ..featurefile import VIEW_KEYS, FeatureSet
 
 # Elements of one [queries, cache] matrix held at once: chunk rows are chosen so the big
 # intermediates (affinities, their exponentials, KL) stay near 4 * 2**25 bytes each.
@@ -36,6 +37,10 @@ class Problem:
     cache_onehot: torch.Tensor
     val: Split
     test: Split
+    cache_views: torch.Tensor | None = None
+    cache_views_corrected: torch.Tensor | None = None
+    logit_scale: float = 100.0
+    logit_bias: float = 0.0
 
     @classmethod
     def from_features(cls, feats: FeatureSet, device: str | torch.device = "cpu") -> "Problem":
@@ -51,6 +56,10 @@ class Problem:
             cache_onehot=torch.nn.functional.one_hot(labels, feats.num_classes).float(),
             val=Split(t(feats.val_feats), t(feats.val_feats_corrected), t(feats.val_labels)),
             test=Split(t(feats.test_feats), t(feats.test_feats_corrected), t(feats.test_labels)),
+            cache_views=None if feats.cache_views is None else t(feats.cache_views),
+            cache_views_corrected=None if feats.cache_views_corrected is None else t(feats.cache_views_corrected),
+            logit_scale=feats.logit_scale,
+            logit_bias=feats.logit_bias,
         )
 
     @property
@@ -59,6 +68,15 @@ class Problem:
 
     def keys(self, corrected: bool) -> torch.Tensor:
         return self.cache_keys_corrected if corrected else self.cache_keys
+
+    def views(self, corrected: bool, method: str) -> torch.Tensor:
+        """The ``[E, N, D]`` per-pass support features; ``method`` names who needs them in the error."""
+        views = self.cache_views_corrected if corrected else self.cache_views
+        if views is None:
+            raise ClipimoError(f"{method} fits on every augmented view of the support set, but these features "
+                               f"have no {' / '.join(VIEW_KEYS)} [E, N, D]; write a features file that has them "
+                               "with `clipimo run --save-features` (one file per cell) and evaluate that")
+        return views
 
 
 @dataclass(frozen=True)
@@ -81,8 +99,9 @@ def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]
 
 
 def zeroshot_logits(problem: Problem, feats: torch.Tensor) -> torch.Tensor:
-    """``Z = 100 f W`` on ORIGINAL features (every method keeps this term)."""
-    return 100.0 * (feats @ problem.text_weights)
+    """``Z = s f W + b`` on ORIGINAL features (every method keeps this term); CLIP: s = 100, b = 0."""
+    z = problem.logit_scale * (feats @ problem.text_weights)
+    return z + problem.logit_bias if problem.logit_bias else z
 
 
 def count_hits(logit_chunks: Iterable[tuple[slice, torch.Tensor]], labels: torch.Tensor,
