@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from .._io import write_json
-from ..data.check import OK, MISSING, check_datasets, format_report
-from ..data.openimages import build_open_images_subset
 from ..data.registry import DATASETS, get_spec
 
 
@@ -41,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """Exit 1 when any dataset is broken or off-count, or a dataset asked for is missing."""
+    from .._io import write_json
+    from ..data.check import MISSING, OK, check_datasets, format_report
+
     names = [get_spec(name).name for name in args.dataset] if args.dataset else None
     results = check_datasets(args.root, names)
     print(format_report(results))
@@ -52,6 +52,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_openimages(args: argparse.Namespace) -> int:
+    from ..data.openimages import build_open_images_subset
+
     summary = build_open_images_subset(
         args.class_descriptions, args.labels, args.images, args.out,
         n_classes=args.classes, images_per_class=args.per_class, seed=args.seed,

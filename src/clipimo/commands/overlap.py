@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from .. import diagnostics
-from ..backbone import RANDOM_INIT_WARNING
 from ..errors import ClipimoError
 from ..featurefile import read_npz
-from ..report import overlap_file_record, write_overlap
+from ..log import logger, warn_random_init
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 DEFAULT_MAX_EXACT_PAIRS = 250_000_000   # ~22k images; beyond that sample unless --exact
@@ -85,7 +84,7 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
     meta = _meta(arrays["meta"]) if "meta" in keys else {}
     if "feats" in keys:
         if split not in (None, "test"):
-            print(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")
+            logger.info(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")
         fkey, ckey, lkey = "feats", "feats_corrected", "labels"
         kind, described = "features", f"{path.name}"
     elif keys & {k for triple in SECTION8_KEYS.values() for k in triple} or "text_weights" in keys:
@@ -115,7 +114,7 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
         raise ClipimoError(f"features file {path}: key {ckey!r} has shape {corrected.shape}, "
                            f"{fkey!r} has {feats.shape}: they must match")
     if corrected is None:
-        print(f"note: {path} has no {ckey!r}: original stream only")
+        logger.info(f"note: {path} has no {ckey!r}: original stream only")
     random_init = meta.get("random_init")
     if random_init is None and isinstance(meta.get("backbone"), dict):
         random_init = meta["backbone"].get("random_init")
@@ -145,7 +144,7 @@ def _model_source(args: argparse.Namespace) -> dict[str, Any]:
                   "description": f"{ds.name} {split}"}
     else:
         if args.split is not None:
-            print(f"note: --split {args.split} ignored with --images")
+            logger.info(f"note: --split {args.split} ignored with --images")
         path = Path(args.images)
         items, _ = read_image_folder(path) if path.is_dir() else read_csv_list(path, verify_files=False)
         source = {"kind": "images", "path": str(path), "description": path.name or str(path)}
@@ -176,7 +175,7 @@ def _sample_size(args: argparse.Namespace, n: int) -> int | None:
             raise ClipimoError(f"--sample-pairs must be >= 1, got {args.sample_pairs}")
         return args.sample_pairs
     if not args.exact and total > args.max_exact_pairs:
-        print(f"note: {total:,} pairs exceed --max-exact-pairs {args.max_exact_pairs:,}: sampling "
+        logger.info(f"note: {total:,} pairs exceed --max-exact-pairs {args.max_exact_pairs:,}: sampling "
               f"{DEFAULT_AUTO_SAMPLE:,} pairs (seed {args.seed}); pass --exact for every pair")
         return DEFAULT_AUTO_SAMPLE
     return None
@@ -212,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     if args.features:
         for flag, value in (("--root", args.root), ("--adapter", args.adapter), ("--pretrained", args.pretrained)):
             if value is not None:
-                print(f"note: {flag} ignored with --features")
+                logger.info(f"note: {flag} ignored with --features")
         src = load_feature_source(args.features, args.split)
     else:
         src = _model_source(args)
@@ -229,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
                            "(same-class) similarities need a class with at least 2 images")
     if args.bins < 1:
         raise ClipimoError(f"--bins must be >= 1, got {args.bins}")
+    from ..report import overlap_file_record, write_overlap
+
     sample = _sample_size(args, n)
     figures = diagnostics.compare_streams(src["original"], src["corrected"], labels, bins=args.bins,
                                           sample_pairs=sample, seed=args.seed)
@@ -236,9 +237,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_overlap(record, out, title=args.title)
     if record["random_init"]:
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     elif record["random_init"] is None:
-        print("note: the features file does not record whether its backbone was pretrained")
+        logger.info("note: the features file does not record whether its backbone was pretrained")
     print(f"{src['source']['description']}: {n:,} images, {len(counts)} classes, dim {record['dim']}")
     print(format_table(record))
     print(f"wrote {out / 'overlap.json'} and {out / 'overlap.png'}")
