@@ -8,6 +8,7 @@ DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_METHODS = ("zs", "tip", "tip-imo", "tipx", "tipx-imo")
 # Every method ``clipimo.methods.METHODS`` implements, in its order (a test keeps them equal).
 METHOD_NAMES = ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo")
+DEFAULT_BINS = 200  # similarity histogram bins over [-1, 1] (clipimo.diagnostics)
 
 
 def as_list(value: Any, cast: Callable = str) -> list:

@@ -11,12 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .. import diagnostics
 from ..errors import ClipimoError
-from ..featurefile import read_npz
 from ..log import logger, warn_random_init
+from ..options import DEFAULT_BINS
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 DEFAULT_MAX_EXACT_PAIRS = 250_000_000   # ~22k images; beyond that sample unless --exact
@@ -47,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset split (test|val|train, default test) or §8 features split "
                         "(test|val|cache, default test)")
     p.add_argument("--out", required=True, help="output folder for overlap.json and overlap.png")
-    p.add_argument("--bins", type=int, default=diagnostics.DEFAULT_BINS,
-                   help=f"histogram bins over [-1, 1] (default {diagnostics.DEFAULT_BINS})")
+    p.add_argument("--bins", type=int, default=DEFAULT_BINS,
+                   help=f"histogram bins over [-1, 1] (default {DEFAULT_BINS})")
     p.add_argument("--sample-pairs", type=int, default=None,
                    help="estimate from this many uniformly drawn pairs instead of all pairs")
     p.add_argument("--max-exact-pairs", type=int, default=DEFAULT_MAX_EXACT_PAIRS,
@@ -64,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---- sources -------------------------------------------------------------------------------------
 
-def _meta(value: np.ndarray) -> dict[str, Any]:
+def _meta(value) -> dict[str, Any]:
     try:
         meta = json.loads(str(value[()] if value.ndim == 0 else value))
     except (json.JSONDecodeError, TypeError, ValueError):
@@ -79,6 +76,8 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
     ``meta``) and the §8 features file (``<split>`` from test|val|cache). Loaded without pickle.
     """
     path = Path(path)
+    from ..featurefile import read_npz
+
     arrays = read_npz(path)
     keys = set(arrays)
     meta = _meta(arrays["meta"]) if "meta" in keys else {}
@@ -208,6 +207,10 @@ def format_table(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import diagnostics
+
     if args.features:
         for flag, value in (("--root", args.root), ("--adapter", args.adapter), ("--pretrained", args.pretrained)):
             if value is not None:
