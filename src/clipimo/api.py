@@ -15,10 +15,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import ClipimoError
 from .options import DEFAULT_METHODS
+
+if TYPE_CHECKING:
+    from .data.benchmarks import DatasetSplits
+    from .featurefile import FeatureSet
+    from .features import FeatureExtractor
 
 PathLike = str | os.PathLike
 
@@ -26,7 +31,7 @@ PathLike = str | os.PathLike
 def build_extractor(model: str = "ViT-B-16", pretrained: str | None = None, adapter: PathLike | None = None,
                     device: str = "cpu", cache_dir: PathLike | None = None, batch_size: int = 32,
                     workers: int | None = None, precision: str = "auto", progress: bool | None = None,
-                    strict_backbone: bool = True):
+                    strict_backbone: bool = True) -> FeatureExtractor:
     """A :class:`clipimo.FeatureExtractor` on ``model``/``pretrained`` (random init without weights:
     the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: auto|fp32|bf16."""
     from .backbone import load_clip
@@ -60,10 +65,10 @@ def prompt_options(templates: Sequence[str] | PathLike | None,
 class TaskFeatures:
     """The §8 features of one (task, shots, seed) cell, with what produced them."""
 
-    features: Any          # clipimo.featurefile.FeatureSet
-    splits: Any            # clipimo.data.DatasetSplits
+    features: FeatureSet
+    splits: DatasetSplits
     record: dict           # the validation record (protocol, sizes, skipped images)
-    extractor: Any         # clipimo.FeatureExtractor
+    extractor: FeatureExtractor
     shots: int
     seed: int
 
@@ -74,7 +79,7 @@ class TaskFeatures:
         save_cell_features(path, self.features, self.extractor, self.splits, self.shots, self.seed, self.record)
 
 
-def task_features(task: str, shots: int, seed: int, *, extractor=None, root: PathLike = ".",
+def task_features(task: str, shots: int, seed: int, *, extractor: FeatureExtractor | None = None, root: PathLike = ".",
                   validation: str | None = None, allow_test_tuning: bool = False, augment_passes: int | None = None,
                   templates: Sequence[str] | PathLike | None = None,
                   classnames: Mapping[str, str] | PathLike | None = None, skip_unreadable: bool = False,

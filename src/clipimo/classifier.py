@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -24,6 +24,9 @@ from .featurefile import FeatureSet
 from .methods import parse_methods
 from .methods.common import Problem, Split
 from .methods.predict import logits_at
+
+if TYPE_CHECKING:
+    from .features import FeatureExtractor
 
 FORMAT = "clipimo-classifier"
 FORMAT_VERSION = 1
@@ -88,7 +91,7 @@ class Classifier:
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance}
         _io.write_safetensors(path, {k: getattr(self, k) for k in _TENSORS}, META_KEY, meta)
 
-    def check_extractor(self, extractor) -> None:
+    def check_extractor(self, extractor: FeatureExtractor) -> None:
         """Refuse a backbone or adapter other than the ones the classifier's features came from."""
         ours, theirs = self.backbone, extractor.backbone.identity
         differ = [k for k in _IDENTITY_KEYS if k in ours and k in theirs and ours[k] != theirs[k]]
@@ -123,7 +126,7 @@ class Classifier:
             out[rows] = chunk
         return out
 
-    def predict(self, extractor, paths: Sequence[str], top_k: int = 5, skip_unreadable: bool = False,
+    def predict(self, extractor: FeatureExtractor, paths: Sequence[str], top_k: int = 5, skip_unreadable: bool = False,
                 device: str | torch.device = "cpu") -> list[dict[str, Any]]:
         """Top-k class names and probabilities (softmax of the method's logits) per image, in order;
         ``extractor`` must use the classifier's backbone and adapter."""

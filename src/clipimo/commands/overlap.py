@@ -7,7 +7,6 @@ Writes ``OUT/overlap.json`` (every figure, the densities and where they came fro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +60,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---- sources -------------------------------------------------------------------------------------
 
-def _meta(value) -> dict[str, Any]:
-    try:
-        meta = json.loads(str(value[()] if value.ndim == 0 else value))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def load_feature_source(path: str | Path, split: str | None = None) -> dict[str, Any]:
     """Features, optional corrected features, labels and provenance from a features ``.npz``.
 
     Accepts the ``clipimo features`` output (keys ``feats``, ``labels``, optional ``feats_corrected``,
     ``meta``) and the §8 features file (``<split>`` from test|val|cache). Loaded without pickle.
     """
-    path = Path(path)
-    from ..featurefile import read_npz
+    from ..featurefile import read_meta, read_npz
 
+    path = Path(path)
     arrays = read_npz(path)
     keys = set(arrays)
-    meta = _meta(arrays["meta"]) if "meta" in keys else {}
+    meta = read_meta(arrays)
     if "feats" in keys:
         if split not in (None, "test"):
             logger.info(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")
@@ -175,7 +166,7 @@ def _sample_size(args: argparse.Namespace, n: int) -> int | None:
         return args.sample_pairs
     if not args.exact and total > args.max_exact_pairs:
         logger.info(f"note: {total:,} pairs exceed --max-exact-pairs {args.max_exact_pairs:,}: sampling "
-              f"{DEFAULT_AUTO_SAMPLE:,} pairs (seed {args.seed}); pass --exact for every pair")
+                    f"{DEFAULT_AUTO_SAMPLE:,} pairs (seed {args.seed}); pass --exact for every pair")
         return DEFAULT_AUTO_SAMPLE
     return None
 
@@ -210,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import diagnostics
+    from ..report import overlap_file_record, write_overlap
 
     if args.features:
         for flag, value in (("--root", args.root), ("--adapter", args.adapter), ("--pretrained", args.pretrained)):
@@ -231,8 +223,6 @@ def run(args: argparse.Namespace) -> int:
                            "(same-class) similarities need a class with at least 2 images")
     if args.bins < 1:
         raise ClipimoError(f"--bins must be >= 1, got {args.bins}")
-    from ..report import overlap_file_record, write_overlap
-
     sample = _sample_size(args, n)
     figures = diagnostics.compare_streams(src["original"], src["corrected"], labels, bins=args.bins,
                                           sample_pairs=sample, seed=args.seed)

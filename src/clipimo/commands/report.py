@@ -5,7 +5,6 @@ import argparse
 from pathlib import Path
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
