@@ -201,3 +201,10 @@ def test_openai_weight_file_into_gelu_model_warns(tmp_path):
     save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
     with pytest.warns(UserWarning, match="ViT-B-16-quickgelu"):
         load_clip("ViT-B-16", str(path))
+
+
+def test_precision_is_fp32_unless_bf16_is_asked_for(tmp_path):
+    assert extractor(tmp_path).precision == "fp32"
+    assert extractor(tmp_path, precision="bf16").precision == "bf16-autocast"
+    with pytest.raises(ClipimoError, match="precision must be fp32 or bf16, got 'fp16'"):
+        extractor(tmp_path, precision="fp16")
