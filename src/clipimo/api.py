@@ -30,22 +30,19 @@ PathLike = str | os.PathLike
 
 def build_extractor(model: str = "ViT-B-16", pretrained: str | None = None, adapter: PathLike | None = None,
                     device: str = "cpu", cache_dir: PathLike | None = None, batch_size: int = 32,
-                    workers: int | None = None, precision: str = "auto", progress: bool | None = None,
+                    workers: int | None = None, precision: str = "fp32", progress: bool | None = None,
                     strict_backbone: bool = True) -> FeatureExtractor:
     """A :class:`clipimo.FeatureExtractor` on ``model``/``pretrained`` (random init without weights:
-    the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: auto|fp32|bf16."""
+    the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: fp32 or bf16."""
     from .backbone import load_clip
     from .features import FeatureExtractor
     from .log import warn_random_init
 
-    amp = {"auto": None, "fp32": False, "bf16": True}
-    if precision not in amp:
-        raise ClipimoError(f"precision must be one of {', '.join(amp)}, got {precision!r}")
     backbone = load_clip(model, pretrained, device=device)
     if backbone.random_init:
         warn_random_init()
     return FeatureExtractor(backbone, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size,
-                            num_workers=workers, amp=amp[precision], progress=progress,
+                            num_workers=workers, precision=precision, progress=progress,
                             strict_backbone=strict_backbone)
 
 

@@ -1,6 +1,7 @@
 """A tuned few-shot classifier in one file, to classify new images with a method chosen on a task.
 
-The file is safetensors (text weights, cache keys of both streams, cache labels) with one JSON
+The file is safetensors (text weights, cache keys of both streams, cache labels; for GDA, which fits
+on every augmented view, the per-pass views of both streams too) with one JSON
 metadata entry: method, chosen hyper-parameters, class names, the backbone identity and adapter
 hash the features came from, the zero-shot logit scale and bias, and provenance. No pickle.
 Logits come from :func:`clipimo.methods.predict.logits_at`, the one place a method's logits are
@@ -32,6 +33,7 @@ FORMAT = "clipimo-classifier"
 FORMAT_VERSION = 1
 META_KEY = "clipimo_classifier"
 _TENSORS = ("text_weights", "cache_keys", "cache_keys_corrected", "cache_labels")
+_VIEWS = ("cache_views", "cache_views_corrected")  # [E, N, D]: stored for the methods that fit on them
 # Backbone identity fields that must agree between the classifier and the model given to predict.
 _IDENTITY_KEYS = ("model", "weights", "config_sha256", "quick_gelu")
 
@@ -52,6 +54,8 @@ class Classifier:
     logit_scale: float = 100.0
     logit_bias: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    cache_views: torch.Tensor | None = None
+    cache_views_corrected: torch.Tensor | None = None
 
     @property
     def needs_adapter(self) -> bool:
@@ -72,6 +76,10 @@ class Classifier:
         adapter_sha = adapter.get("sha256") if isinstance(adapter, dict) else meta.get("adapter_sha256")
         if method.endswith("-imo") and not adapter_sha:
             raise ClipimoError(f"{method} uses the corrected stream, but the features file records no adapter")
+        if method.startswith("gda") and not feats.has_views:
+            raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
+                               "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
+        views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if method.startswith("gda") else {}
         classnames = list(meta.get("classnames") or [str(i) for i in range(feats.num_classes)])
         if len(classnames) != feats.num_classes:
             raise ClipimoError(f"the features file names {len(classnames)} classes but its text weights have "
@@ -82,14 +90,16 @@ class Classifier:
                    cache_keys_corrected=torch.from_numpy(feats.cache_keys_corrected),
                    cache_labels=torch.from_numpy(feats.cache_labels),
                    classnames=classnames, backbone=dict(backbone), adapter_sha256=adapter_sha,
-                   logit_scale=feats.logit_scale, logit_bias=feats.logit_bias, provenance=dict(provenance or {}))
+                   logit_scale=feats.logit_scale, logit_bias=feats.logit_bias, provenance=dict(provenance or {}),
+                   **views)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically as safetensors + JSON metadata."""
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "hparams": self.hparams,
                 "classnames": self.classnames, "backbone": self.backbone, "adapter_sha256": self.adapter_sha256,
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance}
-        _io.write_safetensors(path, {k: getattr(self, k) for k in _TENSORS}, META_KEY, meta)
+        tensors = {k: getattr(self, k) for k in _TENSORS + _VIEWS if getattr(self, k) is not None}
+        _io.write_safetensors(path, tensors, META_KEY, meta)
 
     def check_extractor(self, extractor: FeatureExtractor) -> None:
         """Refuse a backbone or adapter other than the ones the classifier's features came from."""
@@ -120,7 +130,8 @@ class Classifier:
             text_weights=self.text_weights.to(device), cache_keys=self.cache_keys.to(device),
             cache_keys_corrected=self.cache_keys_corrected.to(device), cache_labels=self.cache_labels.to(device),
             cache_onehot=torch.nn.functional.one_hot(self.cache_labels, len(self.classnames)).float().to(device),
-            val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias)
+            val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
+            **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
         out = torch.empty(len(original), len(self.classnames), device=device)
         for rows, chunk in logits_at(problem, query, self.method, self.hparams):
             out[rows] = chunk
@@ -156,7 +167,8 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     return Classifier(method=meta["method"], hparams=meta["hparams"], classnames=meta["classnames"],
                       backbone=meta["backbone"], adapter_sha256=meta["adapter_sha256"],
                       logit_scale=meta["logit_scale"], logit_bias=meta["logit_bias"],
-                      provenance=meta.get("provenance", {}), **{k: tensors[k] for k in _TENSORS})
+                      provenance=meta.get("provenance", {}),
+                      **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
 
 
 def list_images(source: str | os.PathLike) -> list[str]:

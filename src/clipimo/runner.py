@@ -27,9 +27,8 @@ from .featurefile import FeatureSet, feature_arrays, save_features as save_featu
 from .features import FeatureExtractor
 from .log import tqdm_disable, warn_random_init
 from .methods import parse_methods
-from .report import results_markdown, summarise
-
 from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
+from .report import results_markdown, summarise
 
 CACHE_AUGMENT_PASSES = 10
 
@@ -116,6 +115,8 @@ def cell_features(
     arrays["cache_labels"], arrays["val_labels"], arrays["test_labels"] = (
         f.labels.numpy() for f in (keys, val, test)
     )
+    arrays["cache_views"] = keys.views.numpy()
+    arrays["cache_views_corrected"] = keys.views_corrected_or_original.numpy()
     return validate_features(arrays, f"features of {label}"), record
 
 

@@ -24,8 +24,8 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
     parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="feature precision: auto = bf16 autocast on CUDA, fp32 on CPU (part of the cache key)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32 (default, as the paper) or bf16 autocast (faster on GPUs); part of the cache key and recorded")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "cache keys, validation and test features, text weights), which 'clipimo evaluate' reads. An "
                     "--images folder holding train/ and test/ is taken as a task.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="CSV list (path,label) or ImageFolder tree")
+    src.add_argument("--images", help="CSV list (path,label) or ImageFolder tree: writes feats, feats_corrected, labels, "
+                                      "meta, and with --passes the per-pass views, views_corrected [E, N, D]")
     src.add_argument("--task", help="task folder (train/, test/, optional val/: ImageFolder trees or CSVs) or a benchmark name (with --root)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--shots", type=int, default=None, help="with a task: support images per class")
@@ -70,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with a task: hyper-parameter validation set (default: the val split; held-out train images without one)")
     p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (recorded in the file)")
     p.add_argument("--augment-passes", type=int, default=10, help="with a task: augmented views averaged per cache key (default 10)")
-    p.add_argument("--passes", type=int, default=0, help="with --images: 0 uses the eval transform; E>0 averages E augmented views")
+    p.add_argument("--passes", type=int, default=0, help="with --images: 0 uses the eval transform; E>0 averages E augmented "
+                                                         "views and keeps each")
     add_prompt_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
@@ -121,6 +123,7 @@ def run_images(args: argparse.Namespace) -> int:
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter_sha256": extractor.adapter_hash,
+        "precision": extractor.precision,
         "passes": args.passes,
         "seed": args.seed if args.passes else None,
         "classnames": classnames,
@@ -128,8 +131,10 @@ def run_images(args: argparse.Namespace) -> int:
         "skipped": feats.skipped,
     }
     arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
-    if feats.corrected is not None:
-        arrays["feats_corrected"] = feats.corrected.numpy()
+    for key, value in (("feats_corrected", feats.corrected), ("views", feats.views),
+                       ("views_corrected", feats.views_corrected)):
+        if value is not None:
+            arrays[key] = value.numpy()
     with _io.atomic_path(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
