@@ -89,3 +89,18 @@ def test_classifier_needs_a_features_file_with_provenance(tmp_path, capsys):
     assert main(["evaluate", "--features", str(tmp_path / "bare.npz"), "--methods", "zs",
                  "--save-classifier", str(tmp_path / "c.safetensors")]) == 2
     assert "records no backbone identity" in capsys.readouterr().err and not (tmp_path / "c.safetensors").exists()
+
+
+def test_gda_classifier_carries_the_views_and_reproduces_test_accuracy(made, tmp_path):
+    from clipimo.featurefile import load_features
+
+    root, _ = made
+    clf_path = tmp_path / "gda.safetensors"
+    assert main(["evaluate", "--features", str(root / "task.npz"), "--methods", "gda-imo", "--json",
+                 str(tmp_path / "g.json"), "--save-classifier", str(clf_path)]) == 0
+    clf = load_classifier(clf_path)
+    feats = load_features(root / "task.npz")
+    assert clf.cache_views_corrected.shape == feats.cache_views_corrected.shape  # E passes x N shots x D
+    logits = clf.logits(torch.from_numpy(feats.test_feats), torch.from_numpy(feats.test_feats_corrected))
+    hits = (logits.argmax(1) == torch.from_numpy(feats.test_labels)).sum().item()
+    assert 100.0 * hits / len(feats.test_labels) == json.loads((tmp_path / "g.json").read_text())["gda-imo"]["test_acc"]
