@@ -214,3 +214,52 @@ def contrast_task(seed: int = 0, num_classes: int = 4, shots: int = 3, n_val: in
 
 def as_featureset(arrays: dict) -> FeatureSet:
     return validate_features(arrays, "contrast task")
+
+
+def encode_streams(model_name: str, adapter: str, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Both streams of ``paths`` (eval transform) straight from open_clip, not through the library's
+    extractor: original from a model without adapters, corrected from a second one with the file's."""
+    import torch
+    from PIL import Image
+    from torch.nn import functional as F
+
+    from clipimo import load_adapters, load_clip
+
+    plain, adapted = load_clip(model_name), load_clip(model_name)
+    load_adapters(adapted.model, adapter)
+    x = torch.stack([plain.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return tuple(F.normalize(bb.model.eval().encode_image(x), dim=-1).double().numpy()
+                     for bb in (plain, adapted))
+
+
+def random_adapter_file(model_name: str, path, seed: int = 0, std: float = 0.3, scale: float = 0.5) -> None:
+    """An adapter file with every tensor random (Up included, so the streams differ)."""
+    import torch
+
+    from clipimo import add_adapters, load_clip, save_adapters
+
+    bb = load_clip(model_name)
+    add_adapters(bb.model, scale=scale)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in bb.model.visual.transformer.resblocks:
+            for p in block.adapter.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    save_adapters(bb.model, path)
+
+
+def class_images(folder, n: int, label: int, size: int = 36, seed: int = 0) -> list[str]:
+    """``n`` noisy PNGs whose colour and texture depend on ``label``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1000 * seed + label)
+    colour = np.random.default_rng(label).integers(95, 160, 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        pixels = np.clip(colour + rng.normal(0, 50, (size, size, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"img_{label}_{i}.png"
+        Image.fromarray(pixels).save(path)
+        out.append(str(path))
+    return out
