@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MUTMUT=${MUTMUT:-.venv/bin/mutmut}
+[[ -x "$MUTMUT" ]] || { echo "no $MUTMUT: .venv/bin/python -m pip install -e '.[dev,mutation]'" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 [[ "${FRESH:-0}" == 1 ]] && rm -rf mutants
 "$MUTMUT" run --max-children "${JOBS:-2}" "$@"

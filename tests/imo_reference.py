@@ -249,7 +249,7 @@ def random_adapter_file(model_name: str, path, seed: int = 0, std: float = 0.3, 
     save_adapters(bb.model, path)
 
 
-def class_images(folder, n: int, label: int, size: int = 36, seed: int = 0) -> list[str]:
+def class_images(folder, n: int, label: int, size: int = 36, seed: int = 0, noise: float = 50.0) -> list[str]:
     """``n`` noisy PNGs whose colour and texture depend on ``label``."""
     from PIL import Image
 
@@ -258,7 +258,7 @@ def class_images(folder, n: int, label: int, size: int = 36, seed: int = 0) -> l
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
-        pixels = np.clip(colour + rng.normal(0, 50, (size, size, 3)), 0, 255).astype(np.uint8)
+        pixels = np.clip(colour + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
         path = folder / f"img_{label}_{i}.png"
         Image.fromarray(pixels).save(path)
         out.append(str(path))

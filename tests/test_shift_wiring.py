@@ -14,7 +14,6 @@ import imo_reference as ref
 from clipimo import FeatureExtractor, load_clip
 from clipimo.cli import main
 from clipimo.runner import RunConfig, run_experiment
-from clipimo.shift import run_shift
 
 from conftest import TINY
 
@@ -38,7 +37,7 @@ def small_imagenet(tmp_path_factory):
                "ImageNetR": ("imagenet-rendition/imagenet-r", SUBSET_R)}
     for name, (folder, subset) in targets.items():
         for c in subset:
-            ref.class_images(root / folder / wnids[c], 5, c, seed=3)
+            ref.class_images(root / folder / wnids[c], 8, c, seed=3, noise=110.0)
     ref.random_adapter_file(TINY, root / "adapter.safetensors", seed=5, std=1.0, scale=1.0)
     return root
 
@@ -65,8 +64,12 @@ def _extractor(root, cache):
 
 def test_shift_targets_equal_a_hand_computation(small_imagenet, small_specs, tmp_path):
     root = small_imagenet
-    result = run_shift(_cfg(root), _extractor(root, tmp_path / "cache"), tmp_path / "shift",
-                       targets=["ImageNetA", "ImageNetR"], progress=False)
+    out = tmp_path / "shift"
+    assert main(["shift", "--root", str(root), "--targets", "ImageNetA,ImageNetR", "--shots", "1", "--seeds", "1",
+                 "--methods", ",".join(METHODS), "--augment-passes", "2", "--model", TINY,
+                 "--adapter", str(root / "adapter.safetensors"), "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"]) == 0
+    result = json.loads((out / "shift.json").read_text())
     # The source cell through the runner's own path: its saved features and its results.
     run_experiment(_cfg(root), _extractor(root, tmp_path / "cache"), tmp_path / "run", progress=False,
                    save_features=True)
@@ -102,8 +105,10 @@ def test_shift_targets_equal_a_hand_computation(small_imagenet, small_specs, tmp
         logits = logits[:, classes] if restrict else logits
         return ref.percent(ref.hits(logits, labels), len(labels))
 
-    paths_a = sorted(str(p) for p in (root / "imagenet-adversarial/imagenet-a").rglob("*.png"))
-    right = acc(paths_a, sorted(SUBSET_A), ref.Wiring.imo())
-    assert right != acc(paths_a, sorted(SUBSET_A), ref.Wiring.imo(), restrict=False)
+    targets = [(sorted(str(p) for p in (root / folder).rglob("*.png")), sorted(subset))
+               for folder, subset in (("imagenet-adversarial/imagenet-a", SUBSET_A),
+                                      ("imagenet-rendition/imagenet-r", SUBSET_R))]
+    right = [acc(paths, classes, ref.Wiring.imo()) for paths, classes in targets]
+    assert right != [acc(paths, classes, ref.Wiring.imo(), restrict=False) for paths, classes in targets]
     for wrong in ref.Wiring.imo().wrong_variants()[:2]:  # Z on corrected / A on original features
-        assert right != acc(paths_a, sorted(SUBSET_A), wrong), wrong
+        assert right != [acc(paths, classes, wrong) for paths, classes in targets], wrong
