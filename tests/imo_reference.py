@@ -151,8 +151,11 @@ def gda_fit(support: np.ndarray, labels: np.ndarray, num_classes: int):
 
 
 def gda_logits(arrays: dict, split: str, wiring: Wiring, alpha: float) -> np.ndarray:
-    """Fitted on the support set; with one augmentation pass the views are the keys."""
-    weight, bias = gda_fit(feats(arrays, "cache", wiring.a), arrays["cache_labels"], arrays["text_weights"].shape[1])
+    """Fitted on every augmented view of the support set (E x N rows), §6."""
+    views = arrays["cache_views_corrected" if wiring.a else "cache_views"].astype(np.float64)
+    support = views.reshape(-1, views.shape[-1])
+    labels = np.tile(arrays["cache_labels"], views.shape[0])
+    weight, bias = gda_fit(support, labels, arrays["text_weights"].shape[1])
     return zeroshot(arrays, split, wiring.z) + alpha * (feats(arrays, split, wiring.a) @ weight.T + bias)
 
 

@@ -19,7 +19,12 @@ def test_passes_are_different_views(tmp_path, images):
     ex = _extractor(tmp_path)
     one = ex.image_features(images, passes=1, seed=3).original
     two = ex.image_features(images, passes=2, seed=3).original
-    four = ex.image_features(images, passes=4, seed=3).original
+    feats = ex.image_features(images, passes=4, seed=3)
+    four = feats.original
+    views = feats.views  # [E, N, D]: every pair of passes differs for every image
+    gaps = (views[:, None] - views[None]).norm(dim=-1)  # [E, E, N]
+    off_diagonal = ~torch.eye(4, dtype=torch.bool)
+    assert gaps[off_diagonal].min() > 1e-3
     # Identical passes would average to the single-pass feature (normalised mean of equal vectors).
     assert (two - one).norm(dim=1).min() > 1e-3
     assert (four - two).norm(dim=1).min() > 1e-3
@@ -34,6 +39,7 @@ def test_both_streams_of_a_pass_see_the_same_pixels(tmp_path, images):
     save_adapters(bb.model, path)
     feats = _extractor(tmp_path, path).image_features(images, passes=3, seed=1)
     torch.testing.assert_close(feats.corrected, feats.original, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(feats.views_corrected, feats.views, rtol=1e-5, atol=1e-6)
     random = tmp_path / "random.safetensors"
     ref.random_adapter_file(TINY, random, seed=1)
     other = _extractor(tmp_path / "b", random).image_features(images, passes=3, seed=1)

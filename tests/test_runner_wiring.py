@@ -12,7 +12,7 @@ from clipimo.cli import main
 
 from conftest import TINY
 
-METHODS = ["zs", "tip", "tip-imo", "tipx", "tipx-imo"]
+METHODS = ["zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo"]
 NAMES = ["alpha", "beta", "gamma"]
 
 
@@ -56,6 +56,10 @@ def test_saved_cache_keys_have_both_streams(run_out):
     assert keys.shape == corrected.shape == (2 * len(NAMES), keys.shape[1])
     assert np.abs(keys - corrected).max() > 0.05
     np.testing.assert_array_equal(np.sort(arrays["cache_labels"]), np.repeat(np.arange(len(NAMES)), 2))
+    views, views_corrected = arrays["cache_views"], arrays["cache_views_corrected"]
+    assert views.shape == views_corrected.shape == (2, *keys.shape)  # --augment-passes 2
+    assert np.abs(views - views_corrected).max() > 0.05
+    assert np.linalg.norm(views[0] - views[1], axis=1).min() > 1e-3  # the two passes are different crops
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -66,6 +70,6 @@ def test_cell_results_equal_the_reference_on_the_saved_features(run_out, method)
 
 def test_the_streams_change_the_cells_answer(run_out):
     _, arrays, cell = run_out
-    for method in ("tip-imo", "tipx-imo"):
+    for method in ("tip-imo", "tipx-imo", "gda-imo"):
         wrong = [ref.method(arrays, method, w) for w in ref.Wiring.imo().wrong_variants()[:2]]
         assert all(w != cell["methods"][method] for w in wrong), method
