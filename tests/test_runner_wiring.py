@@ -69,7 +69,8 @@ def test_cell_results_equal_the_reference_on_the_saved_features(run_out, method)
 
 
 def test_the_streams_change_the_cells_answer(run_out):
+    """Power of the checks above: taking Z from corrected features, or A from original ones, changes
+    the answer of some -imo method (a runner that swapped streams would change them all)."""
     _, arrays, cell = run_out
-    for method in ("tip-imo", "tipx-imo", "gda-imo"):
-        wrong = [ref.method(arrays, method, w) for w in ref.Wiring.imo().wrong_variants()[:2]]
-        assert all(w != cell["methods"][method] for w in wrong), method
+    for wrong in ref.Wiring.imo().wrong_variants()[:2]:
+        assert any(ref.method(arrays, m, wrong) != cell["methods"][m] for m in ("tip-imo", "tipx-imo", "gda-imo")), wrong
