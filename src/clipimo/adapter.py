@@ -222,4 +222,5 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, strict_backbone: bo
         except RuntimeError as err:
             raise ClipimoError(f"adapter file {path}: block {i} tensors do not fit: {err}") from err
         adapter.scale = float(cfg["scale"])
+        adapter.dropout.p = float(cfg["dropout"])
     return meta
