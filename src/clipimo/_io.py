@@ -54,6 +54,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file; a missing or damaged file is a ClipimoError naming it and saying what it is."""
+    from .errors import ClipimoError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{what} file {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ClipimoError(f"{what} file {path} is not valid JSON: {err}") from err
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML config file that must hold a mapping (safe loader: plain data only)."""
     import yaml
@@ -64,8 +77,8 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ClipimoError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
