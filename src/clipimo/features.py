@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -28,9 +27,10 @@ from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
 from .errors import ClipimoError
+from .images import load_rgb
 from .transforms import cache_augmentation, seeded_transform
 
-FEATURE_FORMAT_VERSION = 1
+FEATURE_FORMAT_VERSION = 2  # 2: 16-bit and float images decoded with correct scaling
 DEFAULT_SHARD_SIZE = 4096
 
 
@@ -72,8 +72,7 @@ class _Images(Dataset):
     def __getitem__(self, i: int):
         path = self.items[i][0]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
+            im = load_rgb(path)
         except Exception as err:  # PIL raises many types for broken files; report them all alike
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
         if self.seed is None:
@@ -179,7 +178,12 @@ class FeatureExtractor:
         for start in tqdm(starts, desc=f"{desc} shards", disable=not self.progress or len(starts) < 2, leave=False):
             shard = items[start : start + self.shard_size]
             parts.append(self._shard(shard, transform, passes, seed, skip_unreadable, desc))
-        return _concat(parts)
+        feats = _concat(parts)
+        if not feats.paths:
+            first, why = next(iter(feats.skipped.items()))
+            raise ClipimoError(f"{desc}: all {len(items)} image(s) are unreadable, e.g. {first} ({why}); "
+                               "--skip-unreadable leaves nothing to encode")
+        return feats
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
         listing = []
@@ -247,6 +251,12 @@ class FeatureExtractor:
                     f"{len(failed)} image(s) could not be read:\n  {listed}\n(pass --skip-unreadable to leave them out)"
                 )
         keep = torch.tensor([i not in failed for i in range(n)], dtype=torch.bool)
+        bad = sorted({i for t in sums if t is not None for i in torch.nonzero(~torch.isfinite(t).all(1)).flatten().tolist()}
+                     - set(failed))
+        if bad:
+            listed = "\n  ".join(items[i][0] for i in bad[:20])
+            raise ClipimoError(f"{desc}: the model gave NaN or infinite features for {len(bad)} image(s) (nothing was "
+                               f"written; check the weights, adapter and --precision):\n  {listed}")
         original, corrected = (None if t is None else F.normalize(t[keep], dim=-1) for t in sums)
         return ImageFeatures(
             original=original,
