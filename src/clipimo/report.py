@@ -7,7 +7,6 @@ results follow the schema ``clipimo run`` writes (``meta``, ``cells``, ``summary
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from datetime import datetime, timezone

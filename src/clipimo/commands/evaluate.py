@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .._io import write_json
 from ..backbone import RANDOM_INIT_WARNING
 from ..evaluate import evaluate_features, format_table
-from ..featurefile import read_npz, validate_features
+from ..featurefile import read_meta, read_npz, validate_features
 from ..methods import METHODS
 
 DEFAULT_METHODS = "zs,tip,tip-imo,tipx,tipx-imo"
@@ -29,14 +28,15 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     arrays = read_npz(args.features)
-    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    meta = read_meta(arrays, args.features)
     if meta.get("random_init"):
         print(f"WARNING: {RANDOM_INIT_WARNING}")
     if (meta.get("validation") or {}).get("tuned_on_test"):
         print("WARNING: this file's val_* features are the TEST split: the accuracies below are tuned on test")
     feats = validate_features(arrays, str(args.features))
     results = evaluate_features(feats, args.methods, device=args.device, progress=True)
+    print(format_table(results, markdown=args.markdown), flush=True)  # shown even if --json fails
     if args.json:
         write_json(args.json, results)
-    print(format_table(results, markdown=args.markdown))
     return 0
+

@@ -7,7 +7,6 @@ Writes ``OUT/overlap.json`` (every figure, the densities and where they came fro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 from .. import diagnostics
 from ..backbone import RANDOM_INIT_WARNING
 from ..errors import ClipimoError
-from ..featurefile import read_npz
+from ..featurefile import read_meta, read_npz
 from ..report import overlap_file_record, write_overlap
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
@@ -65,14 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---- sources -------------------------------------------------------------------------------------
 
-def _meta(value: np.ndarray) -> dict[str, Any]:
-    try:
-        meta = json.loads(str(value[()] if value.ndim == 0 else value))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def load_feature_source(path: str | Path, split: str | None = None) -> dict[str, Any]:
     """Features, optional corrected features, labels and provenance from a features ``.npz``.
 
@@ -82,7 +73,7 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
     path = Path(path)
     arrays = read_npz(path)
     keys = set(arrays)
-    meta = _meta(arrays["meta"]) if "meta" in keys else {}
+    meta = read_meta(arrays, path)
     if "feats" in keys:
         if split not in (None, "test"):
             print(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")
