@@ -32,6 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:  # a full disk, a read-only folder, ...: name the file meant, not the temporary one
+        from .errors import ClipimoError
+
+        raise ClipimoError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
         tmp_path.unlink(missing_ok=True)
 
