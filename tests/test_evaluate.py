@@ -208,5 +208,9 @@ def test_ctrl_c_prints_one_line_and_exits_130(feats_file, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("clipimo.commands.evaluate.evaluate_features", interrupted)
-    assert cli.main(["evaluate", "--features", str(feats_file)]) == 130
+    try:
+        rc = cli.main(["evaluate", "--features", str(feats_file)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+    assert rc == 130
     assert capsys.readouterr().err == "interrupted; rerun the same command to resume\n"

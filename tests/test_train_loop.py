@@ -9,9 +9,9 @@ import pytest
 from torch.utils.data import DataLoader
 
 from clipimo.cli import main
-from clipimo.errors import ClipimoError, Terminated
+from clipimo.errors import ClipimoError
 from clipimo.train import SupervisedTrainer, read_metrics, train_supervised
-from clipimo.train.loop import ImageDataset, ImageReadError, latest_checkpoint
+from clipimo.train.loop import ImageDataset, latest_checkpoint
 
 from conftest import make_images
 from test_train_utils import one_torch_thread, tiny_config, write_csv  # noqa: F401 (autouse fixture)
@@ -67,6 +67,8 @@ def test_partial_last_metrics_line_and_damaged_latest_checkpoint(data, tmp_path,
 
 
 def test_sigterm_writes_a_checkpoint_then_exits(data, tmp_path, monkeypatch, capsys):
+    from clipimo.errors import Terminated
+
     step = SupervisedTrainer.train_step
 
     def step_then_sigterm(self, batch, i, epoch):
@@ -90,6 +92,8 @@ def test_sigterm_writes_a_checkpoint_then_exits(data, tmp_path, monkeypatch, cap
 
 
 def test_worker_errors_name_the_image_not_a_traceback(tmp_path):
+    from clipimo.train.loop import ImageReadError
+
     items = make_images(tmp_path, 2)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
