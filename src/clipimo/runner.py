@@ -143,10 +143,11 @@ def actual_shots(cell: Cell) -> dict[str, Any]:
     return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {})}
 
 
-def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig) -> tuple[FeatureSet, dict]:
+def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig, index_dir: Path) -> tuple[FeatureSet, dict]:
     """The §8 features of one cell, and its validation record (which lists any skipped unreadable
-    images). Encodes only what the cache lacks."""
+    images); the support set is written to ``index_dir/<cell>.json``. Encodes only what the cache lacks."""
     splits, label, record = cell.dataset.splits, cell.name, cell.record
+    save_support_index(index_dir / f"{label}.json", splits, cell.shots, cell.seed, cell.support)
     skip = cfg.skip_unreadable
     keys = extractor.image_features(cell.support, passes=cfg.augment_passes, seed=cell.seed, skip_unreadable=skip,
                                     desc=f"{label} cache keys")
@@ -277,14 +278,12 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
         short = ", ".join(f"{c} ({n})" for c, n in list(shots["short_classes"].items())[:10])
         _say(f"WARNING: {cell.name}: {len(shots['short_classes'])} class(es) have fewer than {cell.shots} "
              f"train images, so fewer shots: {short}")
-    feats, record = cell_features(extractor, cell, cfg)
+    feats, record = cell_features(extractor, cell, cfg, out / "supports")
     if save_features:
         meta = {**feature_meta(extractor), "dataset": cell.dataset.label, "shots": cell.shots, "seed": cell.seed,
                 "validation": record}
         save_feature_file(out / "features" / f"{cell.name}.npz",
                           {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
-    save_support_index(out / "supports" / f"{cell.name}.json", cell.dataset.splits, cell.shots, cell.seed,
-                       cell.support)
     result = {
         "dataset": cell.dataset.label,
         "source": cell.dataset.source,
