@@ -85,13 +85,13 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int):
         path = self.items[i][0]
-        try:
+        try:  # PIL raises many types for broken files (some only inside the transform); report them all alike
             im = load_rgb(path)
-        except Exception as err:  # PIL raises many types for broken files; report them all alike
+            if self.seed is None:
+                return self.transform(im), True, ""
+            return seeded_transform(self.transform, im, _item_seed(self.seed, self.pass_index, path)), True, ""
+        except Exception as err:
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
-        if self.seed is None:
-            return self.transform(im), True, ""
-        return seeded_transform(self.transform, im, _item_seed(self.seed, self.pass_index, path)), True, ""
 
 
 class FeatureExtractor:
