@@ -155,3 +155,25 @@ def test_resnet_tower_is_refused(tmp_path):
     bb = load_clip(str(path))
     with pytest.raises(ClipimoError, match="ViT image tower.*ModifiedResNet"):
         add_adapters(bb.model)
+
+
+def test_non_finite_weights_and_malformed_metadata_are_refused_at_load(tmp_path, tiny):
+    from clipimo import _io
+    from clipimo.adapter import ADAPTER_FORMAT, ADAPTER_FORMAT_VERSION, adapter_config, adapter_state
+
+    add_adapters(tiny.model)
+    with torch.no_grad():
+        tiny.model.visual.transformer.resblocks[1].adapter.up.weight[0, 0] = float("nan")
+    nan = tmp_path / "nan.safetensors"
+    save_adapters(tiny.model, nan)
+    fresh = load_clip(TINY)
+    with pytest.raises(ClipimoError, match=r"nan\.safetensors: tensor\(s\) resblocks\.1\.up\.weight hold NaN or infinite"):
+        load_adapters(fresh.model, nan)
+    assert not hasattr(fresh.model.visual.transformer.resblocks[0], "adapter")  # nothing half-loaded
+
+    bad = tmp_path / "bad_meta.safetensors"
+    meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_FORMAT_VERSION,
+            "config": {**adapter_config(tiny.model), "width": "wide", "scale": None}}
+    _io.write_safetensors(bad, adapter_state(tiny.model), "clipimo", meta)
+    with pytest.raises(ClipimoError, match=r"bad_meta\.safetensors: malformed metadata: .*bad or missing: width, scale"):
+        load_adapters(load_clip(TINY).model, bad)

@@ -62,7 +62,7 @@ def test_templates_and_classnames_shape_the_text_weights_and_are_recorded(task, 
                  "--templates", str(templates), "--classnames", str(names), "--model", TINY,
                  "--cache-dir", str(task / "cache"), "--workers", "0", "--out", str(out)]) == 0
     arrays = read_npz(out)
-    meta = read_meta(arrays)
+    meta = read_meta(arrays, "test")
     readable = ["navy square", "green", "crimson square"]  # labels keep the folder order blue, green, red
     assert meta["classnames"] == readable and meta["templates"] == ["a photo of {}.", "a blurry photo of {}."]
 

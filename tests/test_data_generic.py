@@ -47,9 +47,9 @@ def test_csv_with_class_names_and_ints(tmp_path):
     assert items[0] == (str(tmp_path / "imgs" / "1.png"), 1)
     assert items[2] == (str(absolute), 1)
 
-    (tmp_path / "ints.csv").write_text("path,label\nimgs/1.png,2\nimgs/2.png,0\n")
+    (tmp_path / "ints.csv").write_text("path,label\nimgs/1.png,1\nimgs/2.png,0\n")
     items, classnames = read_csv_list(tmp_path / "ints.csv")
-    assert [it.label for it in items] == [2, 0] and classnames == ["0", "1", "2"]
+    assert [it.label for it in items] == [1, 0] and classnames == ["0", "1"]
 
 
 def test_csv_errors(tmp_path):
@@ -154,14 +154,68 @@ def test_custom_dataset_folders_and_csv(tmp_path):
     assert ds.counts() == {"train": 3, "val": 0, "test": 2}
     assert ds.test[1].label == 1 and ds.prompts("sea_lion") == ["a photo of a sea lion."]
 
-    put_image(tmp_path / "csvtask" / "a.png")
-    (tmp_path / "csvtask" / "train.csv").write_text("path,label\na.png,10\na.png,2\n")
-    (tmp_path / "csvtask" / "test.csv").write_text("path,label\na.png,2\n")
+    for i in range(11):
+        put_image(tmp_path / "csvtask" / f"{i}.png")
+    (tmp_path / "csvtask" / "train.csv").write_text("path,label\n" + "".join(f"{i}.png,{i}\n" for i in range(11)))
+    (tmp_path / "csvtask" / "test.csv").write_text("path,label\n2.png,2\n")
     ds = load_custom_dataset(tmp_path / "csvtask", name="mine", templates=["{}"])
-    assert ds.classnames[:3] == ["0", "1", "2"] and ds.classnames[-1] == "10"
-    assert [it.label for it in ds.train] == [10, 2] and ds.test[0].label == 2
+    assert ds.classnames[:3] == ["0", "1", "2"] and ds.classnames[-1] == "10"  # numeric order
+    assert [it.label for it in ds.train][-2:] == [9, 10] and ds.test[0].label == 2
     with pytest.raises(ClipimoError, match=r"train: no train/ folder .* or train\.csv"):
         load_custom_dataset(tmp_path / "task" / "train")
+
+
+# ---- issue 11: CSV encoding, repeated rows, label spaces ---------------------------------------
+
+def test_csv_accepts_utf8_bom_and_names_the_line_of_a_decoding_error(tmp_path):
+    put_image(tmp_path / "a.png")
+    (tmp_path / "bom.csv").write_bytes("\ufeffpath,label\na.png,cat\n".encode("utf-8"))
+    items, classnames = read_csv_list(tmp_path / "bom.csv")
+    assert classnames == ["cat"] and items[0].path == str(tmp_path / "a.png")
+    (tmp_path / "latin.csv").write_bytes("path,label\na.png,cat\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ClipimoError, match=r"latin\.csv:3: not UTF-8 text \(byte 0xe9\)"):
+        read_csv_list(tmp_path / "latin.csv")
+
+
+def test_csv_refuses_duplicate_rows_and_paths_with_two_labels(tmp_path):
+    for name in ("a", "b", "c"):
+        put_image(tmp_path / f"{name}.png")
+    (tmp_path / "dup.csv").write_text("path,label\na.png,cat\nb.png,dog\n./a.png,cat\nc.png,cat\nc.png,dog\n")
+    with pytest.raises(ClipimoError) as err:
+        read_csv_list(tmp_path / "dup.csv")
+    text = str(err.value)
+    assert f"{tmp_path / 'c.png'} (lines 5, 6: labels cat, dog)" in text
+    assert f"{tmp_path / 'a.png'} (lines 2, 4)" in text and "b.png" not in text
+
+
+def test_csv_integer_labels_with_gaps_are_an_error_naming_the_empty_classes(tmp_path):
+    for name in ("a", "b"):
+        put_image(tmp_path / f"{name}.png")
+    (tmp_path / "gaps.csv").write_text("path,label\na.png,0\nb.png,3\n")
+    with pytest.raises(ClipimoError, match=r"gaps\.csv: integer labels 0\.\.3 have no rows for 1, 2"):
+        read_csv_list(tmp_path / "gaps.csv")
+
+
+def _task(root, train, test):
+    for split, rows in (("train", train), ("test", test)):
+        lines = ["path,label"]
+        for i, label in enumerate(rows):
+            put_image(root / "imgs" / f"{split}{i}.png")
+            lines.append(f"imgs/{split}{i}.png,{label}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_custom_task_label_space_errors_name_the_classes(tmp_path):
+    with pytest.raises(ClipimoError, match=r"test\.csv: class\(es\) zebra have no train images"):
+        load_custom_dataset(_task(tmp_path / "absent", ["cat", "dog"], ["cat", "zebra"]))
+    with pytest.raises(ClipimoError, match=r"labels mix integers and class names .*train\.csv: integers.*"
+                                           r"test\.csv: class names, e\.g\. 'cat'"):
+        load_custom_dataset(_task(tmp_path / "mixed", ["0", "1"], ["cat"]))
+    with pytest.raises(ClipimoError, match=r"integer labels have no images for 1 in any split \(empty classes\)"):
+        load_custom_dataset(_task(tmp_path / "gaps", ["0", "2"], ["2"]))
+    ok = load_custom_dataset(_task(tmp_path / "ok", ["0", "1", "2"], ["02"]))  # test may lack classes
+    assert ok.classnames == ["0", "1", "2"] and ok.test[0].label == 2
 
 
 def test_paper_list_becomes_the_trainers_csv(tmp_path, capsys):

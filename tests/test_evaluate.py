@@ -148,3 +148,83 @@ def test_cli_bad_file(monkeypatch, tmp_path, feats, capsys):
 def test_format_table_plain():
     table = format_table({"tip": {"val_acc": 50.0, "test_acc": 40.0, "hparams": {"alpha": 1.0, "beta": 2.0}}})
     assert table.splitlines()[1].split() == ["tip", "50.00", "40.00", "alpha=1,", "beta=2"]
+
+
+# ---- issue 11: clean errors, nothing half-written, results shown even when the JSON fails -------
+
+@pytest.fixture()
+def feats_file(tmp_path):
+    path = tmp_path / "f.npz"
+    save_features(path, synthetic_features(num_classes=3, shots=2, n_val=6, n_test=6, dim=8))
+    return path
+
+
+def test_results_are_printed_when_the_json_cannot_be_written(feats_file, tmp_path, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert cli.main(["evaluate", "--features", str(feats_file), "--methods", "zs", "--json", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("method") and "zs" in out  # the table came first
+    assert err.splitlines()[-1] == f"clipimo evaluate: error: {folder} is a folder; expected the path of a file to write"
+
+
+def test_a_full_disk_is_one_message_and_leaves_nothing(feats_file, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    from pathlib import Path
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "out" / "e.json"
+    assert cli.main(["evaluate", "--features", str(feats_file), "--methods", "zs", "--json", str(target)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"clipimo evaluate: error: cannot write {target}: No space left on device"
+    assert list(target.parent.iterdir()) == []  # no partial file, no temporary file
+
+
+def test_damaged_features_files_are_one_clear_error(feats_file, tmp_path, capsys):
+    import io
+    import zipfile
+
+    arrays = dict(np.load(feats_file))
+    bad_meta = tmp_path / "meta.npz"
+    np.savez(bad_meta, **arrays, meta=np.array("{not json"))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 512)})
+    absurd = tmp_path / "absurd.npz"
+    with zipfile.ZipFile(absurd, "w") as zf:
+        zf.writestr("text_weights.npy", header.getvalue() + b"\0" * 64)
+    text = tmp_path / "text.npz"
+    text.write_text("path,label\n")
+    expected = {bad_meta: f"{bad_meta}: its 'meta' entry is not valid JSON",
+                absurd: f"{absurd}: array 'text_weights' declares shape (1000000000000, 512) of float32 "
+                        "(2048000000000000 bytes) but holds 64 bytes",
+                text: f"{text}: not a readable .npz features file"}
+    for path, message in expected.items():
+        assert cli.main(["evaluate", "--features", str(path), "--methods", "zs"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"clipimo evaluate: error: {message}") and err.count("\n") == 1, err
+
+
+def test_device_cuda_without_cuda_is_one_clear_error(feats_file, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert cli.main(["evaluate", "--features", str(feats_file), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == ("clipimo evaluate: error: --device cuda: CUDA is not available on this "
+                                               "machine (use --device cpu)")
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(feats_file, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clipimo.commands.evaluate.evaluate_features", interrupted)
+    try:
+        rc = cli.main(["evaluate", "--features", str(feats_file)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+    assert rc == 130
+    assert capsys.readouterr().err == "interrupted; rerun the same command to resume\n"

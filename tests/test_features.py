@@ -204,6 +204,38 @@ def test_openai_weight_file_into_gelu_model_warns(tmp_path):
         load_clip("ViT-B-16", str(path))
 
 
+def test_sixteen_bit_image_encodes_like_its_eight_bit_version(tmp_path):
+    from PIL import Image
+
+    from clipimo.data.items import LabelledImage
+
+    deep = (np.random.default_rng(1).integers(0, 256, (24, 24)) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    Image.fromarray((deep // 257).astype(np.uint8)).convert("RGB").save(tmp_path / "eight.png")
+    feats = extractor(tmp_path).image_features([LabelledImage(str(tmp_path / "deep.png"), 0),
+                                                LabelledImage(str(tmp_path / "eight.png"), 0)])
+    assert torch.allclose(feats.original[0], feats.original[1], atol=1e-5)
+
+
+def test_non_finite_features_are_refused_before_anything_is_written(tmp_path, images):
+    ex = extractor(tmp_path)
+    ex.backbone.model.encode_image = lambda x: torch.full((len(x), 32), float("nan"))
+    with pytest.raises(ClipimoError, match=r"the model gave NaN or infinite features for 10 image\(s\)"):
+        ex.image_features(images)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_skip_unreadable_leaving_no_image_is_an_error(tmp_path):
+    from clipimo.data.items import LabelledImage
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    items = [LabelledImage(str(tmp_path / n), 0) for n in ("a.png", "b.png")]
+    with pytest.raises(ClipimoError, match=r"all 2 image\(s\) are unreadable, e\.g\. .*a\.png .*--skip-unreadable "
+                                           r"leaves nothing"):
+        extractor(tmp_path).image_features(items, skip_unreadable=True)
+
+
 def test_precision_is_fp32_unless_bf16_is_asked_for(tmp_path):
     assert extractor(tmp_path).precision == "fp32"
     assert extractor(tmp_path, precision="bf16").precision == "bf16-autocast"

@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 
 import numpy as np
@@ -120,3 +122,113 @@ def test_yaml_booleans_are_parsed(task, tmp_path):
     base = ["run", "--config", str(cfg), "--out", str(tmp_path / "r"), "--cache-dir", str(task / "cache"),
             "--workers", "0", "--no-progress"]
     assert main(base) == 2  # the string 'false' must not count as permission
+
+
+# ---- issue 11: a result is never silently wrong ------------------------------------------------
+
+def _copy_task(task, dest):
+    import shutil
+
+    shutil.copytree(task / "task", dest)
+    return dest
+
+
+def _small(task, out, datasets, *extra):
+    args = _args(task, out, "--shots", "1", "--seeds", "1", "--methods", "zs,tip", "--augment-passes", "1", *extra)
+    return [str(datasets) if a == str(task / "task") else a for a in args]
+
+
+def test_two_tasks_with_one_folder_name_get_their_own_cells(task, tmp_path):
+    a = _copy_task(task, tmp_path / "a" / "task")
+    b = _copy_task(task, tmp_path / "b" / "task")
+    for path in sorted((b / "test").rglob("*.png"))[::2]:
+        path.unlink()  # b/task: other test images
+    assert main(_small(task, tmp_path / "both", f"{a},{b}")) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert len(both["cells"]) == 2 and len({c["dataset"] for c in both["cells"]}) == 2
+    assert all(c["dataset"].startswith("task-") for c in both["cells"])
+    for path in (a, b):  # each cell equals that task evaluated alone
+        assert main(_small(task, tmp_path / path.parent.name, path)) == 0
+        alone = json.loads((tmp_path / path.parent.name / "results.json").read_text())["cells"][0]
+        match = [c for c in both["cells"] if c["dataset"] == alone["dataset"]]
+        assert match and match[0]["methods"] == alone["methods"]
+        assert match[0]["fingerprint"]["dataset"]["location"] == str(path)
+
+
+def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path, capsys):
+    data = _copy_task(task, tmp_path / "task")
+    out = tmp_path / "res"
+    assert main(_small(task, out, data)) == 0
+    # another shot count into the same folder adds to the results; 8 shots > 4 train images per class
+    assert main(_small(task, out, data, "--shots", "8")) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: task-" in err and "_k8_s1: 3 class(es) have fewer than 8 train images, so fewer shots: " \
+                                     "blue (4), green (4), red (4)" in err
+    results = json.loads((out / "results.json").read_text())
+    assert [(c["shots"], c["actual_shots"]["min"]) for c in results["cells"]] == [(1, 1), (8, 4)]
+    assert results["meta"]["shots"] == [1, 8]
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert sorted((r["shots"], r["min_shots_per_class"]) for r in rows) == [("1", "1"), ("1", "1"), ("8", "4"), ("8", "4")]
+    md = (out / "results.md").read_text()
+    assert "fewer train images than k" in md and "| task-" in md and " † |" in md
+
+    # a rerun with nothing changed reuses both cells silently
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert main(_small(task, out, data)) == 0
+    assert "recomputing" not in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamp
+
+    # deleting test images makes both cells stale (also the 8-shot one this run did not ask for)
+    for path in sorted((data / "test").rglob("*.png"))[::3]:
+        path.unlink()
+    assert main(_small(task, out, data)) == 0
+    err = capsys.readouterr().err
+    assert err.count("recomputing, its stored result is stale (changed: dataset.test, test images)") == 2
+    again = json.loads((out / "results.json").read_text())
+    assert all(c["fingerprint"]["test"] != o["fingerprint"]["test"] for c, o in zip(again["cells"], results["cells"]))
+
+    # a damaged cell file is an error naming it, not a traceback
+    cell = next((out / "cells").glob("*_k1_s1.json"))
+    cell.write_text('{"dataset": ')
+    assert main(_small(task, out, data)) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: cell file {cell} is not valid JSON: "
+                                                    "Expecting value: line 1 column 13 (char 12)")
+
+
+def test_second_run_on_one_folder_fails_at_once(task, tmp_path, capsys):
+    import os
+    import socket
+
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / ".clipimo.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": "t"}))
+    assert main(_small(task, out, task / "task")) == 2
+    assert (f"error: {out} is in use by another clipimo run (process {os.getpid()} on {socket.gethostname()}, "
+            "since t)") in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".clipimo.lock"]  # nothing written
+
+
+def test_environment_errors_are_one_message_with_nothing_written(task, tmp_path, capsys, monkeypatch):
+    import torch
+
+    bad_yaml = tmp_path / "run.yaml"
+    bad_yaml.write_bytes(b"datasets: [caf\xe9]\n")
+    assert main(["run", "--config", str(bad_yaml), "--out", str(tmp_path / "y")]) == 2
+    assert f"config file {bad_yaml} is not valid YAML" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        out = tmp_path / "cuda"
+        assert main(_small(task, out, task / "task", "--device", "cuda")) == 2
+        assert capsys.readouterr().err.strip().endswith("error: --device cuda: CUDA is not available on this machine "
+                                                        "(use --device cpu)")
+        assert not out.exists()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clipimo.commands.run.run_experiment", interrupted)
+    try:
+        rc = main(_small(task, tmp_path / "i", task / "task"))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+    assert rc == 130
+    assert capsys.readouterr().err == "interrupted; rerun the same command to resume\n"

@@ -18,6 +18,10 @@ os.umask(_UMASK)
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        from .errors import ClipimoError
+
+        raise ClipimoError(f"{path} is a folder; expected the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
@@ -28,6 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:  # a full disk, a read-only folder, ...: name the file meant, not the temporary one
+        from .errors import ClipimoError
+
+        raise ClipimoError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -54,6 +62,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file; a missing or damaged file is a ClipimoError naming it and saying what it is."""
+    from .errors import ClipimoError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{what} file {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ClipimoError(f"{what} file {path} is not valid JSON: {err}") from err
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML config file that must hold a mapping (safe loader: plain data only)."""
     import yaml
@@ -64,8 +85,8 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ClipimoError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")

@@ -27,6 +27,8 @@ from .errors import ClipimoError
 ADAPTER_FORMAT = "clipimo-imo-adapter"
 ADAPTER_FORMAT_VERSION = 1
 INITS = ("lora", "zero")
+_CONFIG_TYPES = {"width": int, "layers": int, "bottleneck": int, "scale": (int, float), "dropout": (int, float),
+                 "init": str}
 
 
 class IMOAdapter(nn.Module):
@@ -185,6 +187,15 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
             f"{path}: unsupported adapter format {meta.get('format')!r} v{meta.get('version')}, "
             f"expected {ADAPTER_FORMAT!r} v{ADAPTER_FORMAT_VERSION}"
         )
+    cfg = meta.get("config")
+    wrong = [k for k, kind in _CONFIG_TYPES.items() if not isinstance(cfg, dict) or not isinstance(cfg.get(k), kind)]
+    if wrong:
+        raise ClipimoError(f"adapter file {path}: malformed metadata: 'config' needs {', '.join(_CONFIG_TYPES)} "
+                           f"(bad or missing: {', '.join(wrong)}), got {cfg!r}")
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise ClipimoError(f"adapter file {path}: tensor(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold "
+                           "NaN or infinite values; the adapter is unusable (training diverged?)")
     return tensors, meta
 
 

@@ -23,6 +23,7 @@ from .options import DEFAULT_METHODS
 if TYPE_CHECKING:
     from .data.benchmarks import DatasetSplits
     from .featurefile import FeatureSet
+    from .runner import Cell
     from .features import FeatureExtractor
 
 PathLike = str | os.PathLike
@@ -63,17 +64,19 @@ class TaskFeatures:
     """The §8 features of one (task, shots, seed) cell, with what produced them."""
 
     features: FeatureSet
-    splits: DatasetSplits
+    cell: Cell             # the task, shots, seed and the sampled support and validation sets
     record: dict           # the validation record (protocol, sizes, skipped images)
     extractor: FeatureExtractor
-    shots: int
-    seed: int
+
+    @property
+    def splits(self) -> DatasetSplits:
+        return self.cell.dataset.splits
 
     def save(self, path: PathLike) -> None:
         """Write the evaluable features file (``clipimo evaluate --features PATH`` reads it)."""
         from .runner import save_cell_features
 
-        save_cell_features(path, self.features, self.extractor, self.splits, self.shots, self.seed, self.record)
+        save_cell_features(path, self.features, self.extractor, self.cell, self.record)
 
 
 def task_features(task: str, shots: int, seed: int, *, extractor: FeatureExtractor | None = None, root: PathLike = ".",
@@ -85,7 +88,7 @@ def task_features(task: str, shots: int, seed: int, *, extractor: FeatureExtract
     ``shots``-per-class support of sampling ``seed`` (cache keys: ``augment_passes`` augmented views),
     the validation set and the test split, both streams. ``extractor_options`` go to
     :func:`build_extractor` when no ``extractor`` is given."""
-    from .runner import CACHE_AUGMENT_PASSES, RunConfig, cell_features, open_task
+    from .runner import CACHE_AUGMENT_PASSES, RunConfig, cell_features, open_source, plan_cell
 
     templates, classnames = prompt_options(templates, classnames)
     cfg = RunConfig(root=str(root), datasets=[str(task)], shots=[shots], seeds=[seed], methods=["zs"],
@@ -93,9 +96,9 @@ def task_features(task: str, shots: int, seed: int, *, extractor: FeatureExtract
                     augment_passes=CACHE_AUGMENT_PASSES if augment_passes is None else augment_passes,
                     skip_unreadable=skip_unreadable, templates=templates, classnames=classnames)
     extractor = extractor or build_extractor(**extractor_options)
-    splits = open_task(str(task), cfg)
-    feats, record = cell_features(extractor, splits, shots, seed, cfg)
-    return TaskFeatures(feats, splits, record, extractor, shots, seed)
+    cell = plan_cell(open_source(str(task), cfg.root, cfg.templates, cfg.classnames), shots, seed, cfg, {})
+    feats, record = cell_features(extractor, cell, cfg)
+    return TaskFeatures(feats, cell, record, extractor)
 
 
 def evaluate_task(task: str, shots: int, seed: int, methods: str | Sequence[str] = DEFAULT_METHODS,

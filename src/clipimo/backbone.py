@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import _io
+from .device import resolve_device
 from .errors import ClipimoError
 from .log import RANDOM_INIT_WARNING  # noqa: F401  (re-exported: clipimo.backbone.RANDOM_INIT_WARNING)
 
@@ -69,13 +70,8 @@ def resolve_model_name(name: str) -> str:
     _register_bundled_configs()
     if name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
-            raise ClipimoError(f"model config file {path} does not exist")
-        try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ClipimoError(f"model config file {path} is not valid JSON: {err}") from err
-        if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        cfg = _io.read_json(path, "model config")
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
             raise ClipimoError(f"model config file {path} lacks 'vision_cfg'/'text_cfg' (open_clip format)")
         open_clip.add_model_config(str(path))
         return path.stem
@@ -196,6 +192,7 @@ def load_clip(
     Random init is seeded, so its features are reproducible; ``Backbone.random_init`` flags it and
     every report built on it must say so.
     """
+    device = resolve_device(device)  # a clear error for --device cuda without CUDA
     name = resolve_model_name(name)
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
     kwargs: dict[str, Any] = {}

@@ -80,11 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     log.configure(args.verbose - args.quiet)
     try:
         return int(args.func(args) or 0)
-    except (ClipimoError, FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt:
         if args.traceback:
             raise
-        print(f"clipimo {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except (ClipimoError, OSError, ValueError) as err:
+        if args.traceback:
+            raise
+        print(f"clipimo {args.command}: error: {describe(err)}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def describe(err: Exception) -> str:
+    """One line for an error: OS errors as '<reason>: <file>' (e.g. a full disk, a folder where a
+    file was expected), others by their message."""
+    if isinstance(err, OSError) and err.strerror:
+        files = [f for f in (err.filename, err.filename2) if f]
+        return f"{err.strerror}: {' -> '.join(map(str, files))}" if files else err.strerror
+    return str(err)
 
 
 if __name__ == "__main__":

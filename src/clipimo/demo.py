@@ -23,6 +23,7 @@ from .diagnostics import compare_streams
 from .errors import ClipimoError
 from .features import FeatureExtractor
 from .log import logger, warn_random_init
+from .images import load_rgb
 from .methods import METHODS
 from .report import build_report, overlap_file_record, write_overlap
 from .runner import RunConfig, run_experiment
@@ -96,13 +97,13 @@ def build_demo_data(out: str | Path, seed: int = 0) -> dict[str, Path]:
     src = skimage_data_dir()
     rng = np.random.default_rng(seed)
     for name, file in TASK_PHOTOS.items():
-        photo = Image.open(src / file).convert("RGB")
+        photo = load_rgb(src / file)
         for split, n in TASK_SPLITS.items():
             for i in range(n):
                 _write_png(out / "task" / split / name / f"{i:02d}.png", _random_crop(photo, rng))
     rows = []
     for name, file in POOL_PHOTOS.items():
-        photo = Image.open(src / file).convert("RGB")
+        photo = load_rgb(src / file)
         for i in range(POOL_PER_CLASS):
             rel = Path("pool") / name / f"{i:02d}.png"
             _write_png(out / rel, _random_crop(photo, rng))

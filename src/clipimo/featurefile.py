@@ -6,6 +6,7 @@ message naming the file and key instead of a shape error deep inside a search.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from dataclasses import asdict, dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, NoReturn
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from ._io import atomic_path
 from .errors import ClipimoError
@@ -166,6 +168,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ClipimoError(f"{path}: features file not found")
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -173,15 +176,39 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                            f"({err})") from err
 
 
-def read_meta(arrays: Mapping[str, np.ndarray]) -> dict:
-    """The JSON ``meta`` entry producers add to a features file ({} when absent or not a JSON object)."""
+def _check_declared_sizes(path: Path) -> None:
+    """Compare each array's header (shape x dtype) with the bytes its member holds, before anything
+    is allocated: a damaged or crafted header could otherwise ask for terabytes."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fh:
+                version = npformat.read_magic(fh)
+                if version not in ((1, 0), (2, 0)):
+                    raise ClipimoError(f"{path}: array '{info.filename[:-4]}' has unsupported .npy version {version}")
+                read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+                shape, _, dtype = read_header(fh, max_header_size=10_000)
+                need = math.prod(shape) * dtype.itemsize
+                have = info.file_size - fh.tell()
+            if need > have:
+                raise ClipimoError(f"{path}: array '{info.filename[:-4]}' declares shape {shape} of {dtype} "
+                                   f"({need} bytes) but holds {have} bytes: the file is damaged or not a features file")
+
+
+def read_meta(arrays: Mapping[str, np.ndarray], source: str | os.PathLike) -> dict:
+    """The optional JSON ``meta`` entry of a features file (``{}`` when absent); a malformed one is
+    an error naming the file."""
     if "meta" not in arrays:
         return {}
+    value = np.asarray(arrays["meta"])
     try:
-        meta = json.loads(str(arrays["meta"]))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        meta = json.loads(str(value[()] if value.ndim == 0 else value))
+    except (json.JSONDecodeError, ValueError) as err:
+        raise ClipimoError(f"{source}: its 'meta' entry is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ClipimoError(f"{source}: its 'meta' entry must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def load_features(path: str | os.PathLike) -> FeatureSet:

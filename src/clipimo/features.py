@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -31,9 +30,11 @@ from .data.items import LabelledImage
 from .data.templates import format_prompts
 from .errors import ClipimoError
 from .log import tqdm_disable
+from .images import load_rgb
 from .transforms import cache_augmentation, seeded_transform
 
-FEATURE_FORMAT_VERSION = 2  # 2: shards of augmented features hold the per-pass views
+# 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling
+FEATURE_FORMAT_VERSION = 3
 DEFAULT_SHARD_SIZE = 4096
 
 
@@ -85,14 +86,13 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int):
         path = self.items[i][0]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except Exception as err:  # PIL raises many types for broken files; report them all alike
+        try:  # PIL raises many types for broken files (some only inside the transform); report them all alike
+            im = load_rgb(path)
+            if self.seed is None:
+                return self.transform(im), True, ""
+            return seeded_transform(self.transform, im, _item_seed(self.seed, self.pass_index, path)), True, ""
+        except Exception as err:
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
-        if self.seed is None:
-            return self.transform(im), True, ""
-        return seeded_transform(self.transform, im, _item_seed(self.seed, self.pass_index, path)), True, ""
 
 
 class FeatureExtractor:
@@ -196,7 +196,12 @@ class FeatureExtractor:
         for start in tqdm(starts, desc=f"{desc} shards", disable=True if len(starts) < 2 else tqdm_disable(self.progress), leave=False):
             shard = items[start : start + self.shard_size]
             parts.append(self._shard(shard, transform, passes, seed, skip_unreadable, desc))
-        return _concat(parts)
+        feats = _concat(parts)
+        if not feats.paths:
+            first, why = next(iter(feats.skipped.items()))
+            raise ClipimoError(f"{desc}: all {len(items)} image(s) are unreadable, e.g. {first} ({why}); "
+                               "--skip-unreadable leaves nothing to encode")
+        return feats
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
         listing = []
@@ -264,6 +269,12 @@ class FeatureExtractor:
                     f"{len(failed)} image(s) could not be read:\n  {listed}\n(pass --skip-unreadable to leave them out)"
                 )
         keep = torch.tensor([i not in failed for i in range(n)], dtype=torch.bool)
+        bad = sorted({i for t in per_pass if t is not None
+                      for i in torch.nonzero(~torch.isfinite(t).all(2).all(0)).flatten().tolist()} - set(failed))
+        if bad:
+            listed = "\n  ".join(items[i][0] for i in bad[:20])
+            raise ClipimoError(f"{desc}: the model gave NaN or infinite features for {len(bad)} image(s) (nothing was "
+                               f"written; check the weights, adapter and --precision):\n  {listed}")
         original, corrected = (None if t is None else F.normalize(t[:, keep].sum(0), dim=-1) for t in per_pass)
         views, views_corrected = (None if t is None or not passes else F.normalize(t[:, keep], dim=-1)
                                   for t in per_pass)

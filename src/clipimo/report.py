@@ -7,7 +7,6 @@ results follow the schema ``clipimo run`` writes (``meta``, ``cells``, ``summary
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from datetime import datetime, timezone
@@ -54,16 +53,6 @@ def write_overlap(record: dict[str, Any], out: Path, title: str | None = None) -
 
 # ---- loading -------------------------------------------------------------------------------------
 
-def _read_json(path: str | os.PathLike, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"{what} file {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ClipimoError(f"{what} file {path} is not valid JSON: {err}") from err
-
-
 def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
     """Check the keys the report needs; fill ``summary`` from ``cells`` when it is absent."""
     if not isinstance(results, dict):
@@ -99,12 +88,12 @@ def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a ``results.json`` written by ``clipimo run``."""
-    return validate_results(_read_json(path, "results"), str(path))
+    return validate_results(_io.read_json(path, "results"), str(path))
 
 
 def load_shift(path: str | os.PathLike) -> dict[str, Any]:
     """A shift.json written by ``clipimo shift``."""
-    record = _read_json(path, "shift")
+    record = _io.read_json(path, "shift")
     if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
         raise ClipimoError(f"shift file {path}: expected a 'rows' list (written by 'clipimo shift')")
     return record
@@ -112,7 +101,7 @@ def load_shift(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_overlap(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check an ``overlap.json`` written by ``clipimo overlap``."""
-    record = _read_json(path, "overlap")
+    record = _io.read_json(path, "overlap")
     if not isinstance(record, dict) or not record.get("original"):
         raise ClipimoError(f"overlap file {path}: missing key 'original' (is this an overlap.json from 'clipimo overlap'?)")
     for name in ("original", "corrected"):
@@ -276,8 +265,13 @@ def _accuracy_tables(results: Mapping[str, Any]) -> list[str]:
     methods = _method_order(results)
     index = {(r["dataset"], int(r["shots"]), r["method"]): r for r in summary}
     shots = sorted({int(r["shots"]) for r in summary})
+    short = {(c["dataset"], int(c["shots"])) for c in results["cells"]
+             if (c.get("actual_shots") or {}).get("short_classes")}
     out = ["## Accuracy", "",
            "Top-1 test accuracy (%), mean ± std over seeds (std omitted for a single seed); best per row in bold.", ""]
+    if short:
+        out += [_quote_warning("† fewer train images than k for some classes, so fewer shots than the column "
+                               "says (see each cell's actual_shots in results.json)"), ""]
     for k in shots:
         out += [f"### {k} shot{'s' if k != 1 else ''}", ""]
         rows = []
@@ -292,7 +286,8 @@ def _accuracy_tables(results: Mapping[str, Any]) -> list[str]:
                 if r and best is not None and r["mean"] == best and len(methods) > 1:
                     text = f"**{text}**"
                 cells.append(text)
-            rows.append([("**average**" if ds == "average" else ds)] + cells)
+            mark = " †" if (ds, k) in short or (ds == "average" and any(kk == k for _, kk in short)) else ""
+            rows.append([("**average**" if ds == "average" else ds) + mark] + cells)
         out += [md_table(["Dataset"] + methods, rows), ""]
     return out
 

@@ -2,7 +2,10 @@
 
 Each (dataset, shots, seed) cell samples its support set, picks its validation set, pulls both
 feature streams from the feature cache, runs every method and writes ``cells/<cell>.json``
-atomically. A rerun skips finished cells, so a killed run loses at most the cell in progress.
+atomically with the cell's fingerprint (``identity.cell_fingerprint``). A rerun reuses a cell only
+when its fingerprint still matches, so a killed run loses at most the cell in progress and changed
+data or settings are never reported from a stale cell. ``results.*`` describe every cell in the
+folder, and a lock file keeps a second run out of it.
 """
 from __future__ import annotations
 
@@ -19,16 +22,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
-from .data import few_shot_support, open_dataset, validation_set
+from .data import few_shot_support, open_dataset, save_support_index, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
 from .evaluate import evaluate_features
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
-from .log import tqdm_disable, warn_random_init
+from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_label, fingerprint_changes
+from .log import logger, tqdm_disable, warn_random_init
 from .methods import parse_methods
+from .methods.gda import GDA_ALPHAS
 from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
 from .report import results_markdown, summarise
+from .runlock import folder_lock
+from .search import PAPER_GRID
 
 CACHE_AUGMENT_PASSES = 10
 
@@ -83,28 +90,73 @@ def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
     }
 
 
-def open_task(name: str, cfg: RunConfig) -> DatasetSplits:
-    """A benchmark or custom task folder with the run's prompt options."""
-    return open_dataset(name, cfg.root, templates=cfg.templates, classnames=cfg.classnames)
+@dataclass
+class OpenedDataset:
+    source: str  # benchmark name or resolved task folder: how a later run reopens it
+    splits: DatasetSplits
+    label: str
+    identity: dict
 
 
-def cell_features(
-    extractor: FeatureExtractor, splits: DatasetSplits, shots: int, seed: int, cfg: RunConfig,
-    index_dir: Path | None = None,
-) -> tuple[FeatureSet, dict]:
-    """The §8 features of one cell, and its validation record (which lists any skipped unreadable
-    images). Encodes only what the cache lacks; with ``index_dir`` the support set is saved there."""
-    index = None if index_dir is None else index_dir / f"{cell_name(splits.name, shots, seed)}.json"
-    support = few_shot_support(splits, shots, seed, index_path=index)
+@dataclass
+class Cell:
+    """One (dataset, shots, seed) cell's inputs: its images and the fingerprint they give."""
+
+    dataset: OpenedDataset
+    shots: int
+    seed: int
+    support: list
+    val_items: list
+    record: dict
+    fingerprint: dict
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.dataset.label, self.shots, self.seed)
+
+
+def open_source(source: str, root: str, templates: list[str] | None = None,
+                classnames: dict[str, str] | None = None) -> OpenedDataset:
+    """A benchmark name or custom task folder (with its own prompts, if given), with its unique
+    label and identity."""
+    custom = Path(source).expanduser().is_dir()
+    splits = open_dataset(source, root, templates=templates, classnames=classnames)
+    return OpenedDataset(splits.root if custom else splits.name, splits, dataset_label(splits, custom),
+                         dataset_identity(splits))
+
+
+def plan_cell(data: OpenedDataset, shots: int, seed: int, cfg: RunConfig, run_fp: dict) -> Cell:
+    """Sample the support and validation sets of a cell and fingerprint everything it depends on."""
+    splits = data.splits
+    support = few_shot_support(splits, shots, seed)
     val_items, record = validation_set(
         splits, shots, seed, support, protocol=cfg.validation, allow_test_tuning=cfg.allow_test_tuning
     )
-    label = cell_name(splits.name, shots, seed)
+    fp = cell_fingerprint(run_fp, data.identity, shots, seed, support, val_items, record, splits.test)
+    return Cell(data, shots, seed, support, val_items, record, fp)
+
+
+def actual_shots(cell: Cell) -> dict[str, Any]:
+    """Support images per class; classes with fewer train images than k are listed by name."""
+    counts = np.bincount([it.label for it in cell.support], minlength=cell.dataset.splits.num_classes)
+    names = cell.dataset.splits.classnames
+    short = {names[c]: int(n) for c, n in enumerate(counts) if n < cell.shots}
+    return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {})}
+
+
+def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig,
+                  index_dir: Path | None = None) -> tuple[FeatureSet, dict]:
+    """The §8 features of one cell, and its validation record (which lists any skipped unreadable
+    images); with ``index_dir`` the support set is written to ``index_dir/<cell>.json``. Encodes
+    only what the cache lacks."""
+    splits, label, record = cell.dataset.splits, cell.name, cell.record
+    if index_dir is not None:
+        save_support_index(index_dir / f"{label}.json", splits, cell.shots, cell.seed, cell.support)
     skip = cfg.skip_unreadable
-    keys = extractor.image_features(support, passes=cfg.augment_passes, seed=seed, skip_unreadable=skip,
+    keys = extractor.image_features(cell.support, passes=cfg.augment_passes, seed=cell.seed, skip_unreadable=skip,
                                     desc=f"{label} cache keys")
-    val = extractor.image_features(val_items, skip_unreadable=skip, desc=f"{splits.name} val")
-    test = extractor.image_features(splits.test, skip_unreadable=skip, desc=f"{splits.name} test")
+    val = extractor.image_features(cell.val_items, skip_unreadable=skip, desc=f"{label} val")
+    test = extractor.image_features(splits.test, skip_unreadable=skip, desc=f"{label} test")
     skipped = {name: sorted(f.skipped) for name, f in (("support", keys), ("val", val), ("test", test)) if f.skipped}
     if skipped:
         record = {**record, "skipped_unreadable": skipped}
@@ -120,15 +172,17 @@ def cell_features(
     return validate_features(arrays, f"features of {label}"), record
 
 
-def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, splits: DatasetSplits,
-                       shots: int, seed: int, record: dict) -> None:
+def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, cell: Cell,
+                       record: dict) -> None:
     """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts)."""
-    meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record,
-            "classnames": splits.classnames, "templates": splits.templates}
+    splits = cell.dataset.splits
+    meta = {**feature_meta(extractor), "dataset": cell.dataset.label, "shots": cell.shots, "seed": cell.seed,
+            "validation": record, "classnames": splits.classnames, "templates": splits.templates}
     save_feature_file(path, {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
 
 
 def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
+    """The settings one results folder holds; a run with other values is refused."""
     return {
         "backbone": extractor.backbone.identity,
         "adapter_sha256": extractor.adapter_hash,
@@ -143,11 +197,17 @@ def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
     }
 
 
+def method_grids() -> dict[str, str]:
+    """Digests of the searched hyper-parameter grids: a changed grid recomputes every cell."""
+    return {"paper_grid": array_digest(PAPER_GRID.alphas, PAPER_GRID.betas, PAPER_GRID.gammas),
+            "gda_alphas": array_digest(GDA_ALPHAS)}
+
+
 def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
     """A results folder holds one configuration: mixing cells of two would corrupt the tables."""
     path = out / "run.json"
     if path.is_file() and any((out / "cells").glob("*.json")):
-        old = json.loads(path.read_text())["fingerprint"]
+        old = _io.read_json(path, "run record").get("fingerprint") or {}
         if old != fingerprint:
             diff = sorted(k for k in fingerprint.keys() | old.keys() if old.get(k) != fingerprint.get(k))
             raise ClipimoError(
@@ -158,79 +218,133 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
 
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
                    progress: bool | None = None, save_features: bool = False) -> dict[str, Any]:
-    """Run every missing cell, then write results.json/.csv/.md in ``out``; returns the results."""
+    """Run every missing or stale cell, then write results.json/.csv/.md in ``out`` describing every
+    cell the folder holds; returns the results. The folder is locked against a concurrent run."""
     out = Path(out)
     require_adapter(cfg.methods, extractor)
+    with folder_lock(out):
+        return _run_locked(cfg, extractor, out, device, progress, save_features)
+
+
+def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
+                save_features: bool) -> dict[str, Any]:
     fingerprint = _fingerprint(cfg, extractor)
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if extractor.backbone.random_init:
         warn_random_init()
+    run_fp = {**fingerprint, "grids": method_grids()}
 
-    todo = [(d, k, s) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds]
+    opened: dict[str, OpenedDataset] = {}
+
+    def dataset(source: str) -> OpenedDataset:
+        if source not in opened:
+            data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
+            opened[source] = opened.setdefault(data.source, data)
+        return opened[source]
+
+    todo = {}
+    for source in cfg.datasets:
+        data = dataset(source)
+        todo.update({(data.source, k, s): cfg.methods for k in cfg.shots for s in cfg.seeds})
+    stored = {p.stem: _io.read_json(p, "cell") for p in sorted((out / "cells").glob("*.json"))}
+    for name, done in stored.items():
+        key = (done.get("source"), done.get("shots"), done.get("seed"))
+        if key not in todo and key[0] is not None:  # an earlier run's cell: checked like the others
+            todo[key] = list(done.get("methods", {}))
+
     cells: list[dict] = []
-    bar = tqdm(todo, desc="cells", disable=tqdm_disable(progress))
-    splits_cache: dict[str, DatasetSplits] = {}
-    for dataset, shots, seed in bar:
-        bar.set_postfix_str(cell_name(dataset, shots, seed))
-        if dataset not in splits_cache:
-            splits_cache[dataset] = open_task(dataset, cfg)
-        splits = splits_cache[dataset]
-        path = out / "cells" / f"{cell_name(splits.name, shots, seed)}.json"
-        if path.is_file():
-            done = json.loads(path.read_text())
-            if set(cfg.methods) <= set(done["methods"]):
-                done["methods"] = {m: done["methods"][m] for m in cfg.methods}
-                cells.append(done)
-                continue
-        feats, record = cell_features(extractor, splits, shots, seed, cfg, out / "supports")
-        if save_features:
-            save_cell_features(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz", feats, extractor,
-                               splits, shots, seed, record)
-        cell = {
-            "dataset": splits.name,
-            "shots": shots,
-            "seed": seed,
-            "validation": record,
-            "methods": evaluate_features(feats, cfg.methods, device=device),
-        }
-        _io.write_json(path, cell)
-        cells.append(cell)
-
-    results = {
-        "meta": {
-            "backbone": extractor.backbone.identity,
-            "random_init": extractor.backbone.random_init,
-            "adapter": feature_meta(extractor)["adapter"],
-            "methods": cfg.methods,
-            "datasets": sorted({c["dataset"] for c in cells}, key=[c["dataset"] for c in cells].index),
-            "shots": cfg.shots,
-            "seeds": cfg.seeds,
-            "validation": cfg.validation or "default (full; heldout where no val split)",
-            "templates": cfg.templates,
-            "classnames": cfg.classnames,
-            "tuned_on_test": any(c["validation"].get("tuned_on_test") for c in cells),
-            "clipimo_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-        "cells": cells,
-        "summary": summarise(cells),
-    }
+    bar = tqdm(list(todo.items()), desc="cells", disable=tqdm_disable(progress))
+    for (source, shots, seed), methods in bar:
+        try:
+            data = dataset(source)
+        except ClipimoError as err:
+            if source in {dataset(s).source for s in cfg.datasets}:
+                raise
+            logger.warning(f"leaving out the stored cells of {source} (shots {shots}, seed {seed}): {err}")
+            continue
+        cell = plan_cell(data, shots, seed, cfg, run_fp)
+        bar.set_postfix_str(cell.name)
+        cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features))
+    order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
+    cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
+    results = {"meta": _results_meta(cfg, extractor, cells), "cells": cells, "summary": summarise(cells)}
     write_results(out, results)
     return results
+
+
+def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: FeatureExtractor, cfg: RunConfig,
+              out: Path, device: str, save_features: bool) -> dict:
+    """Reuse a stored cell whose fingerprint matches; otherwise compute it (saying why)."""
+    todo = list(methods)
+    if done is not None:
+        changes = fingerprint_changes(done.get("fingerprint"), cell.fingerprint)
+        if changes:
+            logger.info(f"{cell.name}: recomputing, its stored result is stale (changed: {', '.join(changes)})")
+            done = None
+        else:
+            todo = [m for m in methods if m not in done["methods"]]
+            if not todo:
+                return done
+    shots = actual_shots(cell)
+    if "short_classes" in shots:
+        short = ", ".join(f"{c} ({n})" for c, n in list(shots["short_classes"].items())[:10])
+        logger.warning(f"{cell.name}: {len(shots['short_classes'])} class(es) have fewer than {cell.shots} "
+             f"train images, so fewer shots: {short}")
+    feats, record = cell_features(extractor, cell, cfg, out / "supports")
+    if save_features:
+        save_cell_features(out / "features" / f"{cell.name}.npz", feats, extractor, cell, record)
+    result = {
+        "dataset": cell.dataset.label,
+        "source": cell.dataset.source,
+        "shots": cell.shots,
+        "seed": cell.seed,
+        "actual_shots": shots,
+        "validation": record,
+        "methods": {**(done or {}).get("methods", {}), **evaluate_features(feats, todo, device=device)},
+        "fingerprint": cell.fingerprint,
+    }
+    _io.write_json(out / "cells" / f"{cell.name}.json", result)
+    return result
+
+
+def _results_meta(cfg: RunConfig, extractor: FeatureExtractor, cells: list[dict]) -> dict[str, Any]:
+    methods = list(dict.fromkeys([*cfg.methods, *(m for c in cells for m in c["methods"])]))
+    return {
+        "backbone": extractor.backbone.identity,
+        "random_init": extractor.backbone.random_init,
+        "adapter": feature_meta(extractor)["adapter"],
+        "methods": methods,
+        "datasets": list(dict.fromkeys(c["dataset"] for c in cells)),
+        "shots": sorted({c["shots"] for c in cells}),
+        "seeds": sorted({c["seed"] for c in cells}),
+        "validation": cfg.validation or "default (full; heldout where no val split)",
+        "templates": cfg.templates,
+        "classnames": cfg.classnames,
+        "tuned_on_test": any(c["validation"].get("tuned_on_test") for c in cells),
+        "fewer_shots_than_k": sorted({f"{c['dataset']} k={c['shots']}" for c in cells if is_short(c)}),
+        "clipimo_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def is_short(cell: dict) -> bool:
+    """Whether a cell had fewer train images than k for some class."""
+    return bool((cell.get("actual_shots") or {}).get("short_classes"))
 
 
 def results_csv(results: dict[str, Any]) -> str:
     """One row per (dataset, shots, seed, method) with accuracies and chosen hyper-parameters."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation", "random_init"])
+    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation",
+                     "random_init", "min_shots_per_class"])
     for c in results["cells"]:
         for m, r in c["methods"].items():
             h = r["hparams"]
             writer.writerow([c["dataset"], c["shots"], c["seed"], m, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
                              h.get("alpha", ""), h.get("beta", ""), h.get("gamma", ""), c["validation"]["protocol"],
-                             results["meta"]["random_init"]])
+                             results["meta"]["random_init"], (c.get("actual_shots") or {}).get("min", c["shots"])])
     return buf.getvalue()
 
 

@@ -19,7 +19,8 @@ from .methods.common import Problem, Split
 from .methods.predict import accuracy_at
 from .report import mean_std
 from .tables import md_table
-from .runner import RunConfig, cell_features, feature_meta, require_adapter
+from .runlock import folder_lock
+from .runner import RunConfig, cell_features, feature_meta, open_source, plan_cell, require_adapter
 
 SOURCE = "ImageNet"
 
@@ -34,14 +35,20 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
         raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
     require_adapter(cfg.methods, extractor)
     out, dev = Path(out), resolve_device(device)
-    source = load_dataset(SOURCE, cfg.root)
+    with folder_lock(out):
+        return _run_locked(cfg, extractor, out, targets, dev, progress)
+
+
+def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets: Sequence[str],
+                dev, progress: bool | None) -> dict[str, Any]:
+    source = open_source(SOURCE, cfg.root)
     shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
     if extractor.backbone.random_init:
         warn_random_init()
     per_seed: list[dict[str, Any]] = []
     records = []
     for seed in tqdm(cfg.seeds, desc="seeds", disable=tqdm_disable(progress)):
-        feats, record = cell_features(extractor, source, cfg.shots[0], seed, cfg, out / "supports")
+        feats, record = cell_features(extractor, plan_cell(source, cfg.shots[0], seed, cfg, {}), cfg, out / "supports")
         records.append(record)
         tuned = evaluate_features(feats, cfg.methods, device=dev)
         problem = Problem.from_features(feats, dev)

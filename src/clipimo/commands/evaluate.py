@@ -32,13 +32,14 @@ def main(args: argparse.Namespace) -> int:
     from ..log import logger, warn_random_init
 
     arrays = read_npz(args.features)
-    meta = read_meta(arrays)
+    meta = read_meta(arrays, args.features)
     if meta.get("random_init"):
         warn_random_init()
     if (meta.get("validation") or {}).get("tuned_on_test"):
         logger.warning("this file's val_* features are the TEST split: the accuracies below are tuned on test")
     feats = validate_features(arrays, str(args.features))
     results = evaluate_features(feats, args.methods, device=args.device, progress=progress_setting(args))
+    print(format_table(results, markdown=args.markdown), flush=True)  # shown even if --json fails
     if args.json:
         write_json(args.json, results)
     if args.save_classifier:
@@ -49,5 +50,5 @@ def main(args: argparse.Namespace) -> int:
                       "templates": meta.get("templates"), **results[method]}
         Classifier.from_features(feats, method, results[method]["hparams"], meta, provenance).save(args.save_classifier)
         logger.info(f"wrote {args.save_classifier}: {method} classifier ({feats.num_classes} classes)")
-    print(format_table(results, markdown=args.markdown))
     return 0
+

@@ -71,7 +71,7 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
     path = Path(path)
     arrays = read_npz(path)
     keys = set(arrays)
-    meta = read_meta(arrays)
+    meta = read_meta(arrays, path)
     if "feats" in keys:
         if split not in (None, "test"):
             logger.info(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")

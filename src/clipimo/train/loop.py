@@ -15,6 +15,9 @@ import datetime
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -35,8 +37,10 @@ from ..backbone import Backbone, load_clip
 from ..data.generic import is_image_file, read_csv_list, read_image_folder
 from ..data.items import LabelledImage
 from ..device import resolve_device
-from ..errors import ClipimoError
+from ..errors import ClipimoError, Terminated
 from ..log import warn_random_init
+from ..identity import items_digest
+from ..images import load_rgb
 from ..transforms import seeded_transform
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 
@@ -133,6 +137,12 @@ def load_training_items(path: str | os.PathLike | None, need_labels: bool) -> tu
     raise ClipimoError(f"--data {source}: no such CSV file or folder")
 
 
+def _short_list(names: Sequence[str] | None, limit: int = 5) -> str:
+    if names is None:
+        return "none (unlabelled)"
+    return "[" + ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") + "]"
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """Augmentation seed of one sample in one epoch (independent of rank and batch layout)."""
     return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, np.uint64)[0] >> 1)
@@ -153,11 +163,20 @@ class ImageDataset(Dataset):
         index, seed = key
         item = self.items[index]
         try:
-            with Image.open(item.path) as img:
-                img = img.convert("RGB")
-        except Exception as err:  # PIL raises many types
-            raise ClipimoError(f"cannot read training image {item.path}: {err}") from err
-        return seeded_transform(self.transform, img, seed), item.label
+            return seeded_transform(self.transform, load_rgb(item.path), seed), item.label
+        except Exception as err:  # PIL raises many types, for damaged files also inside the transform
+            raise ImageReadError(f"cannot read training image {item.path}: {err}") from err
+
+
+class ImageReadError(ClipimoError):
+    """A training image that cannot be read. Raised in a DataLoader worker, it reaches the main
+    process rebuilt from the worker's traceback text; the constructor keeps only the message."""
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message[message.rfind(marker) + len(marker):].strip()
+        super().__init__(message)
 
 
 class EpochBatches:
@@ -250,15 +269,34 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
+def checkpoint_candidates(out: str | os.PathLike) -> list[Path]:
+    """Checkpoints of a run, newest first: the one ``latest.json`` names, then the older ones
+    (a damaged latest file or pointer then falls back to the previous checkpoint)."""
+    folder = Path(out) / CHECKPOINT_DIR
+    found = sorted(folder.glob("step_*.safetensors"), reverse=True)
+    pointer = folder / LATEST
+    try:
+        named = folder / _io.read_json(pointer, "checkpoint pointer")["checkpoint"]
+    except (ClipimoError, KeyError, TypeError) as err:
+        if pointer.exists():
+            print(f"{pointer} is unreadable ({err}); using the newest checkpoint file instead", file=sys.stderr)
+        return found
+    return [named] + [p for p in found if p != named]
+
+
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    pointer = Path(out) / CHECKPOINT_DIR / LATEST
-    if not pointer.is_file():
-        return None
-    name = json.loads(pointer.read_text())["checkpoint"]
-    path = pointer.parent / name
-    if not path.is_file():
-        raise ClipimoError(f"{pointer} points at {name}, which is missing; pass --resume FILE or --resume none")
-    return path
+    """The newest readable checkpoint of a run, or None; skipped damaged ones are reported."""
+    candidates = checkpoint_candidates(out)
+    for i, path in enumerate(candidates):
+        try:
+            read_checkpoint(path)
+            return path
+        except ClipimoError as err:
+            nxt = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "none left"
+            print(f"checkpoint unreadable: {err}; {nxt}", file=sys.stderr)
+    if candidates:
+        raise ClipimoError(f"no readable checkpoint in {Path(out) / CHECKPOINT_DIR}; pass --resume none to start afresh")
+    return None
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -286,9 +324,8 @@ class MetricsLog:
         if resume_step is None:
             _io.write_text(path, "")
         elif path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            _io.write_text(path, "".join(line + "\n" for line in kept))
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            _io.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.fh = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -300,7 +337,26 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl; a partial last line (a write cut off by a crash or a full
+    disk) is dropped with a message, a damaged earlier line is an error naming the line."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if n == len(lines):
+                print(f"{path}:{n}: dropping a partial last line (an interrupted write)", file=sys.stderr)
+                break
+            raise ClipimoError(f"{path}:{n}: not a JSON object ({err})") from None
+        if not isinstance(record, dict):
+            raise ClipimoError(f"{path}:{n}: expected a JSON object, got {line[:60]!r}")
+        records.append(record)
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +391,7 @@ class Trainer:
         self.amp = cfg.precision == "bf16"
         self.out = Path(cfg.out)
         self.items, self.classnames = load_training_items(cfg.data, self.need_labels)
+        self.items_sha256 = items_digest(self.items)
         self.backbone = backbone or load_clip(cfg.model, cfg.pretrained, device=self.device)
         if self.backbone.random_init and self.env.is_main:
             warn_random_init()
@@ -428,6 +485,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "backbone": self.backbone.identity,
             "n_images": len(self.items),
+            "items_sha256": self.items_sha256,
             "classnames": self.classnames if self.need_labels else None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -485,9 +543,17 @@ class Trainer:
                 f"cannot resume from {path}: settings differ ({detail}). Use the run's settings "
                 f"(--config {self.out / 'config.yaml'}) or --resume none to start afresh"
             )
-        if meta["n_images"] != len(self.items):
-            raise ClipimoError(f"checkpoint {path} was trained on {meta['n_images']} images, --data now lists "
-                               f"{len(self.items)}: the data order would change")
+        ours_names = self.classnames if self.need_labels else None
+        if meta.get("classnames") != ours_names:
+            raise ClipimoError(
+                f"cannot resume from {path}: it was trained on classes {_short_list(meta.get('classnames'))}, "
+                f"--data {self.cfg.data} has {_short_list(ours_names)}; use the same data or --resume none")
+        if meta.get("items_sha256") != self.items_sha256:
+            raise ClipimoError(
+                f"cannot resume from {path}: the (path, label) list of --data {self.cfg.data} differs from the one it "
+                f"was trained on ({meta.get('n_images')} images then, {len(self.items)} now"
+                f"{'' if meta.get('items_sha256') else '; the checkpoint predates data records'}); "
+                "use the same data or --resume none")
         if meta["backbone"].get("weights") != self.backbone.identity.get("weights"):
             raise ClipimoError(f"checkpoint {path} was trained on weights {meta['backbone'].get('weights')}, "
                                f"this backbone has {self.backbone.identity.get('weights')}")
@@ -532,6 +598,10 @@ class Trainer:
         last: dict[str, Any] = {}
         stopped = cfg.max_steps is not None and self.step >= cfg.max_steps and self.step < self.total_steps
         self.student.train()
+        terminate = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *_: terminate.set())
         try:
             while self.epoch < cfg.epochs and not stopped:
                 epoch = self.epoch
@@ -572,7 +642,13 @@ class Trainer:
                     if limit and self.step < self.total_steps:
                         stopped = True
                         break
+                    if self._all_ranks(terminate.is_set()):
+                        self.save_checkpoint()
+                        raise Terminated(f"terminated (SIGTERM) at step {self.step}/{self.total_steps}; checkpoint "
+                                         f"written to {self.out / CHECKPOINT_DIR}; rerun the same command to resume")
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             if pbar:
                 pbar.close()
             if log:
@@ -588,6 +664,14 @@ class Trainer:
         env.barrier()
         return TrainResult("stopped" if stopped else "finished", self.step, self.total_steps, self.out,
                            export, last, history)
+
+    def _all_ranks(self, flag: bool) -> bool:
+        """Whether any process has ``flag`` set, so all of them stop (and checkpoint) at the same step."""
+        if not self.env.distributed:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
