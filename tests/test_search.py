@@ -1,15 +1,16 @@
 """The vectorised search must choose exactly what a per-point loop chooses, ties included."""
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
 
 from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
 from clipimo.methods import gda, tip, tipx
-from clipimo.methods.cache import grid_counts, kl_divergence, rescale
+from clipimo.methods.cache import Cache, grid_counts, split_terms
 from clipimo.methods.common import Problem
-from clipimo.search import PAPER_GRID, Grid, count_correct, first_best
+from clipimo.search import PAPER_GRID, Grid, affine_logits, count_correct, first_best
 
 SMALL_GRID = Grid(np.linspace(0, 20, 21), np.linspace(0, 20, 5), np.linspace(0, 30, 7))
 
@@ -100,43 +101,52 @@ def tie_problem(seed=0, n_val=14, n_test=11, classes=5, shots=3, dim=16) -> Prob
     return Problem.from_features(validate_features(arrays))
 
 
+def ragged_problem(seed=0) -> Problem:
+    """``tie_problem`` with classes of fewer keys (one with a single key) and the cache shuffled."""
+    f = tie_problem(seed)
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(f.cache_labels), dtype=bool)
+    labels = f.cache_labels.numpy()
+    keep[np.flatnonzero(labels == 0)[1:]] = False
+    keep[np.flatnonzero(labels == 3)[0]] = False
+    order = rng.permutation(np.flatnonzero(keep))
+    pick = torch.from_numpy(order)
+    return dataclasses.replace(f, cache_keys=f.cache_keys[pick], cache_keys_corrected=f.cache_keys_corrected[pick],
+                               cache_labels=f.cache_labels[pick])
+
+
 def naive_cache_search(p: Problem, corrected: bool, with_kl: bool, grid: Grid):
-    """Per-point loop over the grid from precomputed A (and R); returns (counts, best, test hits)."""
+    """Per-point loop over the grid on the method's terms (whole split); returns (counts, best, test hits)."""
+    cache = Cache.of(p, corrected)
 
-    def terms(split):
-        z = 100.0 * (split.feats @ p.text_weights)
-        a = split.query(corrected) @ p.keys(corrected).T
-        r = None
-        if with_kl:
-            kl = kl_divergence(split.feats, p.cache_keys, p.text_weights)
-            r = rescale(kl, kl.amin(), kl.amax(), a.amin(), a.amax())
-        return z, a, r
+    def terms(split, betas):
+        (t,) = split_terms(p, split, cache, corrected, with_kl, betas)  # one chunk at these sizes
+        return t
 
-    def hits(split, z, a, r, alpha, beta, gamma):
-        e = torch.exp(-beta * (1 - a)) @ p.cache_onehot
-        logits = z + alpha * e if r is None else z + gamma * ((-r) @ p.cache_onehot) + alpha * e
+    def hits(split, t, b, alpha, gamma):
+        logits = affine_logits(t.z, t.e[b], alpha, t.rl, gamma)
         return int((logits.argmax(1) == split.labels).sum())
 
     gammas = grid.gammas if with_kl else [0.0]
     counts = np.zeros((len(grid.alphas), len(grid.betas), len(gammas)), dtype=np.int64)
     best, best_at = -1, None
-    z, a, r = terms(p.val)
+    val = terms(p.val, grid.betas)
     for i, alpha in enumerate(grid.alphas):
-        for j, beta in enumerate(grid.betas):
+        for j in range(len(grid.betas)):
             for k, gamma in enumerate(gammas):
-                counts[i, j, k] = hits(p.val, z, a, r, float(alpha), float(beta), float(gamma))
+                counts[i, j, k] = hits(p.val, val, j, float(alpha), float(gamma))
                 if counts[i, j, k] > best:
                     best, best_at = counts[i, j, k], (i, j, k)
     i, j, k = best_at
-    test = hits(p.test, *terms(p.test), float(grid.alphas[i]), float(grid.betas[j]), float(gammas[k]))
+    test = hits(p.test, terms(p.test, [grid.betas[j]]), 0, float(grid.alphas[i]), float(gammas[k]))
     return counts, best_at, test
 
 
 @pytest.mark.parametrize("corrected", [False, True])
 @pytest.mark.parametrize("method", [tip, tipx])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_cache_methods_match_naive_loop(method, corrected, seed):
-    p = tie_problem(seed)
+@pytest.mark.parametrize("make, seed", [(tie_problem, 0), (tie_problem, 1), (ragged_problem, 2)])
+def test_cache_methods_match_naive_loop(method, corrected, make, seed):
+    p = make(seed)
     with_kl = method is tipx
     counts, (i, j, k), test_hits = naive_cache_search(p, corrected, with_kl, SMALL_GRID)
     assert np.array_equal(grid_counts(p, corrected, with_kl, SMALL_GRID), counts)
