@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import sys
 import numpy as np
 import pytest
 import torch
 
 from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
-from clipimo.methods import gda, tip, tipx
+from clipimo.methods import cache, gda, tip, tipx
 from clipimo.methods.cache import Cache, grid_counts, split_terms
 from clipimo.methods.common import Problem
 from clipimo.search import PAPER_GRID, Grid, affine_logits, count_correct, first_best
@@ -190,3 +192,56 @@ def test_gda_matches_naive_loop(corrected):
     assert res.hparams == {"alpha": gda.GDA_ALPHAS[best]}
     assert res.val_acc == 100.0 * val[best] / len(p.val.labels)
     assert res.test_acc == 100.0 * hits(p.test, float(gda.GDA_ALPHAS[best])) / len(p.test.labels)
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_held_and_recomputed_terms_give_the_same_counts(monkeypatch, with_kl):
+    p = ragged_problem(3)
+    held = grid_counts(p, True, with_kl, SMALL_GRID, chunk_rows=4)
+    monkeypatch.setattr(cache, "HOLD_ELEMENTS", 0)  # Tip-X recomputes A in a second pass
+    assert np.array_equal(grid_counts(p, True, with_kl, SMALL_GRID, chunk_rows=4), held)
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_cache_order_does_not_change_the_search(with_kl):
+    """Interleaving the classes (each class's keys in the same order) gives the identical search."""
+    p = tie_problem(5)
+    order = torch.argsort(torch.arange(len(p.cache_labels)) % 3, stable=True)  # 0, 3, 6, ..., 1, 4, ...
+    shuffled = dataclasses.replace(p, cache_keys=p.cache_keys[order], cache_keys_corrected=p.cache_keys_corrected[order],
+                                   cache_labels=p.cache_labels[order])
+    assert not torch.equal(shuffled.cache_labels, p.cache_labels)
+    for corrected in (False, True):
+        assert np.array_equal(grid_counts(shuffled, corrected, with_kl, SMALL_GRID),
+                              grid_counts(p, corrected, with_kl, SMALL_GRID))
+
+
+def test_terms_equal_the_float64_formulas():
+    """Z, exp(-beta (1 - A)) L and (-R) L against a float64 one-hot computation (ragged, shuffled cache)."""
+    p = ragged_problem(4)
+    onehot = torch.nn.functional.one_hot(p.cache_labels, p.num_classes).double()
+    f, fc, keys, w = (x.double() for x in (p.val.feats, p.val.feats_corrected, p.cache_keys_corrected, p.text_weights))
+    a = fc @ keys.T
+    log_p = torch.log_softmax(f @ w / 0.5, 1)
+    log_q = torch.log_softmax(p.cache_keys.double() @ w / 0.5, 1)
+    kl = (log_p.exp()[:, None] * (log_p[:, None] - log_q[None])).sum(-1)
+    r = (kl - kl.min()) / (kl.max() - kl.min()) * (a.max() - a.min()) + a.min()
+    betas = [0.0, 3.5, 20.0]
+    (t,) = split_terms(p, p.val, Cache.of(p, True), True, True, betas)
+    torch.testing.assert_close(t.z.double(), 100 * f @ w, atol=1e-4, rtol=1e-5)
+    for b, beta in enumerate(betas):
+        torch.testing.assert_close(t.e[b].double(), torch.exp(-beta * (1 - a)) @ onehot, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(t.rl.double(), -r @ onehot, atol=1e-4, rtol=1e-5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_only_on_a_terminal(monkeypatch, terminal):
+    monkeypatch.setattr(cache, "PROGRESS_DELAY", 0.0)
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    tipx.run(tie_problem(0), corrected=True, grid=SMALL_GRID)
+    assert ("tipx-imo search" in err.getvalue()) == terminal

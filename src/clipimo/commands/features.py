@@ -10,6 +10,7 @@ import numpy as np
 from .. import _io
 from ..backbone import RANDOM_INIT_WARNING, load_clip
 from ..data.generic import read_csv_list, read_image_folder
+from ..device import resolve_device
 from ..features import FeatureExtractor
 
 
@@ -17,7 +18,7 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a backbone shares."""
     parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json (default ViT-B-16)")
     parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or weights file; omit or 'none' for random init")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:index]: where images are encoded (run: and the search runs)")
 
 
 def add_extractor_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
 
 
 def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
-    backbone = load_clip(args.model, args.pretrained, device=args.device)
+    backbone = load_clip(args.model, args.pretrained, device=resolve_device(args.device))
     if backbone.random_init:
         print(f"WARNING: {RANDOM_INIT_WARNING}")
     return FeatureExtractor(

@@ -26,6 +26,8 @@ KL_TEMPERATURE = 0.5
 # ``exp(-beta (1 - A)) L`` (all betas, whole split: 0.8 GB for ImageNet's 10,000 val queries) are
 # kept from the pass that finds them; larger splits recompute ``A`` in a second pass instead.
 HOLD_ELEMENTS = 1 << 28
+# Seconds before a search's progress bar appears (on a terminal only): quick searches show none.
+PROGRESS_DELAY = 2.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def split_terms(problem: Problem, split: Split, cache: Cache, corrected: bool, w
     slices = list(chunks(n, width, chunk_rows))
     hold = with_kl and len(betas) * n * num_classes <= HOLD_ELEMENTS
     bar = tqdm(total=len(slices) * (2 if with_kl and not hold else 1), desc=desc, unit="chunk",
-               disable=None, delay=2.0, leave=False)
+               disable=None, delay=PROGRESS_DELAY, leave=False)
 
     def terms(rows: slice, a: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         a = split.query(corrected)[rows] @ cache.keys.T if a is None else a

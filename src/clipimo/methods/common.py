@@ -43,8 +43,8 @@ class Problem:
 
     @classmethod
     def from_features(cls, feats: FeatureSet, device: str | torch.device = "cpu") -> "Problem":
-        def t(a):
-            return torch.from_numpy(a).to(device)
+        def t(a):  # float32 features on every device
+            return torch.from_numpy(a).to(device, torch.float32 if a.dtype.kind == "f" else None)
 
         labels = t(feats.cache_labels)
         return cls(
