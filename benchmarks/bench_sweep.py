@@ -16,13 +16,11 @@ whose choice differs (its terms round differently, which can move a near tie).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import resource
 import time
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from clipimo.device import resolve_device
@@ -60,13 +58,7 @@ def peak_rss_gb() -> float:
 
 def cell_problem(name: str, shots: int, device: torch.device, seed: int = 0) -> Problem:
     classes, n_val, n_test = DATASETS[name]
-    feats = synthetic_features(classes, shots, n_val, n_test, DIM, seed=seed)
-    rng = np.random.default_rng(seed)
-    views = {}
-    for key, field in (("cache_keys", "cache_views"), ("cache_keys_corrected", "cache_views_corrected")):
-        v = getattr(feats, key)[None] + 0.3 * rng.standard_normal((VIEWS, *feats.cache_keys.shape), np.float32) / np.sqrt(DIM)
-        views[field] = v / np.linalg.norm(v, axis=2, keepdims=True)
-    return Problem.from_features(dataclasses.replace(feats, **views), device)
+    return Problem.from_features(synthetic_features(classes, shots, n_val, n_test, DIM, seed=seed, views=VIEWS), device)
 
 
 # ---- the previous implementation (baseline only) -------------------------------------------------
