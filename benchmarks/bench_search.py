@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from clipimo.featurefile import synthetic_features
-from clipimo.methods.cache import grid_counts, hits_at, kl_divergence, rescale
+from clipimo.methods.cache import grid_counts, hits_at, kl_divergence, rescaled_sums
+from clipimo.methods.common import class_sums
 from clipimo.methods.common import Problem
 from clipimo.search import PAPER_GRID, first_best
 
@@ -34,15 +35,18 @@ def naive_terms(p: Problem, split, corrected: bool, with_kl: bool):
     r = None
     if with_kl:
         kl = kl_divergence(split.feats, p.cache_keys, p.text_weights)
-        r = rescale(kl, kl.amin(), kl.amax(), a.amin(), a.amax())
+        counts = torch.bincount(p.cache_labels, minlength=p.num_classes).float()
+        r = rescaled_sums(class_sums(kl, p.cache_labels, p.num_classes), counts, (kl.amin(), kl.amax()),
+                          (a.amin(), a.amax()))
     return z, a, r
 
 
 def naive_point(p: Problem, terms, labels, alpha: float, beta: float, gamma: float) -> int:
-    """The original per-point computation: full logits, argmax, count."""
-    z, a, r = terms
-    e = torch.exp(-beta * (1 - a)) @ p.cache_onehot
-    logits = z + alpha * e if r is None else z + gamma * ((-r) @ p.cache_onehot) + alpha * e
+    """The original per-point computation (full logits, argmax, count) with the same terms: class
+    sums of ``exp(-beta (1 - A))`` and ``R L`` from the per-class KL sums (``r``)."""
+    z, a, rl = terms
+    e = class_sums(torch.exp(-beta * (1 - a)), p.cache_labels, p.num_classes)
+    logits = z + alpha * e if rl is None else z + gamma * (-rl) + alpha * e
     return int((logits.argmax(1) == labels).sum())
 
 

@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from clipimo import cli
+from clipimo.device import full_float32
 from clipimo.errors import ClipimoError
 from clipimo.evaluate import evaluate_features, format_table
 from clipimo.featurefile import FEATURE_KEYS, feature_arrays, load_features, save_features, synthetic_features
@@ -96,6 +98,36 @@ def check_contract(results, methods):
 def test_evaluate_features_api(feats):
     methods = list(HPARAMS)
     check_contract(evaluate_features(feats, ",".join(methods)), methods)
+
+
+def test_search_device_plumbing(feats):
+    """Every spelling of a device reaches the search; the choices are the CPU's."""
+    methods = ["tip-imo", "tipx"]
+    want = evaluate_features(feats, methods, device="cpu")
+    assert evaluate_features(feats, methods, device=torch.device("cpu")) == want
+    assert evaluate_features(feats, methods, device="auto") == want  # CPU here; CUDA where there is one
+    if torch.cuda.is_available():
+        assert evaluate_features(feats, methods, device="cuda") == want
+
+
+def test_full_float32_restores_the_matmul_precision():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed, as a training run may leave it
+    try:
+        with full_float32():
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("command", ["evaluate", "run"])
+def test_cuda_without_cuda_is_one_line_error(tmp_path, npz, capsys, command):
+    argv = ["--features", str(npz)] if command == "evaluate" else ["--datasets", "x", "--out", str(tmp_path / "o")]
+    assert cli.main([command, *argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CUDA is not available" in err and err.startswith(f"clipimo {command}: error:")
 
 
 def run_cli(monkeypatch, *argv):

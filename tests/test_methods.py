@@ -10,8 +10,8 @@ import torch
 from clipimo.errors import ClipimoError
 from clipimo.featurefile import synthetic_features
 from clipimo.methods import METHODS, parse_methods
-from clipimo.methods.cache import cache_logits, kl_divergence, rescale
-from clipimo.methods.common import Problem
+from clipimo.methods.cache import Cache, cache_logits, kl_divergence, rescaled_sums
+from clipimo.methods.common import Problem, class_sums
 from clipimo.methods import gda
 from clipimo.methods.gda import fit_gda
 from clipimo.search import Grid
@@ -39,19 +39,50 @@ def test_kl_chunks_equal_direct_formula_and_fill_every_row(feats, chunk_rows):
     assert bool((kl.abs().amax(1) > 0).all())  # no row skipped (the original left n mod 100 at zero)
 
 
-def test_rescale_maps_onto_target_range():
-    x = torch.tensor([[2.0, 4.0], [3.0, 6.0]])
-    lo, hi = torch.tensor(-0.5), torch.tensor(0.5)
-    r = rescale(x, x.amin(), x.amax(), lo, hi)
-    assert r.amin() == lo and r.amax() == hi
-    torch.testing.assert_close(r[1, 0], torch.tensor(-0.25))
-    assert bool((rescale(torch.ones(2, 2), torch.tensor(1.0), torch.tensor(1.0), lo, hi) == lo).all())
+def test_kl_through_features_when_classes_outnumber_dimensions():
+    f = synthetic_features(num_classes=40, shots=2, n_val=9, n_test=1, dim=8, noise=3.0, seed=2)
+    q, k, w = (torch.from_numpy(a) for a in (f.val_feats, f.cache_keys, f.text_weights))
+    assert w.shape[1] > w.shape[0]
+    torch.testing.assert_close(kl_divergence(q, k, w, 4).double(), direct_kl(q, k, w), atol=2e-5, rtol=1e-4)
+
+
+def onehot_sums(values, labels, num_classes):
+    """The product the segment sums replace, in float64."""
+    return values.double() @ torch.nn.functional.one_hot(labels, num_classes).double()
+
+
+@pytest.mark.parametrize("labels", [
+    [0, 0, 1, 1, 2, 2],  # grouped, k keys per class: reshape-and-sum
+    [1, 0, 2, 0, 1, 2],  # shuffled
+    [2, 0, 0, 0, 2, 3],  # ragged, class 1 empty
+])
+def test_class_sums_equal_the_one_hot_product(labels):
+    labels = torch.tensor(labels)
+    values = torch.randn(5, len(labels), generator=torch.Generator().manual_seed(0))
+    got = class_sums(values, labels, 4)
+    assert got.shape == (5, 4)
+    torch.testing.assert_close(got.double(), onehot_sums(values, labels, 4), atol=1e-6, rtol=1e-6)
+    ints = torch.randint(-50, 50, values.shape, generator=torch.Generator().manual_seed(1)).float()
+    assert torch.equal(class_sums(ints, labels, 4).double(), onehot_sums(ints, labels, 4))  # exact sums
+
+
+def test_rescaled_sums_equal_rescale_then_class_sums():
+    kl = torch.tensor([[2.0, 4.0, 5.0], [3.0, 6.0, 2.5]])
+    labels, a_lo, a_hi = torch.tensor([0, 1, 1]), torch.tensor(-0.5), torch.tensor(0.5)
+    r = (kl.double() - 2.0) / 4.0 * 1.0 - 0.5  # [2, 6] onto [-0.5, 0.5] by hand
+    counts = torch.tensor([1.0, 2.0])
+    got = rescaled_sums(class_sums(kl, labels, 2), counts, (kl.amin(), kl.amax()), (a_lo, a_hi))
+    torch.testing.assert_close(got.double(), onehot_sums(r, labels, 2))
+    flat = rescaled_sums(torch.full((2, 2), 3.0), counts, (torch.tensor(1.0), torch.tensor(1.0)), (a_lo, a_hi))
+    assert torch.equal(flat, torch.tensor([[-0.5, -1.0], [-0.5, -1.0]]))
 
 
 def test_cache_logits_sums_exponentials_per_class():
-    a = torch.tensor([[1.0, 0.5, 0.0]])
-    onehot = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    torch.testing.assert_close(cache_logits(1 - a, 2.0, onehot),
+    p = Problem(torch.zeros(2, 2), *(torch.zeros(3, 2),) * 2, torch.tensor([0, 1, 0]), None, None)
+    cache = Cache.of(p, False)
+    assert cache.labels.tolist() == [0, 0, 1]  # keys grouped by class, stable
+    a = torch.tensor([[1.0, 0.5, 0.0]])  # affinities in that order
+    torch.testing.assert_close(cache_logits(1 - a, 2.0, cache),
                                torch.tensor([[1.0 + np.exp(-1.0), np.exp(-2.0)]], dtype=torch.float32))
 
 

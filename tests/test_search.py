@@ -1,15 +1,18 @@
 """The vectorised search must choose exactly what a per-point loop chooses, ties included."""
 from __future__ import annotations
 
+import dataclasses
+import io
+import sys
 import numpy as np
 import pytest
 import torch
 
 from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
-from clipimo.methods import gda, tip, tipx
-from clipimo.methods.cache import grid_counts, kl_divergence, rescale
+from clipimo.methods import cache, gda, tip, tipx
+from clipimo.methods.cache import Cache, grid_counts, split_terms
 from clipimo.methods.common import Problem
-from clipimo.search import PAPER_GRID, Grid, count_correct, first_best
+from clipimo.search import PAPER_GRID, Grid, affine_logits, count_correct, first_best
 
 SMALL_GRID = Grid(np.linspace(0, 20, 21), np.linspace(0, 20, 5), np.linspace(0, 30, 7))
 
@@ -102,43 +105,52 @@ def tie_problem(seed=0, n_val=14, n_test=11, classes=5, shots=3, dim=16) -> Prob
     return Problem.from_features(validate_features(arrays))
 
 
+def ragged_problem(seed=0) -> Problem:
+    """``tie_problem`` with classes of fewer keys (one with a single key) and the cache shuffled."""
+    f = tie_problem(seed)
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(f.cache_labels), dtype=bool)
+    labels = f.cache_labels.numpy()
+    keep[np.flatnonzero(labels == 0)[1:]] = False
+    keep[np.flatnonzero(labels == 3)[0]] = False
+    order = rng.permutation(np.flatnonzero(keep))
+    pick = torch.from_numpy(order)
+    return dataclasses.replace(f, cache_keys=f.cache_keys[pick], cache_keys_corrected=f.cache_keys_corrected[pick],
+                               cache_labels=f.cache_labels[pick])
+
+
 def naive_cache_search(p: Problem, corrected: bool, with_kl: bool, grid: Grid):
-    """Per-point loop over the grid from precomputed A (and R); returns (counts, best, test hits)."""
+    """Per-point loop over the grid on the method's terms (whole split); returns (counts, best, test hits)."""
+    cache = Cache.of(p, corrected)
 
-    def terms(split):
-        z = 100.0 * (split.feats @ p.text_weights)
-        a = split.query(corrected) @ p.keys(corrected).T
-        r = None
-        if with_kl:
-            kl = kl_divergence(split.feats, p.cache_keys, p.text_weights)
-            r = rescale(kl, kl.amin(), kl.amax(), a.amin(), a.amax())
-        return z, a, r
+    def terms(split, betas):
+        (t,) = split_terms(p, split, cache, corrected, with_kl, betas)  # one chunk at these sizes
+        return t
 
-    def hits(split, z, a, r, alpha, beta, gamma):
-        e = torch.exp(-beta * (1 - a)) @ p.cache_onehot
-        logits = z + alpha * e if r is None else z + gamma * ((-r) @ p.cache_onehot) + alpha * e
+    def hits(split, t, b, alpha, gamma):
+        logits = affine_logits(t.z, t.e[b], alpha, t.rl, gamma)
         return int((logits.argmax(1) == split.labels).sum())
 
     gammas = grid.gammas if with_kl else [0.0]
     counts = np.zeros((len(grid.alphas), len(grid.betas), len(gammas)), dtype=np.int64)
     best, best_at = -1, None
-    z, a, r = terms(p.val)
+    val = terms(p.val, grid.betas)
     for i, alpha in enumerate(grid.alphas):
-        for j, beta in enumerate(grid.betas):
+        for j in range(len(grid.betas)):
             for k, gamma in enumerate(gammas):
-                counts[i, j, k] = hits(p.val, z, a, r, float(alpha), float(beta), float(gamma))
+                counts[i, j, k] = hits(p.val, val, j, float(alpha), float(gamma))
                 if counts[i, j, k] > best:
                     best, best_at = counts[i, j, k], (i, j, k)
     i, j, k = best_at
-    test = hits(p.test, *terms(p.test), float(grid.alphas[i]), float(grid.betas[j]), float(gammas[k]))
+    test = hits(p.test, terms(p.test, [grid.betas[j]]), 0, float(grid.alphas[i]), float(gammas[k]))
     return counts, best_at, test
 
 
 @pytest.mark.parametrize("corrected", [False, True])
 @pytest.mark.parametrize("method", [tip, tipx])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_cache_methods_match_naive_loop(method, corrected, seed):
-    p = tie_problem(seed)
+@pytest.mark.parametrize("make, seed", [(tie_problem, 0), (tie_problem, 1), (ragged_problem, 2)])
+def test_cache_methods_match_naive_loop(method, corrected, make, seed):
+    p = make(seed)
     with_kl = method is tipx
     counts, (i, j, k), test_hits = naive_cache_search(p, corrected, with_kl, SMALL_GRID)
     assert np.array_equal(grid_counts(p, corrected, with_kl, SMALL_GRID), counts)
@@ -183,3 +195,56 @@ def test_gda_matches_naive_loop(corrected):
     assert res.hparams == {"alpha": gda.GDA_ALPHAS[best]}
     assert res.val_acc == 100.0 * val[best] / len(p.val.labels)
     assert res.test_acc == 100.0 * hits(p.test, float(gda.GDA_ALPHAS[best])) / len(p.test.labels)
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_held_and_recomputed_terms_give_the_same_counts(monkeypatch, with_kl):
+    p = ragged_problem(3)
+    held = grid_counts(p, True, with_kl, SMALL_GRID, chunk_rows=4)
+    monkeypatch.setattr(cache, "HOLD_ELEMENTS", 0)  # Tip-X recomputes A in a second pass
+    assert np.array_equal(grid_counts(p, True, with_kl, SMALL_GRID, chunk_rows=4), held)
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_cache_order_does_not_change_the_search(with_kl):
+    """Interleaving the classes (each class's keys in the same order) gives the identical search."""
+    p = tie_problem(5)
+    order = torch.argsort(torch.arange(len(p.cache_labels)) % 3, stable=True)  # 0, 3, 6, ..., 1, 4, ...
+    shuffled = dataclasses.replace(p, cache_keys=p.cache_keys[order], cache_keys_corrected=p.cache_keys_corrected[order],
+                                   cache_labels=p.cache_labels[order])
+    assert not torch.equal(shuffled.cache_labels, p.cache_labels)
+    for corrected in (False, True):
+        assert np.array_equal(grid_counts(shuffled, corrected, with_kl, SMALL_GRID),
+                              grid_counts(p, corrected, with_kl, SMALL_GRID))
+
+
+def test_terms_equal_the_float64_formulas():
+    """Z, exp(-beta (1 - A)) L and (-R) L against a float64 one-hot computation (ragged, shuffled cache)."""
+    p = ragged_problem(4)
+    onehot = torch.nn.functional.one_hot(p.cache_labels, p.num_classes).double()
+    f, fc, keys, w = (x.double() for x in (p.val.feats, p.val.feats_corrected, p.cache_keys_corrected, p.text_weights))
+    a = fc @ keys.T
+    log_p = torch.log_softmax(f @ w / 0.5, 1)
+    log_q = torch.log_softmax(p.cache_keys.double() @ w / 0.5, 1)
+    kl = (log_p.exp()[:, None] * (log_p[:, None] - log_q[None])).sum(-1)
+    r = (kl - kl.min()) / (kl.max() - kl.min()) * (a.max() - a.min()) + a.min()
+    betas = [0.0, 3.5, 20.0]
+    (t,) = split_terms(p, p.val, Cache.of(p, True), True, True, betas)
+    torch.testing.assert_close(t.z.double(), 100 * f @ w, atol=1e-4, rtol=1e-5)
+    for b, beta in enumerate(betas):
+        torch.testing.assert_close(t.e[b].double(), torch.exp(-beta * (1 - a)) @ onehot, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(t.rl.double(), -r @ onehot, atol=1e-4, rtol=1e-5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_only_on_a_terminal(monkeypatch, terminal):
+    monkeypatch.setattr(cache, "PROGRESS_DELAY", 0.0)
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    tipx.run(tie_problem(0), corrected=True, grid=SMALL_GRID)
+    assert ("tipx-imo search" in err.getvalue()) == terminal

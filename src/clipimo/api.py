@@ -36,10 +36,11 @@ def build_extractor(model: str = "ViT-B-16", pretrained: str | None = None, adap
     """A :class:`clipimo.FeatureExtractor` on ``model``/``pretrained`` (random init without weights:
     the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: fp32 or bf16."""
     from .backbone import load_clip
+    from .device import resolve_device
     from .features import FeatureExtractor
     from .log import warn_random_init
 
-    backbone = load_clip(model, pretrained, device=device)
+    backbone = load_clip(model, pretrained, device=resolve_device(device))
     if backbone.random_init:
         warn_random_init()
     return FeatureExtractor(backbone, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size,

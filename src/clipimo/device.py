@@ -1,6 +1,9 @@
 """One reading of a ``--device`` value for every command."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from .errors import ClipimoError
@@ -17,3 +20,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ClipimoError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     return dev
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Plain float32 matrix products inside (no TF32 on the GPU, whatever a caller set): a search on
+    the GPU then rounds like float32 on the CPU and makes the same choices."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from .device import resolve_device
+from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
 from .methods import METHODS, Problem, parse_methods
@@ -20,15 +20,17 @@ def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequ
     ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
 
     ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip,
-    alpha/beta/gamma for tipx, alpha for gda.
+    alpha/beta/gamma for tipx, alpha for gda. The search runs on ``device`` (auto, cpu, cuda[:i])
+    in float32.
     """
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
     results = {}
-    for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
-        results[name] = METHODS[name](problem).as_dict()
+    with full_float32():
+        for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
+            results[name] = METHODS[name](problem).as_dict()
     return results
 
 

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated method names (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams}} here")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:index] (default: cpu)")
+    p.add_argument("--device", default="cpu", help="where the search runs: auto, cpu or cuda[:index] (default: cpu)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--save-classifier", metavar="FILE", default=None,
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "

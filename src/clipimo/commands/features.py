@@ -15,7 +15,7 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a backbone shares."""
     parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json (default ViT-B-16)")
     parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or weights file; omit or 'none' for random init")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:index]: where images are encoded (run: and the search runs)")
 
 
 def add_extractor_args(parser: argparse.ArgumentParser) -> None:

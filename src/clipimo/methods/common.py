@@ -28,13 +28,12 @@ class Split:
 
 @dataclass(frozen=True)
 class Problem:
-    """A few-shot task on one device: text weights ``[D, C]``, cache keys ``[N, D]``, one-hot values."""
+    """A few-shot task on one device: text weights ``[D, C]``, cache keys ``[N, D]`` and their labels."""
 
     text_weights: torch.Tensor
     cache_keys: torch.Tensor
     cache_keys_corrected: torch.Tensor
     cache_labels: torch.Tensor
-    cache_onehot: torch.Tensor
     val: Split
     test: Split
     cache_views: torch.Tensor | None = None
@@ -44,8 +43,8 @@ class Problem:
 
     @classmethod
     def from_features(cls, feats: FeatureSet, device: str | torch.device = "cpu") -> "Problem":
-        def t(a):
-            return torch.from_numpy(a).to(device)
+        def t(a):  # float32 features on every device
+            return torch.from_numpy(a).to(device, torch.float32 if a.dtype.kind == "f" else None)
 
         labels = t(feats.cache_labels)
         return cls(
@@ -53,7 +52,6 @@ class Problem:
             cache_keys=t(feats.cache_keys),
             cache_keys_corrected=t(feats.cache_keys_corrected),
             cache_labels=labels,
-            cache_onehot=torch.nn.functional.one_hot(labels, feats.num_classes).float(),
             val=Split(t(feats.val_feats), t(feats.val_feats_corrected), t(feats.val_labels)),
             test=Split(t(feats.test_feats), t(feats.test_feats_corrected), t(feats.test_labels)),
             cache_views=None if feats.cache_views is None else t(feats.cache_views),
@@ -96,6 +94,32 @@ def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(width, 1))
     for start in range(0, n, rows):
         yield slice(start, min(start + rows, n))
+
+
+def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``values @ one_hot(labels)`` without the product: ``[rows, N]`` -> ``[rows, C]`` segment sums.
+
+    A reshape-and-sum when the columns come as ``k`` keys of class 0, then ``k`` of class 1, ...;
+    otherwise a gather of each class's columns, padded with zeros to the largest class, and the
+    same sum (deterministic on every device, unlike atomic ``index_add``). About ``C`` times less
+    work than the one-hot product; ``labels`` need not be sorted and classes may be empty.
+    """
+    rows, width = values.shape
+    k = width // num_classes if num_classes else 0
+    if k * num_classes == width and k > 0 and bool((labels == _grouped(num_classes, k, labels.device)).all()):
+        return values.reshape(rows, num_classes, k).sum(-1)
+    counts = torch.bincount(labels, minlength=num_classes)
+    kmax = int(counts.max()) if width else 0
+    order = torch.argsort(labels, stable=True)
+    slot = torch.arange(width, device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[order]]
+    index = torch.full((num_classes, kmax), width, dtype=torch.long, device=labels.device)
+    index[labels[order], slot] = order
+    padded = torch.cat([values, values.new_zeros(rows, 1)], 1)
+    return padded[:, index].sum(-1)
+
+
+def _grouped(num_classes: int, k: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(num_classes, device=device).repeat_interleave(k)
 
 
 def zeroshot_logits(problem: Problem, feats: torch.Tensor) -> torch.Tensor:
