@@ -23,10 +23,10 @@ from .backbone import RANDOM_INIT_WARNING
 from .data import few_shot_support, open_dataset, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
-from .evaluate import evaluate_features
+from .evaluate import method_settings, run_methods
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
-from .methods import parse_methods
+from .methods import MethodOptions, parse_methods
 from .report import results_markdown, summarise
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -169,12 +169,15 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
             meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record}
             save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz",
                               {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+        # The cell's seed also orders Tip-F's minibatches.
+        ran = run_methods(feats, cfg.methods, device=device, options=MethodOptions(seed=seed, dataset=splits.name))
         cell = {
             "dataset": splits.name,
             "shots": shots,
             "seed": seed,
             "validation": record,
-            "methods": evaluate_features(feats, cfg.methods, device=device),
+            "methods": {name: r.as_dict() for name, r in ran.items()},
+            "settings": method_settings(ran),
         }
         _io.write_json(path, cell)
         cells.append(cell)
