@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _io
 from ..backbone import RANDOM_INIT_WARNING, load_clip
+from ..corrections import CORRECTIONS, IMAGEPCA_DEFAULT, build_correction, fingerprint
 from ..data.generic import read_csv_list, read_image_folder
 from ..features import FeatureExtractor
 
@@ -33,6 +34,17 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def add_correction_args(parser: argparse.ArgumentParser) -> None:
+    """Inputs of the training-free corrections (textpca's class names, imagepca's generic images)."""
+    parser.add_argument("--textpca-classnames", metavar="FILE",
+                        help="textpca: ImageNet class names (one per line, or classnames.txt '<wnid> <name>')")
+    parser.add_argument("--imagepca-images", metavar="PATH",
+                        help="imagepca: generic images (CSV path,label or folder), e.g. the adapter's training set")
+    parser.add_argument("--imagepca", default=IMAGEPCA_DEFAULT, metavar="MODE",
+                        help=f"imagepca (our control): abtt-K removes the top K principal directions, whiten "
+                             f"whitens (default {IMAGEPCA_DEFAULT})")
+
+
 def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
     backbone = load_clip(args.model, args.pretrained, device=args.device)
     if backbone.random_init:
@@ -55,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta)")
     p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views (cache keys use 10)")
     p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
+    p.add_argument("--correction", choices=CORRECTIONS, default="imo",
+                   help="what fills feats_corrected: the IMO adapter (imo, default) or a training-free map of "
+                        "the original features (isoclip, textpca, imagepca)")
+    add_correction_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)
@@ -64,7 +80,13 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.images)
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
     extractor = make_extractor(args)
+    correction = build_correction(args.correction, extractor, args.textpca_classnames, args.imagepca_images,
+                                  args.imagepca)
     feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
+    if correction is not None:
+        corrected = correction.apply(feats.original.numpy())
+    else:
+        corrected = None if feats.corrected is None else feats.corrected.numpy()
     meta = {
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
@@ -74,14 +96,15 @@ def run(args: argparse.Namespace) -> int:
         "classnames": classnames,
         "paths": feats.paths,
         "skipped": feats.skipped,
+        "correction": fingerprint(correction),
     }
     arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
-    if feats.corrected is not None:
-        arrays["feats_corrected"] = feats.corrected.numpy()
+    if corrected is not None:
+        arrays["feats_corrected"] = corrected
     with _io.atomic_path(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     print(f"wrote {args.out}: {len(feats.paths)} images, dim {feats.original.shape[1]}, "
-          f"streams {'original+corrected' if feats.corrected is not None else 'original'}"
+          f"streams {f'original+corrected ({args.correction})' if corrected is not None else 'original'}"
           + (f", {len(feats.skipped)} skipped" if feats.skipped else ""))
     return 0
