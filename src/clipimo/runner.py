@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from . import __version__, _io
 from .backbone import RANDOM_INIT_WARNING
+from .corrections import IMAGEPCA_DEFAULT, build_correction, corrected_features, parse_corrections, parse_imagepca
+from .corrections import fingerprint as correction_fingerprint
 from .data import few_shot_support, open_dataset, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
@@ -27,6 +29,7 @@ from .evaluate import method_settings, run_methods
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
 from .methods import MethodOptions, parse_methods
+from .plots import is_imo
 from .report import results_markdown, summarise
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -48,9 +51,17 @@ class RunConfig:
     allow_test_tuning: bool = False
     augment_passes: int = CACHE_AUGMENT_PASSES
     skip_unreadable: bool = False
+    # Corrected streams: the first fills the cells' "-imo" results; every one is also evaluated
+    # (its "-imo" methods only) under the cell's "corrections".
+    corrections: list[str] = field(default_factory=lambda: ["imo"])
+    textpca_classnames: str | None = None
+    imagepca_images: str | None = None
+    imagepca: str = IMAGEPCA_DEFAULT
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
+        self.corrections = parse_corrections(self.corrections)
+        parse_imagepca(self.imagepca)
         if not self.datasets:
             raise ClipimoError("no datasets given")
         if any(k < 1 for k in self.shots):
@@ -137,12 +148,20 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
             )
 
 
+def _evaluate(feats: FeatureSet, methods: list[str], device: str, options: MethodOptions) -> dict[str, Any]:
+    ran = run_methods(feats, methods, device=device, options=options)
+    return {"methods": {name: r.as_dict() for name, r in ran.items()}, "settings": method_settings(ran)}
+
+
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
                    progress: bool = True, save_features: bool = False) -> dict[str, Any]:
     """Run every missing cell, then write results.json/.csv/.md in ``out``; returns the results."""
     out = Path(out)
-    require_adapter(cfg.methods, extractor)
-    fingerprint = _fingerprint(cfg, extractor)
+    if "imo" in cfg.corrections:
+        require_adapter(cfg.methods, extractor)
+    maps = {name: build_correction(name, extractor, cfg.textpca_classnames, cfg.imagepca_images, cfg.imagepca)
+            for name in cfg.corrections}
+    fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if extractor.backbone.random_init:
@@ -160,25 +179,28 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
         path = out / "cells" / f"{cell_name(splits.name, shots, seed)}.json"
         if path.is_file():
             done = json.loads(path.read_text())
-            if set(cfg.methods) <= set(done["methods"]):
+            if set(cfg.methods) <= set(done["methods"]) and set(cfg.corrections[1:]) <= set(done.get("corrections", {})):
                 done["methods"] = {m: done["methods"][m] for m in cfg.methods}
                 cells.append(done)
                 continue
         feats, record = cell_features(extractor, splits, shots, seed, cfg, out / "supports")
+        primary = corrected_features(feats, maps[cfg.corrections[0]])
         if save_features:
-            meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record}
+            meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record,
+                    "correction": fingerprint["corrections"][0]}
             save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz",
-                              {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+                              {**feature_arrays(primary), "meta": np.array(json.dumps(meta))})
         # The cell's seed also orders Tip-F's minibatches.
-        ran = run_methods(feats, cfg.methods, device=device, options=MethodOptions(seed=seed, dataset=splits.name))
-        cell = {
-            "dataset": splits.name,
-            "shots": shots,
-            "seed": seed,
-            "validation": record,
-            "methods": {name: r.as_dict() for name, r in ran.items()},
-            "settings": method_settings(ran),
-        }
+        options = MethodOptions(seed=seed, dataset=splits.name)
+        cell = {"dataset": splits.name, "shots": shots, "seed": seed, "validation": record,
+                **_evaluate(primary, cfg.methods, device, options)}
+        if cfg.corrections != ["imo"]:
+            imo_methods = [m for m in cfg.methods if is_imo(m)]
+            cell["corrections"] = {cfg.corrections[0]: {
+                "methods": {m: cell["methods"][m] for m in imo_methods},
+                "settings": {m: v for m, v in cell["settings"].items() if m in imo_methods}}}
+            for name in cfg.corrections[1:]:
+                cell["corrections"][name] = _evaluate(corrected_features(feats, maps[name]), imo_methods, device, options)
         _io.write_json(path, cell)
         cells.append(cell)
 
@@ -188,6 +210,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
             "random_init": extractor.backbone.random_init,
             "adapter": feature_meta(extractor)["adapter"],
             "methods": cfg.methods,
+            "corrections": fingerprint["corrections"],
             "datasets": sorted({c["dataset"] for c in cells}, key=[c["dataset"] for c in cells].index),
             "shots": cfg.shots,
             "seeds": cfg.seeds,

@@ -34,13 +34,13 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def add_correction_args(parser: argparse.ArgumentParser) -> None:
+def add_correction_args(parser: argparse.ArgumentParser, imagepca_default: str | None = IMAGEPCA_DEFAULT) -> None:
     """Inputs of the training-free corrections (textpca's class names, imagepca's generic images)."""
     parser.add_argument("--textpca-classnames", metavar="FILE",
                         help="textpca: ImageNet class names (one per line, or classnames.txt '<wnid> <name>')")
     parser.add_argument("--imagepca-images", metavar="PATH",
                         help="imagepca: generic images (CSV path,label or folder), e.g. the adapter's training set")
-    parser.add_argument("--imagepca", default=IMAGEPCA_DEFAULT, metavar="MODE",
+    parser.add_argument("--imagepca", default=imagepca_default, metavar="MODE",
                         help=f"imagepca (our control): abtt-K removes the top K principal directions, whiten "
                              f"whitens (default {IMAGEPCA_DEFAULT})")
 

@@ -5,7 +5,8 @@ import argparse
 
 from .. import _io
 from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, run_experiment
-from .features import add_backbone_args, add_extractor_args, make_extractor
+from ..corrections import IMAGEPCA_DEFAULT
+from .features import add_backbone_args, add_correction_args, add_extractor_args, make_extractor
 
 # option -> (default, parser of a flag/YAML value)
 _GRID_OPTIONS = {
@@ -17,6 +18,10 @@ _GRID_OPTIONS = {
     "validation": (None, str),
     "allow_test_tuning": (False, lambda v: as_bool(v, "allow_test_tuning")),
     "augment_passes": (10, int),
+    "corrections": (["imo"], lambda v: as_list(v)),
+    "textpca_classnames": (None, str),
+    "imagepca_images": (None, str),
+    "imagepca": (IMAGEPCA_DEFAULT, str),
 }
 
 
@@ -34,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-passes", help="augmented views averaged per cache key (default 10)")
     p.add_argument("--out", required=True, help="results folder (cells/, results.json/.csv/.md); rerun to resume")
     p.add_argument("--save-features", action="store_true", help="also write each cell's §8 features .npz")
+    p.add_argument("--corrections", help="comma-separated corrected streams: imo (the adapter, default), isoclip, "
+                                        "textpca, imagepca; the first fills the -imo columns, every one is "
+                                        "compared in the report (original features encoded once)")
+    add_correction_args(p, imagepca_default=None)
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=lambda args: run(args, p))
