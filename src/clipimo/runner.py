@@ -230,13 +230,14 @@ def results_csv(results: dict[str, Any]) -> str:
     """One row per (dataset, shots, seed, method) with accuracies and chosen hyper-parameters."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation", "random_init"])
+    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation",
+                     "random_init", "lmbda"])
     for c in results["cells"]:
         for m, r in c["methods"].items():
             h = r["hparams"]
             writer.writerow([c["dataset"], c["shots"], c["seed"], m, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
                              h.get("alpha", ""), h.get("beta", ""), h.get("gamma", ""), c["validation"]["protocol"],
-                             results["meta"]["random_init"]])
+                             results["meta"]["random_init"], h.get("lmbda", "")])
     return buf.getvalue()
 
 

@@ -43,6 +43,9 @@ def main(args: argparse.Namespace) -> int:
     if (meta.get("validation") or {}).get("tuned_on_test"):
         print("WARNING: this file's val_* features are the TEST split: the accuracies below are tuned on test")
     feats = validate_features(arrays, str(args.features))
+    correction = (meta.get("correction") or {}).get("name")
+    if correction:
+        print(f"corrected stream of the -imo methods: {correction}")
     options = MethodOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
                             proker_grid=args.proker_grid, dataset=meta.get("dataset"))
     ran = run_methods(feats, args.methods, device=args.device, progress=True, options=options)

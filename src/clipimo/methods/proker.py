@@ -135,11 +135,10 @@ def grid_counts(problem: Problem, sup: Support, betas: np.ndarray, lmbdas: np.nd
     counts = np.zeros((len(betas), len(lmbdas)), dtype=np.int64)
     for b, beta in enumerate(betas):
         base = basis(sup, w, float(beta))
-        coefs = [base.coefficients(float(lm)) for lm in lmbdas]
         for rows, z0, x in _query_chunks(problem, problem.val, sup.corrected, sup.feats.shape[0], chunk_rows):
             projected = kernel(x, sup.kernel_feats, float(beta)) @ base.q
-            for j, coef in enumerate(coefs):
-                counts[b, j] += int(((z0 + projected @ coef).argmax(1) == labels[rows]).sum())
+            for j, lmbda in enumerate(lmbdas):  # [n, C] per lmbda, not all at once: ImageNet's is 128 MB
+                counts[b, j] += int(((z0 + projected @ base.coefficients(float(lmbda))).argmax(1) == labels[rows]).sum())
     return counts
 
 
