@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
+import tempfile
 import time
 
 import numpy as np
@@ -41,13 +43,14 @@ def build(args):
     return validate_features(arrays, "benchmark task")
 
 
-def worker(args, method: str, queue) -> None:
+def worker(args, path: str, method: str, queue) -> None:
     import torch
 
+    from clipimo.featurefile import load_features
     from clipimo.methods import MethodOptions, Problem, ape, proker, tipf
 
     torch.set_num_threads(args.threads)
-    problem = Problem.from_features(build(args), args.device)
+    problem = Problem.from_features(load_features(path), args.device)
     base = peak_rss_gb()
     start = time.perf_counter()
     extra = ""
@@ -57,7 +60,7 @@ def worker(args, method: str, queue) -> None:
         used = betas[: args.proker_betas or len(betas)]
         proker.grid_counts(problem, sup, used, lmbdas)
         elapsed = time.perf_counter() - start
-        extra = f"views mode picked: {sup.mode}, kernel rows n = {sup.feats.shape[0]:,}"
+        extra = f"views mode {sup.mode} (--proker-views {args.proker_views}), kernel rows n = {sup.feats.shape[0]:,}"
         if len(used) < len(betas):
             extra += (f"; searched {len(used)} of {len(betas)} betas: ESTIMATED full search "
                       f"{elapsed * len(betas) / len(used):.0f} s (val only, test refit not included)")
@@ -92,10 +95,19 @@ def main() -> None:
     args = ap.parse_args()
     print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
           f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
+    from clipimo.featurefile import save_features
+    from clipimo.methods.proker import pick_views
+
+    print(f"ProKeR --proker-views auto picks '{pick_views('auto', args.passes, args.classes * args.shots)}' here "
+          f"(E*N = {args.passes * args.classes * args.shots:,}), '{pick_views('auto', 10, 16_000)}' at ImageNet "
+          "16-shot (E*N = 160,000)")
     ctx = mp.get_context("spawn")
+    tmp = tempfile.TemporaryDirectory()
+    path = os.path.join(tmp.name, "task.npz")
+    save_features(path, build(args))  # built here, so the workers' peaks hold no construction temporaries
     for method in args.methods.split(","):
         queue = ctx.Queue()
-        proc = ctx.Process(target=worker, args=(args, method, queue))
+        proc = ctx.Process(target=worker, args=(args, path, method, queue))
         proc.start()
         name, elapsed, base, peak, extra = queue.get()
         proc.join()

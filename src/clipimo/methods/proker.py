@@ -75,18 +75,24 @@ class Support:
     corrected: bool
 
 
+def pick_views(requested: str, passes: int, images: int) -> str:
+    """The views mode used: ``auto`` is ``all`` while ``passes * images <= MAX_ALL_VIEWS``, else ``mean``."""
+    if requested != "auto":
+        return requested
+    return "all" if passes * images <= MAX_ALL_VIEWS else "mean"
+
+
 def support_set(problem: Problem, corrected: bool, views: str = "auto", name: str = "proker") -> Support:
     """Every view concatenated (``all``), or the averaged cache keys (``mean``); ``auto`` picks
     ``all`` while ``E * N <= MAX_ALL_VIEWS``."""
     labels = problem.cache_labels
+    if views != "mean":
+        original = problem.views(False, name)
+        views = pick_views(views, *original.shape[:2])
     if views == "mean":
         feats, kernel_feats = problem.cache_keys, problem.keys(corrected)
     else:
-        original = problem.views(False, name)
         e, n, d = original.shape
-        if views == "auto" and e * n > MAX_ALL_VIEWS:
-            return support_set(problem, corrected, "mean", name)
-        views = "all"
         feats = original.reshape(e * n, d)
         kernel_feats = problem.views(corrected, name).reshape(e * n, d)
         labels = labels.repeat(e)
