@@ -6,8 +6,8 @@ import torch
 
 from clipimo import add_adapters, load_clip, save_adapters
 from clipimo.cli import main
-from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
-from clipimo.methods import METHODS, NEEDS_VIEWS, Problem
+from clipimo.featurefile import synthetic_features
+from clipimo.methods import METHODS, Problem
 from clipimo.methods.predict import accuracy_at, logits_at
 
 from conftest import TINY, put_image
@@ -17,11 +17,6 @@ from test_data_benchmarks import WNIDS, make_imagenet
 @pytest.mark.parametrize("method", list(METHODS))
 def test_fixed_point_accuracy_matches_the_search_and_restricts_classes(method):
     feats = synthetic_features(num_classes=12, shots=3, n_val=40, n_test=60, dim=16, seed=4)
-    if method in NEEDS_VIEWS:  # two identical passes: views whose normalised mean is each key
-        arrays = feature_arrays(feats)
-        for key in ("cache_keys", "cache_keys_corrected"):
-            arrays[key.replace("keys", "views")] = np.stack([arrays[key]] * 2)
-        feats = validate_features(arrays)
     problem = Problem.from_features(feats)
     searched = METHODS[method](problem)
     assert accuracy_at(problem, problem.test, method, searched.hparams) == searched.test_acc

@@ -22,7 +22,7 @@ from .data import load_custom_dataset
 from .diagnostics import compare_streams
 from .errors import ClipimoError
 from .features import FeatureExtractor
-from .methods import METHODS, NEEDS_VIEWS
+from .methods import METHODS
 from .report import build_report, overlap_file_record, write_overlap
 from .runner import RunConfig, run_experiment
 from .train import make_config, train
@@ -166,8 +166,7 @@ def run_demo(
     )
     run_cfg = RunConfig(
         root=str(out / "data"), datasets=[str(data["task"])], shots=list(settings.shots), seeds=list(settings.seeds),
-        # ProKeR and Tip-F fit on the per-pass cache views, which the run cells do not store yet.
-        methods=[m for m in METHODS if m not in NEEDS_VIEWS], augment_passes=settings.augment_passes,
+        methods=list(METHODS), augment_passes=settings.augment_passes,
     )
     results = run_experiment(run_cfg, extractor, out / "results", device=device, progress=progress)
 

@@ -27,8 +27,8 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
     parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="feature precision: auto = bf16 autocast on CUDA, fp32 on CPU (part of the cache key)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32 (default, as the paper) or bf16 autocast (faster on GPUs); part of the cache key and recorded")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--no-progress", action="store_true")
@@ -55,7 +55,7 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        amp={"auto": None, "fp32": False, "bf16": True}[args.precision],
+        precision=args.precision,
         progress=not args.no_progress,
         strict_backbone=not args.allow_backbone_mismatch,
     )
@@ -64,8 +64,10 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="encode images into original and corrected features (.npz)")
     p.add_argument("--images", required=True, help="CSV list (path,label) or ImageFolder tree")
-    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta)")
-    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views (cache keys use 10)")
+    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta; with --passes also "
+                                                "views, views_corrected [E, N, D])")
+    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views and keep "
+                                                         "each (cache keys use 10)")
     p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
     p.add_argument("--correction", choices=CORRECTIONS, default="imo",
                    help="what fills feats_corrected: the IMO adapter (imo, default) or a training-free map of "
@@ -85,12 +87,14 @@ def run(args: argparse.Namespace) -> int:
     feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
     if correction is not None:
         corrected = correction.apply(feats.original.numpy())
+        views_corrected = None if feats.views is None else correction.apply(feats.views.numpy())
     else:
-        corrected = None if feats.corrected is None else feats.corrected.numpy()
+        corrected, views_corrected = feats.corrected, feats.views_corrected
     meta = {
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter_sha256": extractor.adapter_hash,
+        "precision": extractor.precision,
         "passes": args.passes,
         "seed": args.seed if args.passes else None,
         "classnames": classnames,
@@ -99,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
         "correction": fingerprint(correction),
     }
     arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
-    if corrected is not None:
-        arrays["feats_corrected"] = corrected
+    for key, value in (("feats_corrected", corrected), ("views", feats.views), ("views_corrected", views_corrected)):
+        if value is not None:
+            arrays[key] = np.asarray(value)
     with _io.atomic_path(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)

@@ -24,8 +24,6 @@ METHODS: dict[str, Callable[[Problem], MethodResult]] = {
     "tip-f": partial(tipf.run, corrected=False),
     "tip-f-imo": partial(tipf.run, corrected=True),
 }
-# Methods that fit on the per-pass cache views (FeatureSet.cache_views); ProKeR by default.
-NEEDS_VIEWS = frozenset({"proker", "proker-imo", "tip-f", "tip-f-imo"})
 # Methods whose results depend on MethodOptions (seed, batch, views mode, grid choice).
 TAKES_OPTIONS = frozenset({"proker", "proker-imo", "tip-f", "tip-f-imo"})
 
@@ -47,4 +45,4 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["METHODS", "NEEDS_VIEWS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS", "parse_methods", "run_method"]
+__all__ = ["METHODS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS", "parse_methods", "run_method"]
