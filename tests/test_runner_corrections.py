@@ -41,9 +41,10 @@ def test_run_compares_corrections_and_reports_them(task, tmp_path, capsys):  # n
         assert cell["corrections"]["isoclip"]["methods"] == want
 
     capsys.readouterr()
-    assert main(["evaluate", "--features", str(out / "features" / "task_k1_s1.npz"), "--methods", "zs,ape-imo"]) == 0
+    assert main(["evaluate", "--features", str(out / "features" / "task_k1_s1.npz"), "--methods",
+                 "proker,proker-imo,ape,ape-imo,tip-f,tip-f-imo"]) == 0
     printed = capsys.readouterr().out
-    assert "corrected stream of the -imo methods: imo" in printed and "no CuPL" in printed
+    assert "corrected stream of the -imo methods: imo" in printed and "no CuPL" in printed and "views=all" in printed
 
     report_dir = tmp_path / "report"
     assert main(["report", "--results", str(out / "results.json"), "--out", str(report_dir)]) == 0
