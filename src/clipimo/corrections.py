@@ -32,12 +32,11 @@ from .data.generic import read_csv_list, read_image_folder
 from .data.templates import IMAGENET_TEMPLATES
 from .errors import ClipimoError
 from .featurefile import FeatureSet
+from .options import CORRECTIONS, IMAGEPCA_DEFAULT
 
-CORRECTIONS = ("imo", "isoclip", "textpca", "imagepca")
 # IsoCLIP's CLI defaults at D = 512; other widths scale them.
 ISOCLIP_KTOP, ISOCLIP_KBOTTOM, ISOCLIP_REF_DIM = 150, 50, 512
 WHITEN_SHRINK = 1e-2
-IMAGEPCA_DEFAULT = "abtt-2"
 
 
 @dataclass(frozen=True)

@@ -9,23 +9,24 @@ from tqdm import tqdm
 
 from .device import resolve_device
 from .featurefile import FeatureSet, load_features
+from .log import tqdm_disable
 from .methods import MethodOptions, MethodResult, Problem, parse_methods, run_method
 from .tables import md_table
 
 
 def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
-                device: str | torch.device = "cpu", progress: bool = False,
+                device: str | torch.device = "cpu", progress: bool | None = False,
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
     """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings."""
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
-    return {name: run_method(name, problem, options) for name in tqdm(names, desc="methods", disable=not progress)}
+    return {name: run_method(name, problem, options) for name in tqdm(names, desc="methods", disable=tqdm_disable(progress))}
 
 
 def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
-                      device: str | torch.device = "cpu", progress: bool = False,
+                      device: str | torch.device = "cpu", progress: bool | None = False,
                       options: MethodOptions | None = None) -> dict[str, dict]:
     """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
     ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.

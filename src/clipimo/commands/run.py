@@ -4,9 +4,21 @@ from __future__ import annotations
 import argparse
 
 from .. import _io
-from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, run_experiment
-from ..corrections import IMAGEPCA_DEFAULT
-from .features import add_backbone_args, add_correction_args, add_extractor_args, make_extractor
+from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, IMAGEPCA_DEFAULT, as_list
+from .features import add_backbone_args, add_correction_args, add_extractor_args, add_prompt_args, make_extractor
+
+
+def _templates(value):
+    from ..api import prompt_options
+
+    return prompt_options(value, None)[0]
+
+
+def _classnames(value):
+    from ..api import prompt_options
+
+    return prompt_options(None, value)[1]
+
 
 # option -> (default, parser of a flag/YAML value)
 _GRID_OPTIONS = {
@@ -22,6 +34,8 @@ _GRID_OPTIONS = {
     "textpca_classnames": (None, str),
     "imagepca_images": (None, str),
     "imagepca": (IMAGEPCA_DEFAULT, str),
+    "templates": (None, _templates),
+    "classnames": (None, _classnames),
 }
 
 
@@ -43,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "textpca, imagepca; the first fills the -imo columns, every one is "
                                         "compared in the report (original features encoded once)")
     add_correction_args(p, imagepca_default=None)
+    add_prompt_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=lambda args: run(args, p))
@@ -82,9 +97,12 @@ def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..cli import progress_setting
+    from ..runner import RunConfig, run_experiment
+
     cfg = RunConfig(**grid_options(args, parser), skip_unreadable=args.skip_unreadable)
     extractor = make_extractor(args)
-    results = run_experiment(cfg, extractor, args.out, device=args.device, progress=not args.no_progress,
+    results = run_experiment(cfg, extractor, args.out, device=args.device, progress=progress_setting(args),
                              save_features=args.save_features)
     print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
     return 0
