@@ -76,10 +76,11 @@ class Classifier:
         adapter_sha = adapter.get("sha256") if isinstance(adapter, dict) else meta.get("adapter_sha256")
         if method.endswith("-imo") and not adapter_sha:
             raise ClipimoError(f"{method} uses the corrected stream, but the features file records no adapter")
-        if method.startswith("gda") and not feats.has_views:
+        fits_views = method.removesuffix("-imo") in ("gda", "proker", "tip-f")
+        if fits_views and not feats.has_views:
             raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
                                "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
-        views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if method.startswith("gda") else {}
+        views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if fits_views else {}
         classnames = list(meta.get("classnames") or [str(i) for i in range(feats.num_classes)])
         if len(classnames) != feats.num_classes:
             raise ClipimoError(f"the features file names {len(classnames)} classes but its text weights have "

@@ -10,35 +10,50 @@ from tqdm import tqdm
 from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
-from .methods import METHODS, Problem, parse_methods
+from .methods import MethodOptions, MethodResult, Problem, parse_methods, run_method
 from .tables import md_table
 
 
-def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
-                      device: str | torch.device = "cpu", progress: bool | None = False) -> dict[str, dict]:
-    """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
-    ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
-
-    ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip,
-    alpha/beta/gamma for tipx, alpha for gda. The search runs on ``device`` (auto, cpu, cuda[:i])
-    in float32.
-    """
+def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
+                device: str | torch.device = "cpu", progress: bool | None = False,
+                options: MethodOptions | None = None) -> dict[str, MethodResult]:
+    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings."""
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
-    results = {}
     with full_float32():
-        for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
-            results[name] = METHODS[name](problem).as_dict()
-    return results
+        return {name: run_method(name, problem, options)
+                for name in tqdm(names, desc="methods", disable=tqdm_disable(progress))}
 
 
-def format_table(results: dict[str, dict], markdown: bool = False) -> str:
-    """A small method / val / test / hparams table, plain or Markdown."""
+def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
+                      device: str | torch.device = "cpu", progress: bool | None = False,
+                      options: MethodOptions | None = None) -> dict[str, dict]:
+    """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
+    ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
+
+    ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip and
+    tip-f, alpha/beta/gamma for tipx and ape, alpha for gda, beta/lmbda for proker. The other
+    settings that shaped a result (ProKeR's views mode, APE's channels, Tip-F's epoch and seed)
+    are in :func:`run_methods`' ``MethodResult.meta`` (see :func:`method_settings`).
+    """
+    return {k: r.as_dict() for k, r in run_methods(feats, methods, device, progress, options).items()}
+
+
+def method_settings(results: dict[str, MethodResult]) -> dict[str, dict]:
+    """``{method: meta}`` for the methods that report non-searched settings."""
+    return {name: dict(r.meta) for name, r in results.items() if r.meta}
+
+
+def format_table(results: dict[str, dict], markdown: bool = False, settings: dict[str, dict] | None = None) -> str:
+    """A small method / val / test / hparams table, plain or Markdown; ``settings`` (from
+    :func:`method_settings`) are listed after the hyper-parameters."""
+    settings = settings or {}
     header = ("method", "val top-1", "test top-1", "hparams")
     rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}",
-             ", ".join(f"{k}={v:.4g}" for k, v in r["hparams"].items()) or "-")
+             ", ".join([f"{k}={v:.4g}" for k, v in r["hparams"].items()]
+                       + [f"{k}={v}" for k, v in settings.get(name, {}).items()]) or "-")
             for name, r in results.items()]
     if markdown:
         return md_table(header, rows, align="lrrl")

@@ -7,7 +7,11 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_METHODS = ("zs", "tip", "tip-imo", "tipx", "tipx-imo")
 # Every method ``clipimo.methods.METHODS`` implements, in its order (a test keeps them equal).
-METHOD_NAMES = ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo")
+METHOD_NAMES = ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo", "proker", "proker-imo", "ape", "ape-imo",
+                "tip-f", "tip-f-imo")
+# Corrected streams (clipimo.corrections) and imagepca's default mode.
+CORRECTIONS = ("imo", "isoclip", "textpca", "imagepca")
+IMAGEPCA_DEFAULT = "abtt-2"
 DEFAULT_BINS = 200  # similarity histogram bins over [-1, 1] (clipimo.diagnostics)
 
 

@@ -223,3 +223,35 @@ def accuracy_plots(
         written[name] = accuracy_figure(rows, out_dir / f"acc_{stem}.png", title + ": accuracy vs shots",
                                         methods, random_init)
     return written
+
+
+def correction_gain_figure(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str,
+                           random_init: bool = False) -> Path:
+    """Grouped bars: per method, the gain of each correction's variant over the method on original
+    features (percentage points, error bars = std over seeds). ``rows`` have ``"method"`` =
+    ``(method, correction)``, ``"mean"`` and ``"std"``."""
+    if not rows:
+        raise ValueError(f"no correction rows to plot for {title!r}")
+    methods = list(dict.fromkeys(r["method"][0] for r in rows))
+    corrections = list(dict.fromkeys(r["method"][1] for r in rows))
+    index = {tuple(r["method"]): r for r in rows}
+    fig = Figure(figsize=(max(5.0, 1.3 * len(methods) + 2.5), 4.9 if random_init else 4.4))
+    top = _banner(fig, random_init, 0.995) - 26 / (fig.get_size_inches()[1] * 72)
+    ax = fig.subplots()
+    width = 0.8 / len(corrections)
+    colours = iter(_EXTRA_COLOURS * 3)
+    for j, corr in enumerate(corrections):
+        recs = [index.get((m, corr)) for m in methods]
+        x = np.arange(len(methods)) + (j - (len(corrections) - 1) / 2) * width
+        ax.bar(x, [r["mean"] if r else np.nan for r in recs], width,
+               yerr=[(r.get("std") or 0.0) if r else 0.0 for r in recs], capsize=3, label=corr,
+               color=next(colours))
+    ax.axhline(0, color="#444444", linewidth=0.8)
+    ax.set_xticks(np.arange(len(methods)))
+    ax.set_xticklabels(methods)
+    ax.set_ylabel("gain over original features (pp)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, title="correction", title_fontsize=8)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=top)
+    return save_figure(fig, path)

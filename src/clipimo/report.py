@@ -173,6 +173,21 @@ def imo_gains(cells: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str,
     return rows
 
 
+def correction_gains(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, shots, (method, correction)): test accuracy of the method's corrected-stream
+    variant under that correction minus the method on original features, mean/std over seeds (and
+    "average" rows over datasets). From the cells' ``corrections`` (``clipimo run --corrections``)."""
+    per: dict[tuple[str, int, Any], dict[int, float]] = {}
+    for cell in cells:
+        originals = cell["methods"]
+        for corr, rec in (cell.get("corrections") or {}).items():
+            for m, r in rec["methods"].items():
+                if base_method(m) in originals:
+                    gain = float(r["test_acc"]) - float(originals[base_method(m)]["test_acc"])
+                    per.setdefault((cell["dataset"], int(cell["shots"]), (base_method(m), corr)), {})[int(cell["seed"])] = gain
+    return _aggregate(per)
+
+
 # ---- Markdown helpers ----------------------------------------------------------------------------
 
 def _pm(mean: float | None, std: float | None, n: int | None = None, signed: bool = False) -> str:
@@ -272,6 +287,9 @@ def _accuracy_tables(results: Mapping[str, Any]) -> list[str]:
     if short:
         out += [_quote_warning("† fewer train images than k for some classes, so fewer shots than the column "
                                "says (see each cell's actual_shots in results.json)"), ""]
+    if any(base_method(m) == "ape" for m in methods):
+        out += ["APE runs on the features file's template text weights, not the paper's CuPL prompts "
+                "(\"templates, no CuPL\"): not comparable with the APE paper's numbers.", ""]
     for k in shots:
         out += [f"### {k} shot{'s' if k != 1 else ''}", ""]
         rows = []
@@ -313,6 +331,66 @@ def _gain_tables(results: Mapping[str, Any]) -> list[str]:
                             + [_pm(r["mean"], r["std"], r["n"], signed=True) if r else "—" for r in recs])
         out += [md_table(["Dataset"] + [f"{k} shot{'s' if k != 1 else ''}" for k in shots], rows), ""]
     return out
+
+
+CORRECTION_NOTES = {
+    "imo": "the IMO adapter",
+    "isoclip": "IsoCLIP (Magistri et al., CVPR 2026), projector-SVD operator",
+    "textpca": "projection on the top half of the ImageNet text PCA subspace (Herzog & Wang, CVPR 2026)",
+    "imagepca": "OUR control, not from a paper: image PCA on the generic image set",
+}
+
+
+def _correction_rows(results: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    gains = correction_gains(results["cells"])
+    corrections = list(dict.fromkeys(g["method"][1] for g in gains))
+    bases = order_methods(dict.fromkeys(g["method"][0] for g in gains))
+    return gains, corrections, bases
+
+
+def _correction_section(results: Mapping[str, Any], written: Mapping[int, Path], out_dir: Path | None) -> list[str]:
+    gains, corrections, bases = _correction_rows(results)
+    if not gains:
+        return []
+    settings = {c.get("name"): c for c in results["meta"].get("corrections") or []}
+    out = ["## Overlap corrections", "",
+           "Test accuracy of each method's corrected-stream variant minus the method on original features "
+           "(percentage points), mean ± std over seeds of the per-seed difference; text terms always use the "
+           "original features.", ""]
+    for corr in corrections:
+        extra = {k: v for k, v in settings.get(corr, {}).items()
+                 if k not in ("name", "ours") and not k.endswith("sha256")}
+        out += [f"- **{corr}:** {CORRECTION_NOTES.get(corr, corr)}"
+                + (" (" + ", ".join(f"{k} {cell_text(v)}" for k, v in extra.items()) + ")" if extra else "")]
+    out += [""]
+    index = {(g["dataset"], int(g["shots"]), tuple(g["method"])): g for g in gains}
+    for k in sorted({int(g["shots"]) for g in gains}):
+        out += [f"### {k} shot{'s' if k != 1 else ''}", ""]
+        rows = []
+        for ds in _dataset_order(results) + ["average"]:
+            for b in bases:
+                recs = [index.get((ds, k, (b, c))) for c in corrections]
+                if any(recs):
+                    rows.append([("**average**" if ds == "average" else ds), b]
+                                + [_pm(r["mean"], r["std"], r["n"], signed=True) if r else "—" for r in recs])
+        out += [md_table(["Dataset", "Method"] + corrections, rows, ["l", "l"] + ["r"] * len(corrections)), ""]
+        if out_dir is not None and k in written:
+            out += [f"![correction gains, {k} shots]({written[k].relative_to(out_dir).as_posix()})", ""]
+    return out
+
+
+def correction_plots(results: Mapping[str, Any], out_dir: Path, random_init: bool) -> dict[int, Path]:
+    """One ``corrections_k<shots>.png`` per shot count: the average over datasets (or the only dataset)."""
+    gains, _, _ = _correction_rows(results)
+    written = {}
+    for k in sorted({int(g["shots"]) for g in gains}):
+        rows = [g for g in gains if int(g["shots"]) == k]
+        name = "average" if any(g["dataset"] == "average" for g in rows) else rows[0]["dataset"]
+        label = "average over datasets" if name == "average" else name
+        written[k] = plots.correction_gain_figure([g for g in rows if g["dataset"] == name],
+                                                  out_dir / f"corrections_k{k}.png",
+                                                  f"Gain over original features, {k} shots ({label})", random_init)
+    return written
 
 
 def _hparam_table(results: Mapping[str, Any]) -> list[str]:
@@ -447,7 +525,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     """The text part of a report (setup, accuracy and IMO-gain tables, hyper-parameters), no plots."""
     results = validate_results(dict(results))
     lines = _header(results) + _validation_notes(results) + _accuracy_tables(results)
-    lines += _gain_tables(results) + _shift_table(results) + _hparam_table(results)
+    lines += _gain_tables(results) + _correction_section(results, {}, None) + _shift_table(results)
+    lines += _hparam_table(results)
     return "\n".join(lines) + "\n"
 
 
@@ -473,6 +552,7 @@ def build_report(
     lines += _accuracy_tables(results)
     lines += _gain_tables(results)
     lines += _plot_section(written, out_dir, datasets)
+    lines += _correction_section(results, correction_plots(results, out_dir / PLOTS_DIR, random_init), out_dir)
     lines += _shift_table(results)
     lines += _overlap_section(overlaps, out_dir)
     lines += _hparam_table(results)

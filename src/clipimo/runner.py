@@ -22,17 +22,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
+from .corrections import IMAGEPCA_DEFAULT, build_correction, corrected_features, parse_corrections, parse_imagepca
+from .corrections import fingerprint as correction_fingerprint
 from .data import few_shot_support, open_dataset, save_support_index, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
-from .evaluate import evaluate_features
+from .evaluate import method_settings, run_methods
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
 from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_label, fingerprint_changes
 from .log import logger, tqdm_disable, warn_random_init
-from .methods import parse_methods
+from .methods import MethodOptions, parse_methods
 from .methods.gda import GDA_ALPHAS
 from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
+from .plots import is_imo
 from .report import results_markdown, summarise
 from .runlock import folder_lock
 from .search import PAPER_GRID
@@ -53,11 +56,19 @@ class RunConfig:
     allow_test_tuning: bool = False
     augment_passes: int = CACHE_AUGMENT_PASSES
     skip_unreadable: bool = False
+    # Corrected streams: the first fills the cells' "-imo" results; every one is also evaluated
+    # (its "-imo" methods only) under the cell's "corrections".
+    corrections: list[str] = field(default_factory=lambda: ["imo"])
+    textpca_classnames: str | None = None
+    imagepca_images: str | None = None
+    imagepca: str = IMAGEPCA_DEFAULT
     templates: list[str] | None = None      # custom tasks only: prompt templates, one "{}" each
     classnames: dict[str, str] | None = None  # custom tasks only: folder name -> readable name
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
+        self.corrections = parse_corrections(self.corrections)
+        parse_imagepca(self.imagepca)
         if not self.datasets:
             raise ClipimoError("no datasets given")
         if any(k < 1 for k in self.shots):
@@ -173,11 +184,13 @@ def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig,
 
 
 def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, cell: Cell,
-                       record: dict) -> None:
-    """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts)."""
+                       record: dict, correction: dict | None = None) -> None:
+    """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts, and
+    the correction filling the corrected stream: ``corrections.fingerprint``)."""
     splits = cell.dataset.splits
     meta = {**feature_meta(extractor), "dataset": cell.dataset.label, "shots": cell.shots, "seed": cell.seed,
-            "validation": record, "classnames": splits.classnames, "templates": splits.templates}
+            "validation": record, "classnames": splits.classnames, "templates": splits.templates,
+            "correction": correction or {"name": "imo"}}
     save_feature_file(path, {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
 
 
@@ -216,19 +229,27 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
             )
 
 
+def _evaluate(feats: FeatureSet, methods: list[str], device: str, options: MethodOptions) -> dict[str, Any]:
+    ran = run_methods(feats, methods, device=device, options=options)
+    return {"methods": {name: r.as_dict() for name, r in ran.items()}, "settings": method_settings(ran)}
+
+
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
                    progress: bool | None = None, save_features: bool = False) -> dict[str, Any]:
     """Run every missing or stale cell, then write results.json/.csv/.md in ``out`` describing every
     cell the folder holds; returns the results. The folder is locked against a concurrent run."""
     out = Path(out)
-    require_adapter(cfg.methods, extractor)
+    if "imo" in cfg.corrections:
+        require_adapter(cfg.methods, extractor)
     with folder_lock(out):
         return _run_locked(cfg, extractor, out, device, progress, save_features)
 
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
                 save_features: bool) -> dict[str, Any]:
-    fingerprint = _fingerprint(cfg, extractor)
+    maps = {name: build_correction(name, extractor, cfg.textpca_classnames, cfg.imagepca_images, cfg.imagepca)
+            for name in cfg.corrections}
+    fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if extractor.backbone.random_init:
@@ -265,17 +286,20 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             continue
         cell = plan_cell(data, shots, seed, cfg, run_fp)
         bar.set_postfix_str(cell.name)
-        cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features))
+        cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features,
+                               maps, fingerprint["corrections"]))
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
-    results = {"meta": _results_meta(cfg, extractor, cells), "cells": cells, "summary": summarise(cells)}
+    results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},
+               "cells": cells, "summary": summarise(cells)}
     write_results(out, results)
     return results
 
 
 def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: FeatureExtractor, cfg: RunConfig,
-              out: Path, device: str, save_features: bool) -> dict:
-    """Reuse a stored cell whose fingerprint matches; otherwise compute it (saying why)."""
+              out: Path, device: str, save_features: bool, maps: dict, corrections: list[dict]) -> dict:
+    """Reuse a stored cell whose fingerprint matches; otherwise compute it (saying why). With
+    several corrections every ``-imo`` method also runs on each of them (original features encoded once)."""
     todo = list(methods)
     if done is not None:
         changes = fingerprint_changes(done.get("fingerprint"), cell.fingerprint)
@@ -286,14 +310,20 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
             todo = [m for m in methods if m not in done["methods"]]
             if not todo:
                 return done
+            if cfg.corrections != ["imo"]:  # the per-correction tables cover every method: recompute them all
+                todo, done = list(methods), None
     shots = actual_shots(cell)
     if "short_classes" in shots:
         short = ", ".join(f"{c} ({n})" for c, n in list(shots["short_classes"].items())[:10])
         logger.warning(f"{cell.name}: {len(shots['short_classes'])} class(es) have fewer than {cell.shots} "
              f"train images, so fewer shots: {short}")
     feats, record = cell_features(extractor, cell, cfg, out / "supports")
+    primary = corrected_features(feats, maps[cfg.corrections[0]])
     if save_features:
-        save_cell_features(out / "features" / f"{cell.name}.npz", feats, extractor, cell, record)
+        save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,
+                           correction=corrections[0])
+    options = MethodOptions(seed=cell.seed, dataset=cell.dataset.splits.name)  # the cell's seed orders Tip-F's batches
+    evaluated = _evaluate(primary, todo, device, options)
     result = {
         "dataset": cell.dataset.label,
         "source": cell.dataset.source,
@@ -301,9 +331,17 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
         "seed": cell.seed,
         "actual_shots": shots,
         "validation": record,
-        "methods": {**(done or {}).get("methods", {}), **evaluate_features(feats, todo, device=device)},
+        "methods": {**(done or {}).get("methods", {}), **evaluated["methods"]},
+        "settings": {**(done or {}).get("settings", {}), **evaluated["settings"]},
         "fingerprint": cell.fingerprint,
     }
+    if cfg.corrections != ["imo"]:
+        imo_methods = [m for m in methods if is_imo(m)]
+        result["corrections"] = {cfg.corrections[0]: {
+            "methods": {m: result["methods"][m] for m in imo_methods},
+            "settings": {m: v for m, v in result["settings"].items() if m in imo_methods}}}
+        for name in cfg.corrections[1:]:
+            result["corrections"][name] = _evaluate(corrected_features(feats, maps[name]), imo_methods, device, options)
     _io.write_json(out / "cells" / f"{cell.name}.json", result)
     return result
 
@@ -338,13 +376,14 @@ def results_csv(results: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation",
-                     "random_init", "min_shots_per_class"])
+                     "random_init", "min_shots_per_class", "lmbda"])
     for c in results["cells"]:
         for m, r in c["methods"].items():
             h = r["hparams"]
             writer.writerow([c["dataset"], c["shots"], c["seed"], m, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
                              h.get("alpha", ""), h.get("beta", ""), h.get("gamma", ""), c["validation"]["protocol"],
-                             results["meta"]["random_init"], (c.get("actual_shots") or {}).get("min", c["shots"])])
+                             results["meta"]["random_init"], (c.get("actual_shots") or {}).get("min", c["shots"]),
+                             h.get("lmbda", "")])
     return buf.getvalue()
 
 

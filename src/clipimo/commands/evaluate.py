@@ -18,6 +18,14 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams}} here")
     p.add_argument("--device", default="cpu", help="where the search runs: auto, cpu or cuda[:index] (default: cpu)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--seed", type=int, default=1, help="tip-f: seed of the minibatch order (default 1)")
+    p.add_argument("--tipf-batch", type=int, default=256, help="tip-f: minibatch size (default 256)")
+    p.add_argument("--proker-views", choices=["auto", "all", "mean"], default="auto",
+                   help="proker: every augmented view (all), the averaged keys (mean), or all while "
+                        "E*N <= 32768 (auto, default)")
+    p.add_argument("--proker-grid", choices=["default", "official"], default="default",
+                   help="proker: clipimo's grid, or the official per-dataset grid (needs the dataset "
+                        "name in the file's metadata)")
     p.add_argument("--save-classifier", metavar="FILE", default=None,
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
                         "of several the one with the best val top-1")
@@ -27,9 +35,10 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from .._io import write_json
     from ..cli import progress_setting
-    from ..evaluate import evaluate_features, format_table
+    from ..evaluate import format_table, method_settings, run_methods
     from ..featurefile import read_meta, read_npz, validate_features
     from ..log import logger, warn_random_init
+    from ..methods import MethodOptions
 
     arrays = read_npz(args.features)
     meta = read_meta(arrays, args.features)
@@ -38,8 +47,14 @@ def main(args: argparse.Namespace) -> int:
     if (meta.get("validation") or {}).get("tuned_on_test"):
         logger.warning("this file's val_* features are the TEST split: the accuracies below are tuned on test")
     feats = validate_features(arrays, str(args.features))
-    results = evaluate_features(feats, args.methods, device=args.device, progress=progress_setting(args))
-    print(format_table(results, markdown=args.markdown), flush=True)  # shown even if --json fails
+    correction = (meta.get("correction") or {}).get("name")
+    if correction:
+        logger.info(f"corrected stream of the -imo methods: {correction}")
+    options = MethodOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
+                            proker_grid=args.proker_grid, dataset=meta.get("dataset"))
+    ran = run_methods(feats, args.methods, device=args.device, progress=progress_setting(args), options=options)
+    results = {name: r.as_dict() for name, r in ran.items()}
+    print(format_table(results, markdown=args.markdown, settings=method_settings(ran)), flush=True)  # shown even if --json fails
     if args.json:
         write_json(args.json, results)
     if args.save_classifier:

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..options import CORRECTIONS, IMAGEPCA_DEFAULT
+
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a backbone shares."""
@@ -29,6 +31,17 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+
+
+def add_correction_args(parser: argparse.ArgumentParser, imagepca_default: str | None = IMAGEPCA_DEFAULT) -> None:
+    """Inputs of the training-free corrections (textpca's class names, imagepca's generic images)."""
+    parser.add_argument("--textpca-classnames", metavar="FILE",
+                        help="textpca: ImageNet class names (one per line, or classnames.txt '<wnid> <name>')")
+    parser.add_argument("--imagepca-images", metavar="PATH",
+                        help="imagepca: generic images (CSV path,label or folder), e.g. the adapter's training set")
+    parser.add_argument("--imagepca", default=imagepca_default, metavar="MODE",
+                        help=f"imagepca (our control): abtt-K removes the top K principal directions, whiten "
+                             f"whitens (default {IMAGEPCA_DEFAULT})")
 
 
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-passes", type=int, default=10, help="with a task: augmented views averaged per cache key (default 10)")
     p.add_argument("--passes", type=int, default=0, help="with --images: 0 uses the eval transform; E>0 averages E augmented "
                                                          "views and keeps each")
+    p.add_argument("--correction", choices=CORRECTIONS, default="imo",
+                   help="with --images, what fills feats_corrected: the IMO adapter (imo, default) or a training-free "
+                        "map of the original features (isoclip, textpca, imagepca)")
+    add_correction_args(p)
     add_prompt_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
@@ -92,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
 def run_task(args: argparse.Namespace, task: str) -> int:
     from ..api import task_features
 
+    if args.correction != "imo":
+        raise ValueError("--correction applies to --images; for task cells use 'clipimo run --corrections'")
     if args.shots is None:
         raise ValueError(f"{task} is a few-shot task: pass --shots K (and --seed S) to choose the cell to encode, "
                          "or point --images at one split of it")
@@ -111,6 +130,7 @@ def run_images(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import _io
+    from ..corrections import build_correction, fingerprint
     from ..data.generic import read_csv_list, read_image_folder
 
     if args.templates or args.classnames:
@@ -118,7 +138,14 @@ def run_images(args: argparse.Namespace) -> int:
     source = Path(args.images)
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
     extractor = make_extractor(args)
+    correction = build_correction(args.correction, extractor, args.textpca_classnames, args.imagepca_images,
+                                  args.imagepca)
     feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
+    if correction is not None:
+        corrected = correction.apply(feats.original.numpy())
+        views_corrected = None if feats.views is None else correction.apply(feats.views.numpy())
+    else:
+        corrected, views_corrected = feats.corrected, feats.views_corrected
     meta = {
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
@@ -129,16 +156,16 @@ def run_images(args: argparse.Namespace) -> int:
         "classnames": classnames,
         "paths": feats.paths,
         "skipped": feats.skipped,
+        "correction": fingerprint(correction),
     }
     arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
-    for key, value in (("feats_corrected", feats.corrected), ("views", feats.views),
-                       ("views_corrected", feats.views_corrected)):
+    for key, value in (("feats_corrected", corrected), ("views", feats.views), ("views_corrected", views_corrected)):
         if value is not None:
-            arrays[key] = value.numpy()
+            arrays[key] = np.asarray(value)
     with _io.atomic_path(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     print(f"wrote {args.out}: {len(feats.paths)} images, dim {feats.original.shape[1]}, "
-          f"streams {'original+corrected' if feats.corrected is not None else 'original'}"
+          f"streams {f'original+corrected ({args.correction})' if corrected is not None else 'original'}"
           + (f", {len(feats.skipped)} skipped" if feats.skipped else ""))
     return 0

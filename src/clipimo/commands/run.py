@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from .. import _io
-from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list
-from .features import add_backbone_args, add_extractor_args, add_prompt_args, make_extractor
+from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, IMAGEPCA_DEFAULT, as_list
+from .features import add_backbone_args, add_correction_args, add_extractor_args, add_prompt_args, make_extractor
 
 
 def _templates(value):
@@ -30,6 +30,10 @@ _GRID_OPTIONS = {
     "validation": (None, str),
     "allow_test_tuning": (False, lambda v: as_bool(v, "allow_test_tuning")),
     "augment_passes": (10, int),
+    "corrections": (["imo"], lambda v: as_list(v)),
+    "textpca_classnames": (None, str),
+    "imagepca_images": (None, str),
+    "imagepca": (IMAGEPCA_DEFAULT, str),
     "templates": (None, _templates),
     "classnames": (None, _classnames),
 }
@@ -49,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-passes", help="augmented views averaged per cache key (default 10)")
     p.add_argument("--out", required=True, help="results folder (cells/, results.json/.csv/.md); rerun to resume")
     p.add_argument("--save-features", action="store_true", help="also write each cell's §8 features .npz")
+    p.add_argument("--corrections", help="comma-separated corrected streams: imo (the adapter, default), isoclip, "
+                                        "textpca, imagepca; the first fills the -imo columns, every one is "
+                                        "compared in the report (original features encoded once)")
+    add_correction_args(p, imagepca_default=None)
     add_prompt_args(p)
     add_backbone_args(p)
     add_extractor_args(p)

@@ -1,12 +1,13 @@
-"""Training-free methods by name. Each entry maps a :class:`Problem` to a :class:`MethodResult`."""
+"""Few-shot methods by name. Each entry maps a :class:`Problem` to a :class:`MethodResult`; those in
+:data:`TAKES_OPTIONS` also accept ``options=MethodOptions(...)`` (call them through :func:`run_method`)."""
 from __future__ import annotations
 
 from functools import partial
 from typing import Callable
 
 from ..errors import ClipimoError
-from . import gda, tip, tipx, zeroshot
-from .common import MethodResult, Problem
+from . import ape, gda, proker, tip, tipf, tipx, zeroshot
+from .common import MethodOptions, MethodResult, Problem
 
 METHODS: dict[str, Callable[[Problem], MethodResult]] = {
     "zs": zeroshot.run,
@@ -16,7 +17,22 @@ METHODS: dict[str, Callable[[Problem], MethodResult]] = {
     "tipx-imo": partial(tipx.run, corrected=True),
     "gda": partial(gda.run, corrected=False),
     "gda-imo": partial(gda.run, corrected=True),
+    "proker": partial(proker.run, corrected=False),
+    "proker-imo": partial(proker.run, corrected=True),
+    "ape": partial(ape.run, corrected=False),
+    "ape-imo": partial(ape.run, corrected=True),
+    "tip-f": partial(tipf.run, corrected=False),
+    "tip-f-imo": partial(tipf.run, corrected=True),
 }
+# Methods whose results depend on MethodOptions (seed, batch, views mode, grid choice).
+TAKES_OPTIONS = frozenset({"proker", "proker-imo", "tip-f", "tip-f-imo"})
+
+
+def run_method(name: str, problem: Problem, options: MethodOptions | None = None) -> MethodResult:
+    """Run one registered method, passing ``options`` to those that take them."""
+    if name in TAKES_OPTIONS and options is not None:
+        return METHODS[name](problem, options=options)
+    return METHODS[name](problem)
 
 
 def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -29,4 +45,4 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["METHODS", "MethodResult", "Problem", "parse_methods"]
+__all__ = ["METHODS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS", "parse_methods", "run_method"]

@@ -79,14 +79,37 @@ class Problem:
 
 @dataclass(frozen=True)
 class MethodResult:
-    """Top-1 accuracies in percent and the chosen hyper-parameters (empty for zero-shot)."""
+    """Top-1 accuracies in percent, the chosen hyper-parameters (empty for zero-shot) and, in
+    ``meta``, the non-searched settings that determined the result (views mode, channels, ...)."""
 
     val_acc: float
     test_acc: float
     hparams: dict[str, float] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
+        """The §8 record (``meta`` is reported beside it, as the run's cell ``settings``)."""
         return {"test_acc": self.test_acc, "val_acc": self.val_acc, "hparams": dict(self.hparams)}
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Settings of the methods beyond the paper (METHODS_BEYOND.md): Tip-F's minibatch order seed
+    and batch, ProKeR's views mode and grid; ``dataset`` names the task for official grids."""
+
+    seed: int = 1
+    tipf_batch: int = 256
+    proker_views: str = "auto"
+    proker_grid: str = "default"
+    dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tipf_batch < 1:
+            raise ClipimoError(f"--tipf-batch must be >= 1, got {self.tipf_batch}")
+        if self.proker_views not in ("auto", "all", "mean"):
+            raise ClipimoError(f"--proker-views must be auto, all or mean, got {self.proker_views!r}")
+        if self.proker_grid not in ("default", "official"):
+            raise ClipimoError(f"--proker-grid must be default or official, got {self.proker_grid!r}")
 
 
 def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]:
@@ -139,6 +162,13 @@ def count_hits(logit_chunks: Iterable[tuple[slice, torch.Tensor]], labels: torch
             logits = logits[:, cols]
         hits += int((logits.argmax(1) == labels[rows]).sum())
     return hits
+
+
+def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``values @ one_hot(labels)`` as a segment sum: ``[rows, N] -> [rows, C]`` in O(rows N)
+    instead of O(rows N C); differentiable in ``values``."""
+    out = torch.zeros(values.shape[0], num_classes, dtype=values.dtype, device=values.device)
+    return out.index_add(1, labels, values)
 
 
 def percent(hits: int, n: int) -> float:

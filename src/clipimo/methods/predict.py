@@ -1,18 +1,34 @@
 """Any method at fixed hyper-parameters: apply a method tuned on one task to other data (§7 shift)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Sequence
 
 import torch
 
-from . import cache, gda, zeroshot
-from .common import Problem, Split, count_hits, percent
+from . import ape, cache, gda, proker, tipf, zeroshot
+from .common import MethodOptions, Problem, Split, count_hits, percent
 
 
 def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
-              chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(rows, logits)`` chunks of ``method`` (e.g. "tipx-imo") on ``split`` with the cache of ``problem``."""
+              chunk_rows: int | None = None,
+              options: MethodOptions = MethodOptions()) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, logits)`` chunks of ``method`` (e.g. "tipx-imo") on ``split`` with the cache of ``problem``.
+
+    Tip-F's trained keys are not hyper-parameters: they are trained again (deterministic given
+    ``options``' seed and batch), as its search did.
+    """
     base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
+    if base == "tip-f":
+        keys, _ = tipf.train_keys(problem, corrected, options.seed, options.tipf_batch, chunk_rows=chunk_rows)
+        field = "cache_keys_corrected" if corrected else "cache_keys"
+        problem, base = dataclasses.replace(problem, **{field: keys}), "tip"
+    if base == "proker":
+        sup = proker.support_set(problem, corrected, options.proker_views, method)
+        return proker.logits(problem, split, sup, hparams["beta"], hparams["lmbda"], chunk_rows)
+    if base == "ape":
+        ref = ape.refine(problem, corrected, ape.default_feat_num(problem.text_weights.shape[0]))
+        return ape.logits(problem, split, ref, hparams["alpha"], hparams["beta"], hparams["gamma"], chunk_rows)
     if base == "zs":
         return zeroshot.logits(problem, split, chunk_rows)
     if base in ("tip", "tipx"):
@@ -24,8 +40,9 @@ def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, fl
 
 
 def accuracy_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
-                classes: Sequence[int] | None = None, chunk_rows: int | None = None) -> float:
+                classes: Sequence[int] | None = None, chunk_rows: int | None = None,
+                options: MethodOptions = MethodOptions()) -> float:
     """Top-1 (%) on ``split``; with ``classes``, logits are restricted to those columns and
     ``split.labels`` index into ``classes`` (ImageNet-A/-R: 200 of the 1,000 classes)."""
-    hits = count_hits(logits_at(problem, split, method, hparams, chunk_rows), split.labels, classes)
+    hits = count_hits(logits_at(problem, split, method, hparams, chunk_rows, options), split.labels, classes)
     return percent(hits, split.labels.shape[0])

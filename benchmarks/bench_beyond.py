@@ -1,0 +1,119 @@
+"""Time and peak memory of ProKeR, APE and Tip-F on an ImageNet 16-shot sized task (issue 13).
+
+Defaults are the ImageNet 16-shot size: C = 1,000 classes x 16 shots (N = 16,000 keys), E = 10
+views, D = 512, 10,000 val and 50,000 test queries (synthetic features with class structure).
+Each method runs in its own fresh process, so the peak resident memory printed is that method's.
+ProKeR prints the views mode ``auto`` picked and the kernel size; ``--proker-betas K`` searches
+only the first K betas of its 20 and extrapolates the full search time linearly (the cost per
+beta is the same for every beta), printed as an ESTIMATE.
+
+    python benchmarks/bench_beyond.py                                  # ImageNet size (slow on CPU)
+    python benchmarks/bench_beyond.py --classes 100 --val 1000 --test 5000 --proker-betas 1
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def build(args):
+    """A synthetic task with E per-pass views per stream (keys = normalised mean of the passes)."""
+    from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
+
+    arrays = feature_arrays(synthetic_features(num_classes=args.classes, shots=args.shots, n_val=args.val,
+                                               n_test=args.test, dim=args.dim, seed=0))
+    rng = np.random.default_rng(1)
+    for key in ("cache_keys", "cache_keys_corrected"):
+        raw = arrays[key][None] + 0.5 * rng.standard_normal((args.passes, *arrays[key].shape), dtype=np.float32) \
+            / np.sqrt(args.dim)
+        views = raw / np.linalg.norm(raw, axis=2, keepdims=True)
+        mean = raw.mean(0)
+        arrays[key.replace("keys", "views")] = views.astype(np.float32)
+        arrays[key] = (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+    return validate_features(arrays, "benchmark task")
+
+
+def worker(args, path: str, method: str, queue) -> None:
+    import torch
+
+    from clipimo.featurefile import load_features
+    from clipimo.methods import MethodOptions, Problem, ape, proker, tipf
+
+    torch.set_num_threads(args.threads)
+    problem = Problem.from_features(load_features(path), args.device)
+    base = peak_rss_gb()
+    start = time.perf_counter()
+    extra = ""
+    if method == "proker":
+        sup = proker.support_set(problem, corrected=False, views=args.proker_views)
+        betas, lmbdas = proker.grid_for(MethodOptions())
+        used = betas[: args.proker_betas or len(betas)]
+        proker.grid_counts(problem, sup, used, lmbdas)
+        elapsed = time.perf_counter() - start
+        extra = f"views mode {sup.mode} (--proker-views {args.proker_views}), kernel rows n = {sup.feats.shape[0]:,}"
+        if len(used) < len(betas):
+            extra += (f"; searched {len(used)} of {len(betas)} betas: ESTIMATED full search "
+                      f"{elapsed * len(betas) / len(used):.0f} s (val only, test refit not included)")
+    elif method == "ape":
+        result = ape.run(problem)
+        elapsed = time.perf_counter() - start
+        extra = f"chosen {result.hparams}, feat_num {result.meta['feat_num']}"
+    elif method == "tip-f":
+        result = tipf.run(problem, options=MethodOptions(tipf_batch=args.tipf_batch), epochs=args.epochs)
+        elapsed = time.perf_counter() - start
+        extra = f"{args.epochs} epochs, chosen epoch {result.meta['epoch']}, {result.hparams}"
+    else:
+        raise SystemExit(f"unknown method {method}")
+    queue.put((method, elapsed, base, peak_rss_gb(), extra))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--passes", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--val", type=int, default=10_000)
+    ap.add_argument("--test", type=int, default=50_000)
+    ap.add_argument("--methods", default="proker,ape,tip-f")
+    ap.add_argument("--proker-views", default="auto", choices=["auto", "all", "mean"])
+    ap.add_argument("--proker-betas", type=int, default=0, help="search only the first K betas (0: all 20)")
+    ap.add_argument("--epochs", type=int, default=20, help="tip-f epochs")
+    ap.add_argument("--tipf-batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
+          f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
+    from clipimo.featurefile import save_features
+    from clipimo.methods.proker import pick_views
+
+    print(f"ProKeR --proker-views auto picks '{pick_views('auto', args.passes, args.classes * args.shots)}' here "
+          f"(E*N = {args.passes * args.classes * args.shots:,}), '{pick_views('auto', 10, 16_000)}' at ImageNet "
+          "16-shot (E*N = 160,000)")
+    ctx = mp.get_context("spawn")
+    tmp = tempfile.TemporaryDirectory()
+    path = os.path.join(tmp.name, "task.npz")
+    save_features(path, build(args))  # built here, so the workers' peaks hold no construction temporaries
+    for method in args.methods.split(","):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=worker, args=(args, path, method, queue))
+        proc.start()
+        name, elapsed, base, peak, extra = queue.get()
+        proc.join()
+        print(f"{name:7s} {elapsed:8.1f} s  peak RSS {peak:.2f} GB (task arrays alone {base:.2f} GB)  {extra}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""ProKeR (Bendou et al., CVPR 2025): proximal kernel ridge regression of the zero-shot residual.
+
+As the official code computes it (METHODS_BEYOND.md §1): with S the support views, concatenated
+(rows ``e*N + i``), Y their one-hot labels over all C = W.shape[1] classes and the UNSCALED zero-shot
+logits ``Z0(x) = x W``,
+``alpha = solve(K_SS / lmbda + I, Y - Z0(S)) = lmbda (K_SS + lmbda I)^-1 (Y - Z0(S))`` and
+``logits(x) = Z0(x) + k(x, S) alpha`` with ``k(x, y) = exp(-beta (1 - x.y))``.
+
+The search is exact but fast: one ``eigh(K_SS) = Q diag(l) Q^T`` per beta, after which every lmbda
+costs one product, ``alpha = Q diag(lmbda / (l + lmbda)) Q^T R``; ``k(x, S) Q`` is computed once
+per beta and query chunk. Everything is float64. The IMO variant puts corrected features in every
+kernel argument and nothing else: the residual and ``Z0`` stay on original features.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ClipimoError
+from ..search import first_best
+from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent
+
+# ``auto`` concatenates every view while the kernel has at most this many rows (K_SS: 8 GiB in
+# float64), and falls back to the averaged cache keys beyond it (ImageNet 16-shot: 160,000 rows).
+MAX_ALL_VIEWS = 32768
+# (start, stop, num) of torch.linspace for beta and lmbda.
+DEFAULT_GRID = ((0.1, 10.0, 20), (0.001, 1.0, 10))
+_CLASSIC = ((0.5, 3.0, 20), (0.001, 1.0, 10))
+_TEXTURE = ((0.1, 10.0, 20), (0.001, 10.0, 100))
+_IMAGENET = ((1.5, 3.0, 10), (0.05, 0.25, 10))
+# The released RN50 configs (configs/RN50/configs_proker/*.yaml), keyed by lower-case alphanumeric
+# dataset name (clipimo's names and the official ones); ImageNet's shift sets use ImageNet's.
+OFFICIAL_GRIDS = {
+    **dict.fromkeys(("caltech101", "fgvcaircraft", "fgvc", "food101", "ucf101"), _CLASSIC),
+    "eurosat": ((0.5, 3.0, 20), (0.001, 1.0, 100)),
+    **dict.fromkeys(("describabletextures", "dtd", "oxfordflowers"), _TEXTURE),
+    "sun397": ((0.1, 10.0, 20), (0.01, 10.0, 10)),
+    "oxfordpets": ((0.01, 5.0, 40), (0.01, 0.3, 20)),
+    "stanfordcars": ((0.1, 10.0, 5), (0.01, 1.0, 5)),
+    **dict.fromkeys(("imagenet", "imagenetv2", "imagenetsketch", "imageneta", "imagenetr"), _IMAGENET),
+}
+
+
+def linspace(start: float, stop: float, num: int) -> np.ndarray:
+    """The official float32 ``torch.linspace`` values, as float64."""
+    return torch.linspace(start, stop, num, dtype=torch.float32).double().numpy()
+
+
+def grid_for(options: MethodOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(betas, lmbdas): the clipimo default, or the official per-dataset grid."""
+    spec = DEFAULT_GRID
+    if options.proker_grid == "official":
+        key = re.sub(r"[^a-z0-9]", "", (options.dataset or "").lower())
+        if key not in OFFICIAL_GRIDS:
+            raise ClipimoError(f"--proker-grid official: no official ProKeR grid for dataset "
+                               f"{options.dataset!r} (the features metadata must name one of "
+                               f"{', '.join(sorted(OFFICIAL_GRIDS))}); use --proker-grid default")
+        spec = OFFICIAL_GRIDS[key]
+    return linspace(*spec[0]), linspace(*spec[1])
+
+
+@dataclass(frozen=True)
+class Support:
+    """The regression's support set in float64: ``feats`` (original, for the residual), ``kernel_feats``
+    (the kernel's argument: corrected for the IMO variant), one-hot ``targets`` and the views mode."""
+
+    feats: torch.Tensor
+    kernel_feats: torch.Tensor
+    targets: torch.Tensor
+    mode: str
+    corrected: bool
+
+
+def pick_views(requested: str, passes: int, images: int) -> str:
+    """The views mode used: ``auto`` is ``all`` while ``passes * images <= MAX_ALL_VIEWS``, else ``mean``."""
+    if requested != "auto":
+        return requested
+    return "all" if passes * images <= MAX_ALL_VIEWS else "mean"
+
+
+def support_set(problem: Problem, corrected: bool, views: str = "auto", name: str = "proker") -> Support:
+    """Every view concatenated (``all``), or the averaged cache keys (``mean``); ``auto`` picks
+    ``all`` while ``E * N <= MAX_ALL_VIEWS``."""
+    labels = problem.cache_labels
+    if views != "mean":
+        original = problem.views(False, name)
+        views = pick_views(views, *original.shape[:2])
+    if views == "mean":
+        feats, kernel_feats = problem.cache_keys, problem.keys(corrected)
+    else:
+        e, n, d = original.shape
+        feats = original.reshape(e * n, d)
+        kernel_feats = problem.views(corrected, name).reshape(e * n, d)
+        labels = labels.repeat(e)
+    targets = torch.nn.functional.one_hot(labels, problem.num_classes).double()
+    feats = feats.double()
+    return Support(feats, kernel_feats.double() if corrected else feats, targets, views, corrected)
+
+
+def kernel(x: torch.Tensor, s: torch.Tensor, beta: float) -> torch.Tensor:
+    """``exp(-beta (1 - x s^T))`` (the official ``RBF_Kernel`` on unit vectors)."""
+    return torch.exp(-beta * (1.0 - x @ s.T))
+
+
+@dataclass(frozen=True)
+class Basis:
+    """``K_SS = Q diag(evals) Q^T`` at one beta, and the residual in that basis, ``Q^T R``."""
+
+    beta: float
+    q: torch.Tensor
+    evals: torch.Tensor
+    residual: torch.Tensor
+
+    def coefficients(self, lmbda: float) -> torch.Tensor:
+        """``diag(lmbda / (l + lmbda)) Q^T R``: ``alpha = Q @ this``."""
+        return (lmbda / (self.evals + lmbda))[:, None] * self.residual
+
+
+def basis(sup: Support, text_weights: torch.Tensor, beta: float) -> Basis:
+    evals, q = torch.linalg.eigh(kernel(sup.kernel_feats, sup.kernel_feats, beta))
+    residual = sup.targets - sup.feats @ text_weights
+    return Basis(beta, q, evals.clamp(min=0), q.T @ residual)
+
+
+def _query_chunks(problem: Problem, split: Split, corrected: bool, width: int, chunk_rows: int | None):
+    """``(rows, Z0, kernel query)`` in float64: Z0 on original features, the query as the kernel sees it."""
+    w = problem.text_weights.double()
+    for rows in chunks(split.labels.shape[0], width, chunk_rows):
+        yield rows, split.feats[rows].double() @ w, split.query(corrected)[rows].double()
+
+
+def grid_counts(problem: Problem, sup: Support, betas: np.ndarray, lmbdas: np.ndarray,
+                chunk_rows: int | None = None) -> np.ndarray:
+    """Validation top-1 hits at every (beta, lmbda), int64 ``[len(betas), len(lmbdas)]``."""
+    w = problem.text_weights.double()
+    labels = problem.val.labels
+    counts = np.zeros((len(betas), len(lmbdas)), dtype=np.int64)
+    for b, beta in enumerate(betas):
+        base = basis(sup, w, float(beta))
+        for rows, z0, x in _query_chunks(problem, problem.val, sup.corrected, sup.feats.shape[0], chunk_rows):
+            projected = kernel(x, sup.kernel_feats, float(beta)) @ base.q
+            for j, lmbda in enumerate(lmbdas):  # [n, C] per lmbda, not all at once: ImageNet's is 128 MB
+                counts[b, j] += int(((z0 + projected @ base.coefficients(float(lmbda))).argmax(1) == labels[rows]).sum())
+    return counts
+
+
+def logits(problem: Problem, split: Split, sup: Support, beta: float, lmbda: float,
+           chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, logits)`` chunks at one (beta, lmbda)."""
+    base = basis(sup, problem.text_weights.double(), beta)
+    alpha = base.q @ base.coefficients(lmbda)
+    for rows, z0, x in _query_chunks(problem, split, sup.corrected, sup.feats.shape[0], chunk_rows):
+        yield rows, z0 + kernel(x, sup.kernel_feats, beta) @ alpha
+
+
+def run(problem: Problem, corrected: bool = False, options: MethodOptions = MethodOptions(),
+        chunk_rows: int | None = None) -> MethodResult:
+    """Search (beta, lmbda) on val, beta-major with ties to the first point; hparams ``{"beta", "lmbda"}``."""
+    name = "proker-imo" if corrected else "proker"
+    sup = support_set(problem, corrected, options.proker_views, name)
+    betas, lmbdas = grid_for(options)
+    counts = grid_counts(problem, sup, betas, lmbdas, chunk_rows)
+    ib, il = first_best(counts)
+    hp = {"beta": float(betas[ib]), "lmbda": float(lmbdas[il])}
+    test_hits = count_hits(logits(problem, problem.test, sup, hp["beta"], hp["lmbda"], chunk_rows),
+                           problem.test.labels)
+    return MethodResult(
+        val_acc=percent(int(counts[ib, il]), problem.val.labels.shape[0]),
+        test_acc=percent(test_hits, problem.test.labels.shape[0]),
+        hparams=hp,
+        meta={"views": sup.mode, "support_rows": int(sup.feats.shape[0]), "grid": options.proker_grid},
+    )

@@ -1,0 +1,41 @@
+"""``clipimo evaluate`` with the methods beyond the paper: options, settings and the §8 shape."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from beyond_features import views_task
+from clipimo import cli
+from clipimo.featurefile import feature_arrays, save_features
+from clipimo.methods import MethodOptions, Problem, tipf
+
+NEW = ["proker", "proker-imo", "ape", "ape-imo", "tip-f", "tip-f-imo"]
+
+
+def test_cli_runs_every_new_method_with_seed_and_batch(tmp_path, capsys):
+    feats = views_task(n_val=12, n_test=15, seed=2)
+    path = tmp_path / "f.npz"
+    save_features(path, {**feature_arrays(feats), "meta": np.array(json.dumps({"dataset": "DescribableTextures"}))})
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--features", str(path), "--methods", ",".join(NEW), "--seed", "4", "--tipf-batch", "7",
+            "--proker-grid", "official", "--json", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert list(results) == NEW
+    assert all(set(r) == {"test_acc", "val_acc", "hparams"} for r in results.values())
+    assert set(results["proker"]["hparams"]) == {"beta", "lmbda"}
+    assert set(results["ape-imo"]["hparams"]) == {"alpha", "beta", "gamma"}
+    assert set(results["tip-f"]["hparams"]) == {"alpha", "beta"}
+    assert "no CuPL" in printed and "views=all" in printed and "seed=4" in printed and "grid=official" in printed
+    # the seed and batch reach Tip-F: the same numbers as calling it directly
+    direct = tipf.run(Problem.from_features(feats), False, MethodOptions(seed=4, tipf_batch=7))
+    assert results["tip-f"] == direct.as_dict()
+
+
+def test_cli_names_a_bad_option(tmp_path, capsys):
+    path = tmp_path / "f.npz"
+    save_features(path, feature_arrays(views_task(seed=1)))
+    assert cli.main(["evaluate", "--features", str(path), "--methods", "proker", "--proker-grid", "official"]) != 0
+    assert "no official ProKeR grid for dataset None" in capsys.readouterr().err
