@@ -36,15 +36,16 @@ def test_run_compares_corrections_and_reports_them(task, tmp_path, capsys):  # n
         assert set(cell["corrections"]["isoclip"]["methods"]) == {"tip-imo", "ape-imo"}
         assert cell["settings"]["ape"]["text"] == "templates, no CuPL"
         # the isoclip column is the -imo methods on the isoclip map of the ORIGINAL features
-        feats = load_features(out / "features" / f"task_k1_s{cell['seed']}.npz")
+        feats = load_features(out / "features" / f"{cell['dataset']}_k1_s{cell['seed']}.npz")
         want = evaluate_features(corr.corrected_features(feats, iso), ["tip-imo", "ape-imo"])
         assert cell["corrections"]["isoclip"]["methods"] == want
 
     capsys.readouterr()
-    assert main(["evaluate", "--features", str(out / "features" / "task_k1_s1.npz"), "--methods",
-                 "proker,proker-imo,ape,ape-imo,tip-f,tip-f-imo"]) == 0
-    printed = capsys.readouterr().out
-    assert "corrected stream of the -imo methods: imo" in printed and "no CuPL" in printed and "views=all" in printed
+    assert main(["evaluate", "--features", str(out / "features" / f"{results['cells'][0]['dataset']}_k1_s1.npz"),
+                 "--methods", "proker,proker-imo,ape,ape-imo,tip-f,tip-f-imo"]) == 0
+    printed = capsys.readouterr()
+    assert "corrected stream of the -imo methods: imo" in printed.err
+    assert "no CuPL" in printed.out and "views=all" in printed.out
 
     report_dir = tmp_path / "report"
     assert main(["report", "--results", str(out / "results.json"), "--out", str(report_dir)]) == 0
@@ -53,7 +54,7 @@ def test_run_compares_corrections_and_reports_them(task, tmp_path, capsys):  # n
     assert "OUR control" in section and "| Dataset | Method | imo | isoclip | textpca | imagepca |" in section
     gains = [c["corrections"]["textpca"]["methods"]["tip-imo"]["test_acc"] - c["methods"]["tip"]["test_acc"]
              for c in results["cells"]]
-    assert f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" in section.split("| task | tip |")[1].splitlines()[0]
+    assert f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" in section.split(f"| {results['cells'][0]['dataset']} | tip |")[1].splitlines()[0]
     assert_png(report_dir / "plots" / "corrections_k1.png", 300, 200)
     assert "no CuPL" in text
 

@@ -130,7 +130,6 @@ class Classifier:
         problem = Problem(
             text_weights=self.text_weights.to(device), cache_keys=self.cache_keys.to(device),
             cache_keys_corrected=self.cache_keys_corrected.to(device), cache_labels=self.cache_labels.to(device),
-            cache_onehot=torch.nn.functional.one_hot(self.cache_labels, len(self.classnames)).float().to(device),
             val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
             **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
         out = torch.empty(len(original), len(self.classnames), device=device)
