@@ -80,8 +80,8 @@ def test_unreadable_files(tmp_path):
 def check_contract(results, methods):
     assert list(results) == methods
     for name, r in results.items():
-        assert set(r) == {"test_acc", "val_acc", "hparams"}
-        for split, n in (("val_acc", 30), ("test_acc", 25)):
+        assert set(r) == {"test_acc", "val_acc", "hparams", "test_top5", "test_mean_per_class_recall"}
+        for split, n in (("val_acc", 30), ("test_acc", 25), ("test_top5", 25)):
             assert type(r[split]) is float and 0.0 <= r[split] <= 100.0
             assert r[split] * n / 100 == pytest.approx(round(r[split] * n / 100))  # percent of hits
         assert set(r["hparams"]) == HPARAMS[name]
@@ -108,7 +108,7 @@ def test_cli_writes_section8_json(monkeypatch, tmp_path, npz, capsys):
     printed = capsys.readouterr().out
     assert all(m in printed for m in methods) and "test top-1" in printed
     assert run_cli(monkeypatch, "--features", str(npz), "--methods", "gda", "--markdown") == 0
-    assert capsys.readouterr().out.startswith("| method | val top-1 | test top-1 | hparams |")
+    assert capsys.readouterr().out.startswith("| method | val top-1 | test top-1 | test top-5 | test recall | hparams |")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -132,5 +132,6 @@ def test_cli_bad_file(monkeypatch, tmp_path, feats, capsys):
 
 
 def test_format_table_plain():
-    table = format_table({"tip": {"val_acc": 50.0, "test_acc": 40.0, "hparams": {"alpha": 1.0, "beta": 2.0}}})
-    assert table.splitlines()[1].split() == ["tip", "50.00", "40.00", "alpha=1,", "beta=2"]
+    table = format_table({"tip": {"val_acc": 50.0, "test_acc": 40.0, "test_top5": 90.0,
+                                  "test_mean_per_class_recall": 38.5, "hparams": {"alpha": 1.0, "beta": 2.0}}})
+    assert table.splitlines()[1].split() == ["tip", "50.00", "40.00", "90.00", "38.50", "alpha=1,", "beta=2"]

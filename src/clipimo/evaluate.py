@@ -10,16 +10,20 @@ from tqdm import tqdm
 from .device import resolve_device
 from .featurefile import FeatureSet, load_features
 from .methods import METHODS, Problem, parse_methods
+from .methods.predict import metrics_at
 from .tables import md_table
 
 
 def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
                       device: str | torch.device = "cpu", progress: bool = False) -> dict[str, dict]:
     """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
-    ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
+    ``{method: {"test_acc", "val_acc", "hparams", "test_top5", "test_mean_per_class_recall"}}``,
+    accuracies in percent.
 
     ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip,
-    alpha/beta/gamma for tipx, alpha for gda.
+    alpha/beta/gamma for tipx, alpha for gda. Top-1 picks them; top-5 and mean per-class recall
+    are scored afterwards on test at those values, from the same logits
+    (:func:`clipimo.methods.predict.metrics_at`).
     """
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
@@ -27,17 +31,25 @@ def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequ
     problem = Problem.from_features(feats, resolve_device(device))
     results = {}
     for name in tqdm(names, desc="methods", disable=not progress):
-        results[name] = METHODS[name](problem).as_dict()
+        rec = METHODS[name](problem).as_dict()
+        extra = metrics_at(problem, problem.test, name, rec["hparams"])
+        results[name] = {**rec, "test_top5": extra["top5"],
+                         "test_mean_per_class_recall": extra["mean_per_class_recall"]}
     return results
 
 
 def format_table(results: dict[str, dict], markdown: bool = False) -> str:
     """A small method / val / test / hparams table, plain or Markdown."""
-    header = ("method", "val top-1", "test top-1", "hparams")
-    rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}",
+    header = ("method", "val top-1", "test top-1", "test top-5", "test recall", "hparams")
+    rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}", _opt(r.get("test_top5")),
+             _opt(r.get("test_mean_per_class_recall")),
              ", ".join(f"{k}={v:.4g}" for k, v in r["hparams"].items()) or "-")
             for name, r in results.items()]
     if markdown:
-        return md_table(header, rows, align="lrrl")
+        return md_table(header, rows, align="lrrrrl")
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
+
+
+def _opt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
