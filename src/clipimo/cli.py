@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "features",
     "overlap",
     "report",
+    "results",
     "run",
     "shift",
     "train",

@@ -6,9 +6,7 @@ atomically. A rerun skips finished cells, so a killed run loses at most the cell
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +25,9 @@ from .evaluate import evaluate_features
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
 from .methods import parse_methods
-from .report import results_markdown, summarise
+from .aggregate import summarise
+from .report import results_markdown
+from .results import results_csv, write_clip_benchmark
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -200,24 +200,12 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
     return results
 
 
-def results_csv(results: dict[str, Any]) -> str:
-    """One row per (dataset, shots, seed, method) with accuracies and chosen hyper-parameters."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation", "random_init"])
-    for c in results["cells"]:
-        for m, r in c["methods"].items():
-            h = r["hparams"]
-            writer.writerow([c["dataset"], c["shots"], c["seed"], m, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
-                             h.get("alpha", ""), h.get("beta", ""), h.get("gamma", ""), c["validation"]["protocol"],
-                             results["meta"]["random_init"]])
-    return buf.getvalue()
-
-
 def write_results(out: Path, results: dict[str, Any]) -> None:
+    """results.json/.csv/.md and one CLIP_benchmark-shaped JSON per cell and method."""
     _io.write_json(out / "results.json", results)
     _io.write_text(out / "results.csv", results_csv(results))
     _io.write_text(out / "results.md", results_markdown(results))
+    write_clip_benchmark(out, results)
 
 
 def as_list(value: Any, cast=str) -> list:

@@ -17,7 +17,7 @@ from .evaluate import evaluate_features
 from .features import FeatureExtractor
 from .methods.common import Problem, Split
 from .methods.predict import accuracy_at
-from .report import mean_std
+from .aggregate import STD_LABEL, mean_std
 from .tables import md_table
 from .runner import RunConfig, cell_features, feature_meta, require_adapter
 
@@ -86,7 +86,8 @@ def shift_markdown(result: dict[str, Any]) -> str:
     if result["random_init"]:
         lines += [f"> **{RANDOM_INIT_WARNING}**", ""]
     lines += [f"{result['source']} {result['shots']}-shot cache and hyper-parameters applied unchanged; "
-              f"top-1 test accuracy (%), mean ± std over seeds {', '.join(map(str, result['seeds']))}.", ""]
+              f"top-1 test accuracy (%), mean ± {STD_LABEL} over n = {len(result['seeds'])} seeds "
+              f"({', '.join(map(str, result['seeds']))}).", ""]
     table = [[m] + [f"{index[(t, m)]['test_acc']:.2f} ± {index[(t, m)]['std']:.2f}" for t in targets] for m in methods]
     lines += [md_table(["method"] + targets, table), ""]
     return "\n".join(lines)
