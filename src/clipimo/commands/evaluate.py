@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--features", required=True, metavar="FILE", help="features .npz (METHOD.md §8)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help=f"comma-separated method names (default: {DEFAULT_METHODS})")
-    p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams}} here")
+    p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams, test_top5, test_mean_per_class_recall}} here")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:index] (default: cpu)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.set_defaults(func=main)
