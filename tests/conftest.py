@@ -88,5 +88,7 @@ def assert_figure(files, formats=("png",), dpi=200):
                 assert tuple(round(v) for v in im.info["dpi"]) == (dpi, dpi)
         elif fmt == "pdf":
             assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF") and len(data) > 1000
+            assert b"/FontFile2" in data  # TrueType fonts embedded (editable, accepted by journals)
         else:
             assert data.lstrip().startswith(b"<?xml") and b"<svg" in data and data.rstrip().endswith(b"</svg>")
+            assert b"<text" in data  # text kept as text, not paths
