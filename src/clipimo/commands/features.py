@@ -26,8 +26,8 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
     parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="feature precision: auto = bf16 autocast on CUDA, fp32 on CPU (part of the cache key)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32 (default, as the paper) or bf16 autocast (faster on GPUs); part of the cache key and recorded")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--no-progress", action="store_true")
@@ -43,7 +43,7 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        amp={"auto": None, "fp32": False, "bf16": True}[args.precision],
+        precision=args.precision,
         progress=not args.no_progress,
         strict_backbone=not args.allow_backbone_mismatch,
     )
@@ -52,8 +52,10 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="encode images into original and corrected features (.npz)")
     p.add_argument("--images", required=True, help="CSV list (path,label) or ImageFolder tree")
-    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta)")
-    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views (cache keys use 10)")
+    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta; with --passes also "
+                                                "views, views_corrected [E, N, D])")
+    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views and keep "
+                                                         "each (cache keys use 10)")
     p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
     add_backbone_args(p)
     add_extractor_args(p)
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter_sha256": extractor.adapter_hash,
+        "precision": extractor.precision,
         "passes": args.passes,
         "seed": args.seed if args.passes else None,
         "classnames": classnames,
@@ -76,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
         "skipped": feats.skipped,
     }
     arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
-    if feats.corrected is not None:
-        arrays["feats_corrected"] = feats.corrected.numpy()
+    for key, value in (("feats_corrected", feats.corrected), ("views", feats.views),
+                       ("views_corrected", feats.views_corrected)):
+        if value is not None:
+            arrays[key] = value.numpy()
     with _io.atomic_path(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
