@@ -26,8 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-DEFAULT_BINS = 200
-AUTO_BINS_RANGE = (20, 200)
+from .options import AUTO_BINS_RANGE, DEFAULT_BINS
 SIM_RANGE = (-1.0, 1.0)
 # Elements of one chunk's similarity block (rows x columns): 2M float64 values = 16 MB (peak ~4x).
 DEFAULT_CHUNK_ELEMENTS = 1 << 21

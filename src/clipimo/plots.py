@@ -26,9 +26,8 @@ from matplotlib.legend import Legend
 
 from ._io import atomic_path
 from .errors import ClipimoError
+from .options import DEFAULT_DPI, FIGURE_FORMATS as FORMATS
 
-FORMATS = ("png", "pdf", "svg")
-DEFAULT_DPI = 200
 COLUMN_WIDTH_IN = 3.5
 PAGE_WIDTH_IN = 7.0
 CAPTION_PT = 6.5
@@ -70,12 +69,6 @@ class FigureOptions:
     def preferred(self) -> str:
         """The format a Markdown report shows inline: PNG, else SVG, else PDF (linked)."""
         return next(f for f in ("png", "svg", "pdf") if f in self.formats)
-
-
-def add_figure_args(p) -> None:
-    """``--format`` and ``--dpi`` for every command that writes figures."""
-    p.add_argument("--format", default="png", help=f"figure formats, comma-separated from {','.join(FORMATS)} (default png)")
-    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PNG resolution (default {DEFAULT_DPI})")
 
 
 def slug(name: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _io
 from .aggregate import STD_LABEL, imo_gains, summarise
-from .backbone import RANDOM_INIT_WARNING
+from .log import RANDOM_INIT_WARNING
 from .errors import ClipimoError
 from .metrics import METRIC_KEYS
 from .plots import IMO_SUFFIX, FigureOptions, base_method, is_random_init, order_methods

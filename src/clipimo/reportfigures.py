@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .backbone import RANDOM_INIT_WARNING
+from .log import RANDOM_INIT_WARNING
 from .figures import Written, overlap_figure, run_figures
 from .overlapfile import overlap_table
 from .plots import FigureOptions, slug

@@ -4,11 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..backbone import RANDOM_INIT_WARNING
-from ..overlapfile import load_overlap
-from ..plots import FigureOptions, add_figure_args
-from ..report import build_report, load_results, load_shift
-from .overlap import parse_xlim
+from ..options import add_figure_args, parse_xlim
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..log import logger, warn_random_init
+    from ..overlapfile import load_overlap
+    from ..plots import FigureOptions
+    from ..report import build_report, load_results, load_shift
+
     options = FigureOptions.parse(args.format, args.dpi)
     xlim = parse_xlim(args.overlap_xlim)
     results = load_results(args.results)
@@ -41,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     path = build_report(results, args.out, overlaps, results_path=str(args.results), options=options,
                         overlap_xlim=xlim)
     if results["meta"].get("random_init"):
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     if results["meta"].get("tuned_on_test"):
-        print("WARNING: hyper-parameters were tuned on the test split (recorded in the report)")
+        logger.warning("hyper-parameters were tuned on the test split (recorded in the report)")
     plots_dir = Path(args.out) / "plots"
     n_files = len([f for f in plots_dir.iterdir() if f.suffix.lstrip(".") in options.formats]) if plots_dir.is_dir() else 0
     print(f"wrote {path} ({n_files} figure file(s) in {plots_dir}: {', '.join(options.formats)})")

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from .. import _io
-from ..report import load_results
-from ..results import merge_runs, run_file, write_clip_benchmark
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from .. import _io
+    from ..results import merge_runs
+
     text = merge_runs(args.runs)
     _io.write_text(args.out, text)
     print(f"wrote {args.out} ({text.count(chr(10)) - 1} rows from {len(args.runs)} run(s))")
@@ -34,6 +34,9 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..report import load_results
+    from ..results import run_file, write_clip_benchmark
+
     for run in args.runs:
         file = run_file(run)
         folder = write_clip_benchmark(file.parent, load_results(file))
