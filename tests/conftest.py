@@ -96,3 +96,22 @@ def assert_png(path, min_w=200, min_h=150):
 
     arr = matplotlib.image.imread(path)
     assert arr.ndim == 3 and float(arr.std()) > 0  # not a blank canvas
+
+
+def assert_figure(files, formats=("png",), dpi=200):
+    """``{format: path}`` from a figure writer: exactly ``formats``, each a valid file of its kind;
+    the PNG records ``dpi`` and has the pixel size that dpi implies for a figure at least 3 in wide."""
+    assert set(files) == set(formats)
+    for fmt, path in files.items():
+        assert path.suffix == "." + fmt and path.is_file()
+        data = path.read_bytes()
+        if fmt == "png":
+            assert_png(path, int(3 * dpi) - 2, int(2 * dpi))
+            with Image.open(path) as im:
+                assert tuple(round(v) for v in im.info["dpi"]) == (dpi, dpi)
+        elif fmt == "pdf":
+            assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF") and len(data) > 1000
+            assert b"/FontFile2" in data  # TrueType fonts embedded (editable, accepted by journals)
+        else:
+            assert data.lstrip().startswith(b"<?xml") and b"<svg" in data and data.rstrip().endswith(b"</svg>")
+            assert b"<text" in data  # text kept as text, not paths

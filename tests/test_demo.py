@@ -3,7 +3,7 @@ import json
 from clipimo.cli import main
 from clipimo.demo import POOL_PHOTOS, TASK_PHOTOS, TASK_SPLITS, build_demo_data
 
-from conftest import assert_png
+from conftest import assert_figure, assert_png
 
 
 def test_demo_data_is_deterministic_and_disjoint(tmp_path):
@@ -21,7 +21,7 @@ def test_demo_data_is_deterministic_and_disjoint(tmp_path):
 
 def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(out), "--quick", "--no-progress", "--format", "png,pdf", "--dpi", "100"]) == 0
     printed = capsys.readouterr()
     assert printed.err.count("WARNING: RANDOM-INIT BACKBONE") == 1 and "RANDOM-INIT" not in printed.out
     report = (out / "report" / "report.md").read_text()
@@ -37,3 +37,7 @@ def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
     overlap = json.loads((out / "overlap" / "overlap.json").read_text())
     assert 0 <= overlap["original"]["overlap"] <= 1 and 0 <= overlap["corrected"]["overlap"] <= 1
     assert (out / "train" / "adapter.safetensors").is_file()
+    assert_figure({f: out / "overlap" / f"overlap.{f}" for f in ("png", "pdf")}, ("png", "pdf"), 100)
+    assert_figure({f: out / "report" / "plots" / f"gain_task.{f}" for f in ("png", "pdf")}, ("png", "pdf"), 100)
+    cell = results["cells"][0]["methods"]["tipx-imo"]
+    assert cell["test_top5"] >= cell["test_acc"] and 0 <= cell["test_mean_per_class_recall"] <= 100

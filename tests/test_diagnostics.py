@@ -15,14 +15,14 @@ import torch
 
 from clipimo import add_adapters, load_clip, save_adapters
 from clipimo import diagnostics as dg
-from clipimo import plots
+from clipimo import figures
 from clipimo.backbone import RANDOM_INIT_WARNING
 from clipimo import log
 from clipimo.commands import features as features_cmd
 from clipimo.commands import overlap as overlap_cmd
 from clipimo.errors import ClipimoError
 
-from conftest import TINY, assert_png, make_images
+from conftest import TINY, assert_figure, assert_png, make_images
 
 
 
@@ -189,10 +189,9 @@ def test_overlap_figure_is_a_valid_png(tmp_path):
     noisy = x + 0.05 * rng.normal(size=x.shape)
     rec = dg.compare_streams(noisy, x, labels)
     rec.update(random_init=True, source={"description": "synthetic"})
-    path = plots.overlap_figure(rec, tmp_path / "sub" / "overlap.png")
-    assert_png(path, 600, 300)
+    assert_figure(figures.overlap_figure(rec, tmp_path / "sub" / "overlap"), ("png",), 200)
     rec2 = dg.compare_streams(noisy, None, labels)
-    assert_png(plots.overlap_figure(rec2, tmp_path / "single.png"))
+    assert_figure(figures.overlap_figure(rec2, tmp_path / "single"))
     assert not list(tmp_path.rglob(".*.tmp*"))  # atomic writes leave no temporaries
 
 
@@ -249,15 +248,18 @@ def test_cli_overlap_on_images_with_adapter_and_on_its_features_file(tmp_path, i
         assert s["mode"] == "exact" and s["sample_size"] is None
         assert s["n_pairs"] == {"paired": 3 * 6, "unpaired": 66 - 18, "total": 66}
         assert 0 <= s["overlap"] <= 1 and 0 <= s["bhattacharyya"] <= 1 + 1e-9 and s["variance"] > 0
-        assert len(s["paired_density"]) == rec["bins"]["count"] == 200
-    assert rec["corrected"]["paired_density"] != rec["original"]["paired_density"]  # the adapter changed things
-    assert_png(out / "overlap.png", 600, 300)
+        # --bins auto: 18 paired pairs, Rice rule ceil(2 * 18^(1/3)) = 6, times 4 = 24 bins.
+        assert len(s["paired_density"]) == rec["bins"]["count"] == 24
+    assert rec["corrected"]["paired_mean_sim"] != rec["original"]["paired_mean_sim"]  # the adapter changed things
+    assert_figure({"png": out / "overlap.png"})
 
     # The same images through `clipimo features`, then `clipimo overlap --features`: identical figures.
     npz = tmp_path / "feats.npz"
     assert cli(["features", "--images", str(image_tree), "--out", str(npz)] + common) == 0
     out2 = tmp_path / "ov2"
-    assert cli(["overlap", "--features", str(npz), "--out", str(out2)]) == 0
+    assert cli(["overlap", "--features", str(npz), "--out", str(out2), "--format", "png,pdf,svg", "--dpi", "150",
+                "--xlim=-0.5,1"]) == 0
+    assert_figure({f: out2 / f"overlap.{f}" for f in ("png", "pdf", "svg")}, ("png", "pdf", "svg"), 150)
     rec2 = json.loads((out2 / "overlap.json").read_text())
     assert rec2["random_init"] is True and rec2["source"]["kind"] == "features"
     for stream in ("original", "corrected"):
@@ -321,6 +323,29 @@ def test_cli_overlap_on_section8_features_file(tmp_path, capsys):
     assert_png(tmp_path / "o" / "overlap.png")
     assert cli(["overlap", "--features", str(npz), "--out", str(tmp_path / "t")]) == 0  # default: test
     assert json.loads((tmp_path / "t" / "overlap.json").read_text())["source"]["split"] == "test"
+
+
+def test_auto_bins_follow_the_pair_count():
+    many = np.repeat(np.arange(10), 10)  # 450 paired pairs: ceil(2 * 450^(1/3)) = 16 -> 64 bins
+    assert dg.auto_bins(many) == 64
+    assert dg.auto_bins(np.repeat(np.arange(2), 2)) == 20  # 2 paired pairs: 12, raised to the floor of 20
+    assert dg.auto_bins(np.repeat(np.arange(100), 100)) == 200  # 495,000 pairs: capped at 200
+    # A sample of 4,950 of the 4,950 pairs changes nothing; a tenth of them gives 45 paired -> 32 bins.
+    assert dg.auto_bins(many, sample_pairs=4950) == 64 and dg.auto_bins(many, sample_pairs=495) == 32
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--format", "png,tiff"], r"format\(s\) \['tiff'\] not supported"),
+    (["--dpi", "20"], "--dpi must be between 50 and 1200"),
+    (["--xlim", "0.5"], "--xlim must be LOW,HIGH"),
+    (["--xlim", "0.5,1.5"], "-1 <= LOW < HIGH <= 1"),
+    (["--bins", "many"], "--bins must be a positive integer or 'auto'"),
+])
+def test_cli_overlap_figure_flag_errors(tmp_path, flags, message):
+    npz = section8_file(tmp_path / "s8.npz")
+    with pytest.raises(ClipimoError, match=message):
+        cli(["overlap", "--features", str(npz), "--out", str(tmp_path / "o")] + flags)
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_overlap_errors_name_the_file_and_key(tmp_path):

@@ -87,8 +87,8 @@ def test_unreadable_files(tmp_path):
 def check_contract(results, methods):
     assert list(results) == methods
     for name, r in results.items():
-        assert set(r) == {"test_acc", "val_acc", "hparams"}
-        for split, n in (("val_acc", 30), ("test_acc", 25)):
+        assert set(r) == {"test_acc", "val_acc", "hparams", "test_top5", "test_mean_per_class_recall"}
+        for split, n in (("val_acc", 30), ("test_acc", 25), ("test_top5", 25)):
             assert type(r[split]) is float and 0.0 <= r[split] <= 100.0
             assert r[split] * n / 100 == pytest.approx(round(r[split] * n / 100))  # percent of hits
         assert set(r["hparams"]) == HPARAMS[name]
@@ -145,7 +145,7 @@ def test_cli_writes_section8_json(monkeypatch, tmp_path, npz, capsys):
     printed = capsys.readouterr().out
     assert all(m in printed for m in methods) and "test top-1" in printed
     assert run_cli(monkeypatch, "--features", str(npz), "--methods", "gda", "--markdown") == 0
-    assert capsys.readouterr().out.startswith("| method | val top-1 | test top-1 | hparams |")
+    assert capsys.readouterr().out.startswith("| method | val top-1 | test top-1 | test top-5 | test recall | hparams |")
 
 
 def test_cli_gda_on_a_file_without_views_is_a_clear_error(monkeypatch, tmp_path, capsys):

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from clipimo import diagnostics as dg
-from clipimo import log, plots
+from clipimo import figures, log, plots
 from clipimo.backbone import RANDOM_INIT_WARNING
 from clipimo.commands import overlap as overlap_cmd
 from clipimo.commands import report as report_cmd
 from clipimo.errors import ClipimoError
-from clipimo.report import build_report, imo_gains, load_results, summarise
+from clipimo.aggregate import imo_gains, summarise
+from clipimo.report import build_report, load_results
 
-from conftest import assert_png
+from conftest import assert_figure, assert_png
 
 METHODS = ["zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo"]
 BASE_ACC = {"zs": 50.0, "tip": 55.0, "tipx": 56.0, "gda": 57.0}
@@ -50,7 +51,8 @@ def make_results(datasets=("Caltech101", "EuroSAT"), shots=(1, 2, 4), seeds=(1, 
                     hp = {} if m == "zs" else {"alpha": 1.0 + s, "beta": 5.263157894736842}
                     if m.startswith("tipx"):
                         hp["gamma"] = 0.6122448979591837 * s
-                    methods[m] = {"test_acc": acc(i, k, s, m), "val_acc": acc(i, k, s, m) + 1, "hparams": hp}
+                    methods[m] = {"test_acc": acc(i, k, s, m), "val_acc": acc(i, k, s, m) + 1, "hparams": hp,
+                                  "test_top5": acc(i, k, s, m) + 20, "test_mean_per_class_recall": acc(i, k, s, m) - 2}
                 cells.append({"dataset": ds, "shots": k, "seed": s,
                               "validation": {"protocol": "full", "split": "val"}, "methods": methods})
     results = {
@@ -103,13 +105,13 @@ def test_summarise_and_gains_match_hand_computation():
     rows = {(r["dataset"], r["shots"], r["method"]): r for r in res["summary"]}
     r = rows[("EuroSAT", 4, "tip-imo")]
     vals = [acc(1, 4, s, "tip-imo") for s in (1, 2, 3)]
-    assert r["mean"] == pytest.approx(np.mean(vals)) and r["std"] == pytest.approx(np.std(vals)) and r["n"] == 3
+    assert r["mean"] == pytest.approx(np.mean(vals)) and r["std"] == pytest.approx(0.6) and r["n"] == 3  # ddof=1 std of values 0.6 apart
     avg = rows[("average", 2, "tip")]
     per_seed = [np.mean([acc(0, 2, s, "tip"), acc(1, 2, s, "tip")]) for s in (1, 2, 3)]
-    assert avg["mean"] == pytest.approx(np.mean(per_seed)) and avg["std"] == pytest.approx(np.std(per_seed))
+    assert avg["mean"] == pytest.approx(np.mean(per_seed)) and avg["std"] == pytest.approx(np.sqrt(np.sum((np.array(per_seed) - np.mean(per_seed)) ** 2) / 2))
     gains = {(g["dataset"], g["shots"], g["method"]): g for g in imo_gains(res["cells"], res["summary"])}
     g = gains[("EuroSAT", 1, "tipx")]  # 1.5 + seed / 10 for seeds 1..3
-    assert g["mean"] == pytest.approx(1.7) and g["std"] == pytest.approx(np.std([0.1, 0.2, 0.3]))
+    assert g["mean"] == pytest.approx(1.7) and g["std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
     assert gains[("Caltech101", 1, "tip")]["mean"] == pytest.approx(0.2)
     assert gains[("average", 4, "gda")]["mean"] == pytest.approx((0.2 + 1.7) / 2)
     assert ("Caltech101", 1, "zs") not in gains
@@ -131,13 +133,13 @@ def test_report_has_banner_tables_gains_hparams_shift_and_linked_pngs(tmp_path):
     assert "| Dataset | zs | tip | tip-imo | tipx | tipx-imo | gda | gda-imo |" in text
     # EuroSAT, 4 shots: tip mean over seeds 1..3 is 55 + 10 + 6 + 1 = 72.00, std 0.41.
     row = table_row(text, "EuroSAT", "### 4 shots")
-    assert row[2] == f"{np.mean([acc(1, 4, s, 'tip') for s in (1, 2, 3)]):.2f} ± {np.std([0.5, 1.0, 1.5]):.2f}"
+    assert row[2] == f"{np.mean([acc(1, 4, s, 'tip') for s in (1, 2, 3)]):.2f} ± 0.50"
     assert row[7].startswith("**")  # gda-imo is the best method of the row
     assert table_row(text, "**average**", "### 4 shots")[1].startswith("55.00")
     # IMO gains per method, per shot count.
     assert "### tip-imo − tip" in text and "### tipx-imo − tipx" in text and "### gda-imo − gda" in text
     gain_row = table_row(text, "EuroSAT", "### tipx-imo − tipx")
-    assert gain_row[1:] == ["+1.70 ± 0.08"] * 3
+    assert gain_row[1:] == ["+1.70 ± 0.10"] * 3
     # Hyper-parameters per dataset / shots / method, one value per seed.
     hp_row = next(line for line in lines if line.startswith("| Caltech101 | 2 | tipx |"))
     assert "2 / 3 / 4" in hp_row and "0.6122 / 1.224 / 1.837" in hp_row
@@ -162,8 +164,10 @@ def test_report_without_random_init_and_with_test_tuning_and_no_summary(tmp_path
     assert "Distribution shift" not in text
     row = table_row(text, "OxfordPets", "### 16 shots")
     assert row[1] == "50.00" and "±" not in row[2]  # a single seed: no std
-    assert image_links(text) == ["plots/acc_oxfordpets.png"]
+    # One dataset: its accuracy and gain figures, no grid and no average.
+    assert image_links(text) == ["plots/gain_oxfordpets.png", "plots/acc_oxfordpets.png"]
     assert_png(tmp_path / "plots" / "acc_oxfordpets.png", 300, 200)
+    assert "over n = 1 seeds" in text and "RANDOM INIT" not in (tmp_path / "plots" / "acc_oxfordpets.png").read_bytes().decode("latin-1")
 
 
 def test_results_validation_errors(tmp_path):
@@ -203,7 +207,7 @@ def test_cli_report_with_overlap_figures(tmp_path, capsys):
     assert f"{ov['original']['overlap']:.4f}" in text
     links = image_links(text)
     overlap_links = [link for link in links if "overlap_" in link]
-    assert len(overlap_links) == 1 and len(links) == 4
+    assert len(overlap_links) == 1 and len(links) == 8  # + 3 accuracy, 3 gain, 1 grid
     for rel in links:
         assert_png(out / rel, 300, 200)
     with pytest.raises(ClipimoError, match="'original'"):
@@ -218,13 +222,14 @@ def test_accuracy_plot_styles_pair_variants_by_colour(tmp_path):
         assert styles[m]["linestyle"] == "-" and styles[m + "-imo"]["linestyle"] == "--"
     assert len({styles[m]["color"] for m in ("tip", "tipx", "gda", "foo", "zs")}) == 5
     assert plots.order_methods(["gda-imo", "foo-imo", "tip", "foo", "zs"]) == ["zs", "tip", "gda-imo", "foo", "foo-imo"]
-    rows = [{"shots": k, "method": m, "mean": 50 + k, "std": 1.0} for k in (1, 2, 4, 8, 16) for m in ("tip", "tip-imo")]
-    assert_png(plots.accuracy_figure(rows, tmp_path / "a.png", "test", random_init=True), 300, 200)
+    rows = [{"shots": k, "method": m, "mean": 50 + k, "std": 1.0, "n": 3} for k in (1, 2, 4, 8, 16) for m in ("tip", "tip-imo")]
+    meta = make_results()["meta"]
+    assert_figure(figures.accuracy_figure(rows, tmp_path / "a", "test", meta), ("png",), 200)
     with pytest.raises(ValueError):
-        plots.accuracy_figure([], tmp_path / "b.png", "empty")
+        figures.accuracy_figure([], tmp_path / "b", "empty", meta)
     # The overlap figure of a record straight from diagnostics.
     rec = dg.compare_streams(rng_feats(), None, np.repeat(np.arange(3), 5))
-    assert_png(plots.overlap_figure(rec, tmp_path / "o.png"), 300, 200)
+    assert_figure(figures.overlap_figure(rec, tmp_path / "o"))
 
 
 def rng_feats():

@@ -54,7 +54,7 @@ def test_run_compares_corrections_and_reports_them(task, tmp_path, capsys):  # n
     assert "OUR control" in section and "| Dataset | Method | imo | isoclip | textpca | imagepca |" in section
     gains = [c["corrections"]["textpca"]["methods"]["tip-imo"]["test_acc"] - c["methods"]["tip"]["test_acc"]
              for c in results["cells"]]
-    assert f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" in section.split(f"| {results['cells'][0]['dataset']} | tip |")[1].splitlines()[0]
+    assert f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}" in section.split(f"| {results['cells'][0]['dataset']} | tip |")[1].splitlines()[0]
     assert_png(report_dir / "plots" / "corrections_k1.png", 300, 200)
     assert "no CuPL" in text
 

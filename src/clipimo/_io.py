@@ -53,6 +53,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file the user named; a missing or malformed one is a ClipimoError naming ``what`` and the path."""
+    from .errors import ClipimoError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{what} file {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ClipimoError(f"{what} file {path} is not valid JSON: {err}") from err
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
     digest = hashlib.sha256()

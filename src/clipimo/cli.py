@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "overlap",
     "predict",
     "report",
+    "results",
     "run",
     "shift",
     "train",

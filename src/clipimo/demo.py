@@ -19,13 +19,15 @@ from PIL import Image
 from . import _io
 from .backbone import load_clip
 from .data import load_custom_dataset
-from .diagnostics import compare_streams
+from .diagnostics import auto_bins, compare_streams
 from .errors import ClipimoError
 from .features import FeatureExtractor
 from .log import logger, warn_random_init
 from .images import load_rgb
 from .methods import METHODS
-from .report import build_report, overlap_file_record, write_overlap
+from .overlapfile import overlap_file_record, write_overlap
+from .plots import FigureOptions
+from .report import build_report
 from .runner import RunConfig, run_experiment
 from .train import make_config, train
 
@@ -139,11 +141,12 @@ def run_demo(
     settings: DemoSettings | None = None,
     workers: int = 0,
     progress: bool | None = None,
+    figures: FigureOptions = FigureOptions(),
 ) -> Path:
     """Train an adapter on the pool, evaluate every method on the task, diagnose, report.
 
     Returns the path of ``report/report.md``. Without weights the backbone is a small random-init
-    ViT and every output carries the random-init banner.
+    ViT and every output carries the random-init banner (figures: a corner mark and a caption line).
     """
     out = Path(out)
     settings = settings or DemoSettings()
@@ -183,13 +186,14 @@ def run_demo(
         "original": feats.original.numpy(),
         "labels": feats.labels.numpy(),
     }
-    figures = compare_streams(feats.original.numpy(), feats.corrected.numpy(), feats.labels.numpy())
-    overlap = overlap_file_record(src, figures, n_classes=len(TASK_PHOTOS))
-    write_overlap(overlap, out / "overlap")
+    labels = feats.labels.numpy()
+    stats = compare_streams(feats.original.numpy(), feats.corrected.numpy(), labels, bins=auto_bins(labels))
+    overlap = overlap_file_record(src, stats, n_classes=len(TASK_PHOTOS))
+    write_overlap(overlap, out / "overlap", options=figures)
 
     logger.info("[5/5] report")
     report = build_report(results, out / "report", overlaps=[(str(out / "overlap" / "overlap.json"), overlap)],
-                          results_path=str(out / "results" / "results.json"))
+                          results_path=str(out / "results" / "results.json"), options=figures)
     if extractor.backbone.random_init:
         warn_random_init()
     print(f"\nreport: {report}")

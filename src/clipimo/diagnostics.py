@@ -26,8 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .options import DEFAULT_BINS
-
+from .options import AUTO_BINS_RANGE, DEFAULT_BINS
 SIM_RANGE = (-1.0, 1.0)
 # Elements of one chunk's similarity block (rows x columns): 2M float64 values = 16 MB (peak ~4x).
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
@@ -54,6 +53,24 @@ def bin_indices(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     up = (v >= edges[idx + 1]) & (idx != bins - 1)
     idx[up] += 1
     return idx
+
+
+def auto_bins(labels: Any, sample_pairs: int | None = None) -> int:
+    """A bin count for the pairs of ``labels``: the Rice rule (``2 n^(1/3)`` bins) for the smaller
+    of the paired/unpaired groups, times 4 because the fixed bins span all of ``[-1, 1]`` while
+    one group's similarities rarely span more than a quarter of it; kept within 20-200.
+
+    Few pairs then get wide bins (a smooth density, not isolated spikes), many pairs fine ones.
+    With ``sample_pairs`` the group sizes are the expected ones in the sample.
+    """
+    counts = np.unique(np.asarray(labels), return_counts=True)[1].astype(np.int64)
+    total = int(counts.sum()) * (int(counts.sum()) - 1) // 2
+    paired = int((counts * (counts - 1) // 2).sum())
+    smaller = min(paired, total - paired)
+    if sample_pairs is not None and total:
+        smaller = smaller * min(1.0, sample_pairs / total)
+    rice = math.ceil(2 * max(smaller, 1) ** (1 / 3))
+    return int(min(max(4 * rice, AUTO_BINS_RANGE[0]), AUTO_BINS_RANGE[1]))
 
 
 def histogram(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Evaluate training-free methods on a features file: the API behind ``clipimo evaluate`` (§8)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -11,27 +12,37 @@ from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
 from .methods import MethodOptions, MethodResult, Problem, parse_methods, run_method
+from .methods.predict import metrics_at
 from .tables import md_table
 
 
 def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
                 device: str | torch.device = "cpu", progress: bool | None = False,
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
-    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings."""
+    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings.
+    Top-1 on val picks each method's point; top-5 and mean per-class recall are then scored on test
+    at that point from the same logits (:func:`clipimo.methods.predict.metrics_at`)."""
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
+    options = options or MethodOptions()
+    results = {}
     with full_float32():
-        return {name: run_method(name, problem, options)
-                for name in tqdm(names, desc="methods", disable=tqdm_disable(progress))}
+        for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
+            r = run_method(name, problem, options)
+            extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
+            results[name] = dataclasses.replace(r, test_top5=extra["top5"],
+                                                test_mean_per_class_recall=extra["mean_per_class_recall"])
+    return results
 
 
 def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
                       device: str | torch.device = "cpu", progress: bool | None = False,
                       options: MethodOptions | None = None) -> dict[str, dict]:
     """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
-    ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
+    ``{method: {"test_acc", "val_acc", "hparams", "test_top5", "test_mean_per_class_recall"}}``,
+    accuracies in percent.
 
     ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip and
     tip-f, alpha/beta/gamma for tipx and ape, alpha for gda, beta/lmbda for proker. The other
@@ -50,12 +61,17 @@ def format_table(results: dict[str, dict], markdown: bool = False, settings: dic
     """A small method / val / test / hparams table, plain or Markdown; ``settings`` (from
     :func:`method_settings`) are listed after the hyper-parameters."""
     settings = settings or {}
-    header = ("method", "val top-1", "test top-1", "hparams")
-    rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}",
+    header = ("method", "val top-1", "test top-1", "test top-5", "test recall", "hparams")
+    rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}", _opt(r.get("test_top5")),
+             _opt(r.get("test_mean_per_class_recall")),
              ", ".join([f"{k}={v:.4g}" for k, v in r["hparams"].items()]
                        + [f"{k}={v}" for k, v in settings.get(name, {}).items()]) or "-")
             for name, r in results.items()]
     if markdown:
-        return md_table(header, rows, align="lrrl")
+        return md_table(header, rows, align="lrrrrl")
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
+
+
+def _opt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"

@@ -1,32 +1,74 @@
-"""PNG figures: intra-modal overlap histograms and accuracy-vs-shots curves.
+"""Figure style and output shared by every clipimo figure, and the method colour scheme.
 
-Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no GUI, no global
-figure state) and written atomically through ``clipimo._io.atomic_path``. Every figure that rests
-on a random-init backbone carries ``RANDOM_INIT_WARNING`` as a red banner.
+Figures are drawn at their printed size (3.5 in, one journal column; grids 7 in, two columns)
+with 7-8.5 pt fonts, so they stay readable without rescaling. Each is built on a
+``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no global figure state) and written
+atomically in every requested format: PNG at ``dpi`` (recorded in the file), PDF with embedded
+TrueType fonts and SVG with text kept as text. A caption under the axes names the backbone,
+weights and adapter; a figure from a random-init backbone also carries a small corner
+watermark and one caption line saying so.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
+import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 
 from ._io import atomic_path
-from .log import RANDOM_INIT_WARNING
+from .errors import ClipimoError
+from .options import DEFAULT_DPI, FIGURE_FORMATS as FORMATS
+
+COLUMN_WIDTH_IN = 3.5
+PAGE_WIDTH_IN = 7.0
+CAPTION_PT = 6.5
+WATERMARK = "RANDOM INIT"
+RANDOM_INIT_CAPTION = "Random-init backbone (no pretrained weights): the numbers do not measure the method."
+STYLE = {
+    "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5, "legend.fontsize": 7, "lines.linewidth": 1.2, "lines.markersize": 4,
+    "axes.linewidth": 0.6, "grid.linewidth": 0.4, "pdf.fonttype": 42, "svg.fonttype": "none",
+}
 
 IMO_SUFFIX = "-imo"
 # Base method -> colour; a method and its IMO variant share the colour (original solid, IMO dashed).
 METHOD_COLOURS = {"zs": "#444444", "tip": "#1f77b4", "tipx": "#d62728", "gda": "#2ca02c"}
 _EXTRA_COLOURS = ["#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 METHOD_ORDER = ["zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo"]
-PAIRED_COLOUR = "#1f77b4"
-UNPAIRED_COLOUR = "#d62728"
-OVERLAP_COLOUR = "#7f7f7f"
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """Output formats (any of png, pdf, svg) and the PNG resolution."""
+
+    formats: tuple[str, ...] = ("png",)
+    dpi: int = DEFAULT_DPI
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ClipimoError(f"figure format(s) {bad or 'none'} not supported; choose from {', '.join(FORMATS)}")
+        if self.dpi < 50 or self.dpi > 1200:
+            raise ClipimoError(f"--dpi must be between 50 and 1200, got {self.dpi}")
+
+    @classmethod
+    def parse(cls, formats: str, dpi: int) -> "FigureOptions":
+        """From the CLI's ``--format png,pdf`` and ``--dpi``."""
+        return cls(tuple(dict.fromkeys(f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip())), dpi)
+
+    @property
+    def preferred(self) -> str:
+        """The format a Markdown report shows inline: PNG, else SVG, else PDF (linked)."""
+        return next(f for f in ("png", "svg", "pdf") if f in self.formats)
 
 
 def slug(name: str) -> str:
@@ -71,187 +113,104 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
-def _banner(fig: Figure, random_init: bool, top: float, fontsize: float = 7.5) -> float:
-    """Add the random-init banner above the axes; returns the fraction of the height left for them."""
-    if not random_init:
-        return top
-    width_in, height_in = fig.get_size_inches()
-    text = textwrap.fill(RANDOM_INIT_WARNING, max(40, int(width_in * 72 / (fontsize * 0.62))))
-    fig.text(0.5, 0.992, text, ha="center", va="top", fontsize=fontsize, color="white", fontweight="bold",
-             bbox={"facecolor": "#c0392b", "edgecolor": "none", "boxstyle": "round,pad=0.4"})
-    banner_pt = (text.count("\n") + 1) * fontsize * 1.3 + 14
-    return top - banner_pt / (height_in * 72)
+# ---- provenance text -----------------------------------------------------------------------------
+
+def is_random_init(meta: Mapping[str, Any]) -> bool:
+    return bool(meta.get("random_init", (meta.get("backbone") or {}).get("random_init")))
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Render ``fig`` to a PNG at ``path`` atomically."""
-    path = Path(path)
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return path
-
-
-def _fmt(v: float | None, spec: str = ".3f") -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def _pairs_text(stats: Mapping[str, Any]) -> str:
-    n = stats.get("n_pairs", {})
-    text = f"{n.get('paired', 0):,} paired / {n.get('unpaired', 0):,} unpaired pairs"
-    if stats.get("mode") == "sampled":
-        text += f", sampled {stats.get('sample_size', 0):,} of {stats.get('total_pairs', 0):,} (seed {stats.get('seed')})"
+def identity_text(meta: Mapping[str, Any]) -> str:
+    """``model · weights · adapter`` of a results ``meta`` or an overlap record."""
+    backbone = meta.get("backbone") or {}
+    if backbone.get("model"):
+        text = f"{backbone['model']}, weights {backbone.get('weights', '?')}"
     else:
-        text += ", exact"
+        text = "backbone not recorded"
+    adapter = meta.get("adapter") or {}
+    sha = adapter.get("sha256") or ""
+    if sha:
+        name = Path(adapter["path"]).name if adapter.get("path") else "adapter"
+        text += f"; adapter {name} (sha256 {sha[:12]})"
+    else:
+        text += "; no adapter"
     return text
 
 
-def overlap_figure(record: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Paired vs unpaired similarity densities, original vs corrected side by side, overlap shaded.
+def spread_text(ns: Iterable[int | None]) -> str:
+    """"mean ± sample std (ddof=1), n = 3 seeds" for the seed counts behind a figure."""
+    counts = sorted({int(n) for n in ns if n})
+    if not counts:
+        return "difference of means (no per-seed pairs)"
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    if counts[-1] == 1:
+        return "a single seed (n = 1): no error bars"
+    return f"mean ± sample std (ddof=1) over n = {n} seeds"
 
-    ``record`` is ``diagnostics.compare_streams``' output, optionally with ``random_init`` and
-    ``source`` (``{"description": ...}``) as written to ``overlap.json``.
+
+# ---- layout and output ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Every figure is built and saved inside this (fonts, line widths, embedded fonts)."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def caption(fig: Figure, lines: Sequence[str], random_init: bool) -> float:
+    """Wrapped caption lines at the bottom of ``fig`` (the random-init line first, in red);
+    returns their height in inches."""
+    width_pt = fig.get_size_inches()[0] * 72
+    wrap = max(40, int((width_pt - 12) / (CAPTION_PT * 0.56)))
+    items = ([(RANDOM_INIT_CAPTION, "#b03a2e")] if random_init else []) + [(t, "#333333") for t in lines if t]
+    y_pt = 4.0
+    for text, colour in reversed(items):
+        wrapped = textwrap.fill(text, wrap)
+        fig.text(0.012, y_pt / (fig.get_size_inches()[1] * 72), wrapped, fontsize=CAPTION_PT, color=colour,
+                 ha="left", va="bottom")
+        y_pt += (wrapped.count("\n") + 1) * CAPTION_PT * 1.25
+    return y_pt / 72
+
+
+def watermark(ax: Axes) -> None:
+    """A short random-init mark inside ``ax``, placed where it hides the least data.
+
+    Call it after everything is drawn. An axes legend gets the mark as its title; otherwise
+    matplotlib's "best" legend placement puts it clear of the lines and patches.
     """
-    streams = [(name, record[name]) for name in ("original", "corrected") if record.get(name)]
-    if not streams:
-        raise ValueError("overlap record holds neither an 'original' nor a 'corrected' stream")
-    bins = len(streams[0][1]["paired_density"])
-    edges = np.linspace(-1.0, 1.0, bins + 1)
-    random_init = bool(record.get("random_init"))
-    fig = Figure(figsize=(5.2 * len(streams), 4.4 if random_init else 4.0))
-    under = _banner(fig, random_init, 0.995)
-    height_pt = fig.get_size_inches()[1] * 72
-    top = under - 54 / height_pt  # room for the suptitle and the two-line panel titles
-    axes = fig.subplots(1, len(streams), sharex=True, sharey=True, squeeze=False)[0]
-    lo, hi = 1.0, -1.0
-    for ax, (name, stats) in zip(axes, streams):
-        p = np.asarray(stats["paired_density"], dtype=float)
-        q = np.asarray(stats["unpaired_density"], dtype=float)
-        ax.stairs(np.minimum(p, q), edges, fill=True, color=OVERLAP_COLOUR, alpha=0.45,
-                  label=f"overlap area {_fmt(stats.get('overlap'))}")
-        ax.stairs(p, edges, color=PAIRED_COLOUR, linewidth=1.4, label="paired (same class)")
-        ax.stairs(q, edges, color=UNPAIRED_COLOUR, linewidth=1.4, label="unpaired (different class)")
-        nz = np.nonzero((p > 0) | (q > 0))[0]
-        if len(nz):
-            lo, hi = min(lo, edges[nz[0]]), max(hi, edges[nz[-1] + 1])
-        ax.set_title(
-            f"{name}: overlap {_fmt(stats.get('overlap'))}, BC {_fmt(stats.get('bhattacharyya'))}, "
-            f"var {_fmt(stats.get('variance'), '.3g')}\n{_pairs_text(stats)}",
-            fontsize=8.5,
-        )
-        ax.set_xlabel("cosine similarity")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="upper left")
-    axes[0].set_ylabel("density")
-    if hi > lo:
-        margin = max(0.02, 0.05 * (hi - lo))
-        axes[0].set_xlim(max(-1.0, lo - margin), min(1.0, hi + margin))
-    source = (record.get("source") or {}).get("description")
-    fig.suptitle(title or ("Intra-modal overlap" + (f": {source}" if source else "")), fontsize=10,
-                 y=under - 4 / height_pt, va="top")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=top, wspace=0.08)
-    return save_figure(fig, path)
+    mark = ax.get_legend()
+    if mark is None:
+        mark = Legend(ax, [], [], loc="best", frameon=False, borderaxespad=0.2)
+        ax.add_artist(mark)
+    mark.set_title(WATERMARK)
+    mark.get_title().set(fontsize=6.5, fontweight="bold", color="#b03a2e")
 
 
-def accuracy_figure(
-    rows: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike,
-    title: str,
-    methods: Sequence[str] | None = None,
-    random_init: bool = False,
-) -> Path:
-    """Top-1 accuracy vs shots, one line per method (mean over seeds, error bars = std over seeds).
-
-    ``rows`` are summary rows ``{"shots", "method", "mean", "std", ...}`` of a single dataset.
-    """
-    if not rows:
-        raise ValueError(f"no accuracy rows to plot for {title!r}")
-    methods = list(methods) if methods is not None else order_methods(r["method"] for r in rows)
-    methods = [m for m in methods if any(r["method"] == m for r in rows)]
-    styles = method_styles(methods)
-    shots = sorted({int(r["shots"]) for r in rows})
-    log_x = all(s > 0 for s in shots) and len(shots) > 1
-    fig = Figure(figsize=(6.4, 4.9 if random_init else 4.4))
-    top = _banner(fig, random_init, 0.995) - 26 / (fig.get_size_inches()[1] * 72)
-    ax = fig.subplots()
-    n = len(methods)
-    for k, m in enumerate(methods):
-        pts = sorted((int(r["shots"]), float(r["mean"]), float(r.get("std") or 0.0)) for r in rows if r["method"] == m)
-        x = np.array([p[0] for p in pts], dtype=float)
-        if log_x:  # a small dodge, so error bars of neighbouring methods do not hide each other
-            x = x * 2.0 ** (0.035 * (k - (n - 1) / 2))
-        ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], label=m, capsize=3, linewidth=1.5,
-                    markersize=5, elinewidth=1, **styles[m])
-    if log_x:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(shots)
-    ax.set_xticklabels([str(s) for s in shots])
-    ax.minorticks_off()
-    ax.set_xlabel("shots per class")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2 if n > 4 else 1, loc="best")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=top)
-    return save_figure(fig, path)
+def place_axes(fig: Figure, top_in: float, bottom_in: float, left_in: float = 0.5, right_in: float = 0.1,
+               **spacing: float) -> None:
+    """Margins in inches (fonts have fixed sizes, so fixed inches keep labels clear of the edges)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left_in / w, right=1 - right_in / w, top=1 - top_in / h, bottom=bottom_in / h, **spacing)
 
 
-def accuracy_plots(
-    summary: Sequence[Mapping[str, Any]],
-    out_dir: str | os.PathLike,
-    methods: Sequence[str] | None = None,
-    random_init: bool = False,
-    datasets: Sequence[str] | None = None,
-) -> dict[str, Path]:
-    """One ``acc_<dataset>.png`` per dataset and ``acc_average.png`` (summary rows with dataset
-    "average"), in ``out_dir``; returns ``{dataset or "average": path}``."""
-    out_dir = Path(out_dir)
-    names = list(datasets) if datasets is not None else list(dict.fromkeys(r["dataset"] for r in summary))
-    if "average" in {r["dataset"] for r in summary} and "average" not in names:
-        names.append("average")
-    written: dict[str, Path] = {}
-    used: set[str] = set()
-    for name in names:
-        rows = [r for r in summary if r["dataset"] == name]
-        if not rows:
-            continue
-        stem = slug(name)
-        while stem in used:
-            stem += "_"
-        used.add(stem)
-        title = "Average over datasets" if name == "average" else str(name)
-        written[name] = accuracy_figure(rows, out_dir / f"acc_{stem}.png", title + ": accuracy vs shots",
-                                        methods, random_init)
+def save_figure(fig: Figure, stem: str | os.PathLike, options: FigureOptions = FigureOptions()) -> dict[str, Path]:
+    """Write ``fig`` as ``stem.<format>`` for each requested format, atomically; returns
+    ``{format: path}``."""
+    stem = Path(stem)
+    FigureCanvasAgg(fig)
+    written = {}
+    with style():
+        for fmt in options.formats:
+            path = stem.with_name(stem.name + "." + fmt)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=options.dpi, metadata=_metadata(fmt))
+            written[fmt] = path
     return written
 
 
-def correction_gain_figure(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str,
-                           random_init: bool = False) -> Path:
-    """Grouped bars: per method, the gain of each correction's variant over the method on original
-    features (percentage points, error bars = std over seeds). ``rows`` have ``"method"`` =
-    ``(method, correction)``, ``"mean"`` and ``"std"``."""
-    if not rows:
-        raise ValueError(f"no correction rows to plot for {title!r}")
-    methods = list(dict.fromkeys(r["method"][0] for r in rows))
-    corrections = list(dict.fromkeys(r["method"][1] for r in rows))
-    index = {tuple(r["method"]): r for r in rows}
-    fig = Figure(figsize=(max(5.0, 1.3 * len(methods) + 2.5), 4.9 if random_init else 4.4))
-    top = _banner(fig, random_init, 0.995) - 26 / (fig.get_size_inches()[1] * 72)
-    ax = fig.subplots()
-    width = 0.8 / len(corrections)
-    colours = iter(_EXTRA_COLOURS * 3)
-    for j, corr in enumerate(corrections):
-        recs = [index.get((m, corr)) for m in methods]
-        x = np.arange(len(methods)) + (j - (len(corrections) - 1) / 2) * width
-        ax.bar(x, [r["mean"] if r else np.nan for r in recs], width,
-               yerr=[(r.get("std") or 0.0) if r else 0.0 for r in recs], capsize=3, label=corr,
-               color=next(colours))
-    ax.axhline(0, color="#444444", linewidth=0.8)
-    ax.set_xticks(np.arange(len(methods)))
-    ax.set_xticklabels(methods)
-    ax.set_ylabel("gain over original features (pp)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, title="correction", title_fontsize=8)
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=top)
-    return save_figure(fig, path)
+def _metadata(fmt: str) -> dict[str, Any]:
+    """Creator only, and no timestamp for PDF/SVG, so a figure's bytes depend on its content."""
+    if fmt == "png":
+        return {"Software": "clipimo (matplotlib)"}
+    if fmt == "pdf":
+        return {"Creator": "clipimo (matplotlib)", "CreationDate": None}
+    return {"Creator": "clipimo (matplotlib)", "Date": None}

@@ -1,9 +1,8 @@
-"""The Markdown report of a ``clipimo run``: tables, IMO gains, hyper-parameters, shift, plots.
+"""The Markdown report of a ``clipimo run``: tables, IMO gains, hyper-parameters, shift, figures.
 
-``build_report(results, out_dir, overlaps)`` writes ``out_dir/report.md`` and ``out_dir/plots/*.png``
-(accuracy vs shots per dataset and on average, and one overlap figure per overlap record). The
-results follow the schema ``clipimo run`` writes (``meta``, ``cells``, ``summary``, optional
-``shift``); see ``load_results``.
+``build_report(results, out_dir, overlaps)`` writes ``out_dir/report.md`` and its figures under
+``out_dir/plots/`` (see :mod:`clipimo.reportfigures`). The results follow the schema
+``clipimo run`` writes (``meta``, ``cells``, ``summary``, optional ``shift``); see ``load_results``.
 """
 from __future__ import annotations
 
@@ -15,40 +14,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, _io, plots
+from . import _io
+from .aggregate import STD_LABEL, correction_gains, imo_gains, summarise
+from .figures import correction_gain_figure
 from .log import RANDOM_INIT_WARNING
 from .errors import ClipimoError
-from .plots import IMO_SUFFIX, base_method, is_imo, order_methods, slug
-from .tables import cell_text, md_table
-
-OVERLAP_FORMAT = "clipimo-overlap/1"
-
-PLOTS_DIR = "plots"
-
-
-# ---- overlap files -------------------------------------------------------------------------------
-
-def overlap_file_record(src: dict[str, Any], figures: dict[str, Any], n_classes: int) -> dict[str, Any]:
-    """The overlap.json record: figures from ``diagnostics.compare_streams`` plus their provenance."""
-    return {
-        "format": OVERLAP_FORMAT,
-        "source": src["source"],
-        "backbone": src["backbone"],
-        "adapter": src["adapter"],
-        "random_init": src["random_init"],
-        "n_items": int(len(src["labels"])),
-        "n_classes": n_classes,
-        "dim": int(np.asarray(src["original"]).shape[1]),
-        **figures,
-        "clipimo_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def write_overlap(record: dict[str, Any], out: Path, title: str | None = None) -> None:
-    """``out/overlap.json`` and its histogram picture ``out/overlap.png``."""
-    _io.write_json(out / "overlap.json", record)
-    plots.overlap_figure(record, out / "overlap.png", title=title)
+from .metrics import METRIC_KEYS
+from .plots import IMO_SUFFIX, FigureOptions, base_method, is_random_init, order_methods
+from .reportfigures import PLOTS_DIR, overlap_section, run_figure_section
+from .tables import cell_text, md_table, quote_warning
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -99,95 +73,6 @@ def load_shift(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def load_overlap(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check an ``overlap.json`` written by ``clipimo overlap``."""
-    record = _io.read_json(path, "overlap")
-    if not isinstance(record, dict) or not record.get("original"):
-        raise ClipimoError(f"overlap file {path}: missing key 'original' (is this an overlap.json from 'clipimo overlap'?)")
-    for name in ("original", "corrected"):
-        stats = record.get(name)
-        if stats:
-            for key in ("overlap", "bhattacharyya", "variance", "paired_density", "unpaired_density"):
-                if key not in stats:
-                    raise ClipimoError(f"overlap file {path}: {name!r} lacks key {key!r}")
-    return record
-
-
-# ---- aggregation ---------------------------------------------------------------------------------
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std()) if len(arr) > 1 else 0.0
-
-
-def _aggregate(per: Mapping[tuple[str, int, str], Mapping[int, float]]) -> list[dict[str, Any]]:
-    """Rows of mean and population std over seeds per (dataset, shots, method), plus "average" rows
-    (with several datasets): per seed the mean over the datasets, then mean/std over the seeds they share."""
-    rows = []
-    for (ds, k, m), by_seed in per.items():
-        mean, std = mean_std(list(by_seed.values()))
-        rows.append({"dataset": ds, "shots": k, "method": m, "mean": mean, "std": std, "n": len(by_seed)})
-    datasets = list(dict.fromkeys(ds for ds, _, _ in per))
-    for k, m in dict.fromkeys((k, m) for _, k, m in per):
-        per_ds = [per.get((ds, k, m), {}) for ds in datasets]
-        seeds = set.intersection(*(set(d) for d in per_ds)) if per_ds else set()
-        if len(datasets) > 1 and seeds:
-            mean, std = mean_std([float(np.mean([d[s] for d in per_ds])) for s in sorted(seeds)])
-            rows.append({"dataset": "average", "shots": k, "method": m, "mean": mean, "std": std, "n": len(seeds)})
-    return rows
-
-
-def summarise(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and (population) std over seeds of test accuracy per dataset, shots and method, plus
-    "average" rows: per seed the mean over the datasets that have it, then mean/std over seeds.
-
-    Used only when a results file carries no ``summary`` of its own.
-    """
-    acc: dict[tuple[str, int, str], dict[int, float]] = {}
-    for cell in cells:
-        for method, rec in cell["methods"].items():
-            acc.setdefault((cell["dataset"], int(cell["shots"]), method), {})[int(cell["seed"])] = float(rec["test_acc"])
-    return _aggregate(acc)
-
-
-def imo_gains(cells: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Test-accuracy gain of each IMO variant over its original, per dataset, shots (and "average").
-
-    Computed per seed from the cells (mean and population std over seeds of the paired difference);
-    where cells lack a pair, the difference of the summary means (std ``None``).
-    """
-    per: dict[tuple[str, int, str], dict[int, float]] = {}
-    for cell in cells:
-        methods = cell["methods"]
-        for m, rec in methods.items():
-            if is_imo(m) and base_method(m) in methods:
-                gain = float(rec["test_acc"]) - float(methods[base_method(m)]["test_acc"])
-                per.setdefault((cell["dataset"], int(cell["shots"]), base_method(m)), {})[int(cell["seed"])] = gain
-    rows = _aggregate(per)
-    have = {(r["dataset"], r["shots"], r["method"]) for r in rows}
-    means = {(r["dataset"], int(r["shots"]), r["method"]): float(r["mean"]) for r in summary}
-    for (ds, k, m), v in means.items():
-        if is_imo(m) and (ds, k, base_method(m)) in means and (ds, k, base_method(m)) not in have:
-            rows.append({"dataset": ds, "shots": k, "method": base_method(m),
-                         "mean": v - means[(ds, k, base_method(m))], "std": None, "n": None})
-    return rows
-
-
-def correction_gains(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per (dataset, shots, (method, correction)): test accuracy of the method's corrected-stream
-    variant under that correction minus the method on original features, mean/std over seeds (and
-    "average" rows over datasets). From the cells' ``corrections`` (``clipimo run --corrections``)."""
-    per: dict[tuple[str, int, Any], dict[int, float]] = {}
-    for cell in cells:
-        originals = cell["methods"]
-        for corr, rec in (cell.get("corrections") or {}).items():
-            for m, r in rec["methods"].items():
-                if base_method(m) in originals:
-                    gain = float(r["test_acc"]) - float(originals[base_method(m)]["test_acc"])
-                    per.setdefault((cell["dataset"], int(cell["shots"]), (base_method(m), corr)), {})[int(cell["seed"])] = gain
-    return _aggregate(per)
-
-
 # ---- Markdown helpers ----------------------------------------------------------------------------
 
 def _pm(mean: float | None, std: float | None, n: int | None = None, signed: bool = False) -> str:
@@ -203,10 +88,6 @@ def _num(v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
     return f"{v:.4g}"
-
-
-def _quote_warning(text: str) -> str:
-    return f"> **⚠ {text}**"
 
 
 def _dataset_order(results: Mapping[str, Any]) -> list[str]:
@@ -230,9 +111,9 @@ def _header(results: Mapping[str, Any], results_path: str | None = None) -> list
     random_init = bool(meta.get("random_init", backbone.get("random_init")))
     out = ["# clipimo report", ""]
     if random_init:
-        out += [_quote_warning(RANDOM_INIT_WARNING), ""]
+        out += [quote_warning(RANDOM_INIT_WARNING), ""]
     if meta.get("tuned_on_test"):
-        out += [_quote_warning(
+        out += [quote_warning(
             "HYPER-PARAMETERS WERE TUNED ON THE TEST SPLIT for at least one dataset: the test accuracies "
             "below are optimistic and not comparable with properly validated numbers."), ""]
     adapter = meta.get("adapter")
@@ -269,7 +150,7 @@ def _validation_notes(results: Mapping[str, Any]) -> list[str]:
             flagged.setdefault(cell["dataset"], set()).add(int(cell["shots"]))
     if not flagged:
         return []
-    lines = [_quote_warning("Hyper-parameters chosen on the test split for: " + ", ".join(
+    lines = [quote_warning("Hyper-parameters chosen on the test split for: " + ", ".join(
         f"{ds} ({', '.join(str(k) for k in sorted(ks))} shots)" for ds, ks in flagged.items())), ""]
     return lines
 
@@ -283,9 +164,10 @@ def _accuracy_tables(results: Mapping[str, Any]) -> list[str]:
     short = {(c["dataset"], int(c["shots"])) for c in results["cells"]
              if (c.get("actual_shots") or {}).get("short_classes")}
     out = ["## Accuracy", "",
-           "Top-1 test accuracy (%), mean ± std over seeds (std omitted for a single seed); best per row in bold.", ""]
+           f"Top-1 test accuracy (%), mean ± {STD_LABEL} over n = {_n_text(summary)} seeds (std omitted for a "
+           "single seed); best per row in bold. Top-1 on validation chose every hyper-parameter.", ""]
     if short:
-        out += [_quote_warning("† fewer train images than k for some classes, so fewer shots than the column "
+        out += [quote_warning("† fewer train images than k for some classes, so fewer shots than the column "
                                "says (see each cell's actual_shots in results.json)"), ""]
     if any(base_method(m) == "ape" for m in methods):
         out += ["APE runs on the features file's template text weights, not the paper's CuPL prompts "
@@ -310,6 +192,33 @@ def _accuracy_tables(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _n_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    counts = sorted({int(r["n"]) for r in rows if r.get("n")})
+    return "?" if not counts else (str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
+
+
+def _metric_tables(results: Mapping[str, Any]) -> list[str]:
+    """Top-5 accuracy and mean per-class recall at the hyper-parameters top-1 chose (one table each)."""
+    datasets, methods = _dataset_order(results), _method_order(results)
+    out: list[str] = []
+    for key in ("test_top5", "test_mean_per_class_recall"):
+        rows = summarise(results["cells"], key)
+        if not rows:
+            continue
+        index = {(r["dataset"], int(r["shots"]), r["method"]): r for r in rows}
+        table = []
+        for ds in datasets + ["average"]:
+            for k in sorted({int(r["shots"]) for r in rows if r["dataset"] == ds}):
+                recs = [index.get((ds, k, m)) for m in methods]
+                table.append([("**average**" if ds == "average" else ds), k]
+                             + [_pm(r["mean"], r.get("std"), r.get("n")) if r else "—" for r in recs])
+        out += [f"## {METRIC_KEYS[key][0].upper() + METRIC_KEYS[key][1:]}", "",
+                f"Test split, at the hyper-parameters chosen by validation top-1; mean ± {STD_LABEL} over "
+                f"n = {_n_text(rows)} seeds.", "",
+                md_table(["Dataset", "Shots"] + methods, table, ["l", "r"] + ["r"] * len(methods)), ""]
+    return out
+
+
 def _gain_tables(results: Mapping[str, Any]) -> list[str]:
     gains = imo_gains(results["cells"], results["summary"])
     if not gains:
@@ -319,8 +228,8 @@ def _gain_tables(results: Mapping[str, Any]) -> list[str]:
     shots = sorted({int(g["shots"]) for g in gains})
     index = {(g["dataset"], int(g["shots"]), g["method"]): g for g in gains}
     out = ["## IMO gain", "",
-           "Test accuracy of each IMO variant minus its original (percentage points), mean ± std over seeds "
-           "of the per-seed difference.", ""]
+           "Test accuracy of each IMO variant minus its original (percentage points), mean ± "
+           f"{STD_LABEL} over n = {_n_text(gains)} seeds of the per-seed difference.", ""]
     for b in bases:
         out += [f"### {b}{IMO_SUFFIX} − {b}", ""]
         rows = []
@@ -379,17 +288,18 @@ def _correction_section(results: Mapping[str, Any], written: Mapping[int, Path],
     return out
 
 
-def correction_plots(results: Mapping[str, Any], out_dir: Path, random_init: bool) -> dict[int, Path]:
-    """One ``corrections_k<shots>.png`` per shot count: the average over datasets (or the only dataset)."""
+def correction_plots(results: Mapping[str, Any], out_dir: Path, options: FigureOptions) -> dict[int, Path]:
+    """One ``corrections_k<shots>`` figure per shot count: the average over datasets (or the only
+    dataset); the value is the file the report links (PNG, or the first format asked for)."""
     gains, _, _ = _correction_rows(results)
     written = {}
     for k in sorted({int(g["shots"]) for g in gains}):
         rows = [g for g in gains if int(g["shots"]) == k]
         name = "average" if any(g["dataset"] == "average" for g in rows) else rows[0]["dataset"]
         label = "average over datasets" if name == "average" else name
-        written[k] = plots.correction_gain_figure([g for g in rows if g["dataset"] == name],
-                                                  out_dir / f"corrections_k{k}.png",
-                                                  f"Gain over original features, {k} shots ({label})", random_init)
+        files = correction_gain_figure([g for g in rows if g["dataset"] == name], out_dir / f"corrections_k{k}",
+                                       f"Gain over original features, {k} shots ({label})", results["meta"], options)
+        written[k] = files.get("png") or next(iter(files.values()))
     return written
 
 
@@ -456,75 +366,12 @@ def _shift_table(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _plot_section(written: Mapping[str, Path], out_dir: Path, datasets: Sequence[str]) -> list[str]:
-    if not written:
-        return []
-    out = ["## Accuracy vs shots", "",
-           "Mean over seeds with error bars of one std; an IMO variant shares its original's colour (dashed).", ""]
-    order = (["average"] if "average" in written else []) + [d for d in datasets if d in written and d != "average"]
-    for name in order:
-        rel = written[name].relative_to(out_dir).as_posix()
-        label = "Average over datasets" if name == "average" else name
-        out += [f"### {label}", "", f"![accuracy vs shots: {label}]({rel})", ""]
-    return out
-
-
-def _overlap_section(overlaps: Sequence[tuple[str, Mapping[str, Any]]], out_dir: Path) -> list[str]:
-    if not overlaps:
-        return []
-    out = ["## Intra-modal overlap", "",
-           "Overlap = area of the intersection of the paired (same class) and unpaired (different class) "
-           "cosine-similarity densities; BC = Bhattacharyya coefficient; variance = mean per-dimension "
-           "variance of the L2-normalised features. Lower overlap means better separated image-image "
-           "similarities.", ""]
-    used: set[str] = set()
-    for i, (path, record) in enumerate(overlaps, 1):
-        desc = (record.get("source") or {}).get("description") or Path(path).parent.name or Path(path).name
-        stem = f"overlap_{i}_{slug(desc)[:40]}"
-        while stem in used:
-            stem += "_"
-        used.add(stem)
-        png = plots.overlap_figure(record, out_dir / PLOTS_DIR / f"{stem}.png")
-        out += [f"### {desc}", "", f"From `{path}`.", ""]
-        if record.get("random_init"):
-            out += [_quote_warning(RANDOM_INIT_WARNING), ""]
-        out += [overlap_table(record), "", f"![overlap: {desc}]({png.relative_to(out_dir).as_posix()})", ""]
-    return out
-
-
-def overlap_table(record: Mapping[str, Any]) -> str:
-    """Markdown table of an overlap record: one row per stream, plus the change when both exist."""
-    rows = []
-    for name in ("original", "corrected"):
-        s = record.get(name)
-        if not s:
-            continue
-        n = s.get("n_pairs", {})
-        mode = "exact" if s.get("mode") == "exact" else f"sampled {s.get('sample_size', 0):,} (seed {s.get('seed')})"
-        rows.append([name, _fmt4(s.get("overlap")), _fmt4(s.get("bhattacharyya")), _fmtg(s.get("variance")),
-                     f"{n.get('paired', 0):,}", f"{n.get('unpaired', 0):,}", mode])
-    delta = record.get("delta")
-    if delta:
-        rows.append(["change", _fmt4(delta.get("overlap"), True), _fmt4(delta.get("bhattacharyya"), True),
-                     _fmtg(delta.get("variance"), True), "", "", ""])
-    return md_table(["Stream", "Overlap", "BC", "Variance", "Paired pairs", "Unpaired pairs", "Pairs"], rows,
-                    ["l", "r", "r", "r", "r", "r", "l"])
-
-
-def _fmt4(v: float | None, signed: bool = False) -> str:
-    return "n/a" if v is None else (f"{v:+.4f}" if signed else f"{v:.4f}")
-
-
-def _fmtg(v: float | None, signed: bool = False) -> str:
-    return "n/a" if v is None else (f"{v:+.4g}" if signed else f"{v:.4g}")
-
-
 # ---- entry point ---------------------------------------------------------------------------------
 
 def results_markdown(results: Mapping[str, Any]) -> str:
     """The text part of a report (setup, accuracy and IMO-gain tables, hyper-parameters), no plots."""
     results = validate_results(dict(results))
-    lines = _header(results) + _validation_notes(results) + _accuracy_tables(results)
+    lines = _header(results) + _validation_notes(results) + _accuracy_tables(results) + _metric_tables(results)
     lines += _gain_tables(results) + _correction_section(results, {}, None) + _shift_table(results)
     lines += _hparam_table(results)
     return "\n".join(lines) + "\n"
@@ -535,31 +382,34 @@ def build_report(
     out_dir: str | os.PathLike,
     overlaps: Sequence[tuple[str, Mapping[str, Any]]] = (),
     results_path: str | None = None,
+    options: FigureOptions = FigureOptions(),
+    overlap_xlim: tuple[float, float] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.md`` and its PNGs under ``out_dir/plots``; returns the report path.
+    """Write ``out_dir/report.md`` and its figures under ``out_dir/plots``; returns the report path.
 
-    ``overlaps`` are ``(source path, overlap record)`` pairs, e.g. from ``load_overlap``.
+    ``overlaps`` are ``(source path, overlap record)`` pairs, e.g. from ``load_overlap``;
+    ``overlap_xlim`` fixes the x-range of their figures.
     """
     results = validate_results(dict(results), results_path or "results")
     out_dir = Path(out_dir)
     meta = results["meta"]
-    random_init = bool(meta.get("random_init", (meta.get("backbone") or {}).get("random_init")))
-    datasets = _dataset_order(results)
-    written = plots.accuracy_plots(results["summary"], out_dir / PLOTS_DIR, _method_order(results),
-                                   random_init, datasets)
+    random_init = is_random_init(meta)
+    gains = imo_gains(results["cells"], results["summary"])
     lines = _header(results, results_path)
     lines += _validation_notes(results)
     lines += _accuracy_tables(results)
+    lines += _metric_tables(results)
     lines += _gain_tables(results)
-    lines += _plot_section(written, out_dir, datasets)
-    lines += _correction_section(results, correction_plots(results, out_dir / PLOTS_DIR, random_init), out_dir)
+    lines += run_figure_section(results["summary"], gains, out_dir, meta, _dataset_order(results),
+                                _method_order(results), options)
+    lines += _correction_section(results, correction_plots(results, out_dir / PLOTS_DIR, options), out_dir)
     lines += _shift_table(results)
-    lines += _overlap_section(overlaps, out_dir)
+    lines += overlap_section(overlaps, out_dir, options, overlap_xlim)
     lines += _hparam_table(results)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines += ["---", "", f"Generated by `clipimo report` on {stamp}."]
     if random_init:
-        lines += ["", _quote_warning(RANDOM_INIT_WARNING)]
+        lines += ["", quote_warning(RANDOM_INIT_WARNING)]
     path = out_dir / "report.md"
     _io.write_text(path, "\n".join(lines) + "\n")
     return path

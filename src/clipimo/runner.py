@@ -9,9 +9,7 @@ folder, and a lock file keeps a second run out of it.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,9 +32,11 @@ from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_
 from .log import logger, tqdm_disable, warn_random_init
 from .methods import MethodOptions, parse_methods
 from .methods.gda import GDA_ALPHAS
+from .aggregate import summarise
 from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
 from .plots import is_imo
-from .report import results_markdown, summarise
+from .report import results_markdown
+from .results import results_csv, write_clip_benchmark
 from .runlock import folder_lock
 from .search import PAPER_GRID
 
@@ -371,23 +371,9 @@ def is_short(cell: dict) -> bool:
     return bool((cell.get("actual_shots") or {}).get("short_classes"))
 
 
-def results_csv(results: dict[str, Any]) -> str:
-    """One row per (dataset, shots, seed, method) with accuracies and chosen hyper-parameters."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["dataset", "shots", "seed", "method", "val_acc", "test_acc", "alpha", "beta", "gamma", "validation",
-                     "random_init", "min_shots_per_class", "lmbda"])
-    for c in results["cells"]:
-        for m, r in c["methods"].items():
-            h = r["hparams"]
-            writer.writerow([c["dataset"], c["shots"], c["seed"], m, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
-                             h.get("alpha", ""), h.get("beta", ""), h.get("gamma", ""), c["validation"]["protocol"],
-                             results["meta"]["random_init"], (c.get("actual_shots") or {}).get("min", c["shots"]),
-                             h.get("lmbda", "")])
-    return buf.getvalue()
-
-
 def write_results(out: Path, results: dict[str, Any]) -> None:
+    """results.json/.csv/.md and one CLIP_benchmark-shaped JSON per cell and method."""
     _io.write_json(out / "results.json", results)
     _io.write_text(out / "results.csv", results_csv(results))
     _io.write_text(out / "results.md", results_markdown(results))
+    write_clip_benchmark(out, results)

@@ -17,7 +17,7 @@ from .features import FeatureExtractor
 from .log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
 from .methods.common import Problem, Split
 from .methods.predict import accuracy_at
-from .report import mean_std
+from .aggregate import STD_LABEL, mean_std
 from .tables import md_table
 from .runlock import folder_lock
 from .runner import RunConfig, cell_features, feature_meta, open_source, plan_cell, require_adapter
@@ -93,7 +93,8 @@ def shift_markdown(result: dict[str, Any]) -> str:
     if result["random_init"]:
         lines += [f"> **{RANDOM_INIT_WARNING}**", ""]
     lines += [f"{result['source']} {result['shots']}-shot cache and hyper-parameters applied unchanged; "
-              f"top-1 test accuracy (%), mean ± std over seeds {', '.join(map(str, result['seeds']))}.", ""]
+              f"top-1 test accuracy (%), mean ± {STD_LABEL} over n = {len(result['seeds'])} seeds "
+              f"({', '.join(map(str, result['seeds']))}).", ""]
     table = [[m] + [f"{index[(t, m)]['test_acc']:.2f} ± {index[(t, m)]['std']:.2f}" for t in targets] for m in methods]
     lines += [md_table(["method"] + targets, table), ""]
     return "\n".join(lines)

@@ -16,3 +16,8 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequen
              "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(cell_text(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def quote_warning(text: str) -> str:
+    """A bold warning block quote."""
+    return f"> **⚠ {text}**"

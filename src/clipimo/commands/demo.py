@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..options import add_figure_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--quick", action="store_true", help="reduced sizes (CI): 1 and 4 shots, 1 seed, 2 augmentation passes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+    add_figure_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import progress_setting
     from ..demo import DemoSettings, run_demo
+    from ..plots import FigureOptions
 
+    options = FigureOptions.parse(args.format, args.dpi)
     run_demo(args.out, model=args.model, pretrained=args.pretrained, device=args.device,
              settings=DemoSettings.quick() if args.quick else DemoSettings(), workers=args.workers,
-             progress=progress_setting(args))
+             progress=progress_setting(args), figures=options)
     return 0

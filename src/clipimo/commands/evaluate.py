@@ -15,7 +15,7 @@ def register(subparsers) -> None:
                    help="features .npz of one few-shot cell ('clipimo features --task' or 'clipimo run --save-features')")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated method names (default: {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams}} here")
+    p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams, test_top5, test_mean_per_class_recall}} here")
     p.add_argument("--device", default="cpu", help="where the search runs: auto, cpu or cuda[:index] (default: cpu)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--seed", type=int, default=1, help="tip-f: seed of the minibatch order (default 1)")

@@ -2,7 +2,7 @@
 original vs corrected, of a dataset split, an image folder/CSV, or a saved features file.
 
 Writes ``OUT/overlap.json`` (every figure, the densities and where they came from) and
-``OUT/overlap.png`` (the histograms), and prints the figures as a small table.
+``OUT/overlap.<format>`` (the densities, original vs corrected), and prints the figures as a table.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ClipimoError
 from ..log import logger, warn_random_init
-from ..options import DEFAULT_BINS
+from ..options import AUTO_BINS_RANGE, add_figure_args, parse_xlim
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 DEFAULT_MAX_EXACT_PAIRS = 250_000_000   # ~22k images; beyond that sample unless --exact
@@ -42,9 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "val", "train", "cache"], default=None,
                    help="dataset split (test|val|train, default test) or §8 features split "
                         "(test|val|cache, default test)")
-    p.add_argument("--out", required=True, help="output folder for overlap.json and overlap.png")
-    p.add_argument("--bins", type=int, default=DEFAULT_BINS,
-                   help=f"histogram bins over [-1, 1] (default {DEFAULT_BINS})")
+    p.add_argument("--out", required=True, help="output folder for overlap.json and the figure overlap.<format>")
+    p.add_argument("--bins", default="auto",
+                   help="histogram bins over [-1, 1], or 'auto' (default): from the number of pairs, "
+                        f"{AUTO_BINS_RANGE[0]}-{AUTO_BINS_RANGE[1]}")
+    p.add_argument("--xlim", default=None, metavar="LOW,HIGH",
+                   help="fixed x-range of the figure, e.g. -0.2,1 (to compare datasets or backbones); "
+                        "default: the occupied range")
     p.add_argument("--sample-pairs", type=int, default=None,
                    help="estimate from this many uniformly drawn pairs instead of all pairs")
     p.add_argument("--max-exact-pairs", type=int, default=DEFAULT_MAX_EXACT_PAIRS,
@@ -53,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exact", action="store_true", help="always use every pair (memory-safe, may be slow)")
     p.add_argument("--seed", type=int, default=0, help="pair-sampling seed (default 0)")
     p.add_argument("--title", default=None, help="figure title")
+    add_figure_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)
@@ -171,6 +176,21 @@ def _sample_size(args: argparse.Namespace, n: int) -> int | None:
     return None
 
 
+def parse_bins(value: str, labels: np.ndarray, sample: int | None) -> int:
+    """``--bins``: a positive integer, or 'auto' (:func:`clipimo.diagnostics.auto_bins`)."""
+    if str(value).strip().lower() == "auto":
+        from ..diagnostics import auto_bins
+
+        return auto_bins(labels, sample)
+    try:
+        bins = int(value)
+    except ValueError:
+        bins = 0
+    if bins < 1:
+        raise ClipimoError(f"--bins must be a positive integer or 'auto', got {value!r}")
+    return bins
+
+
 def format_table(record: dict[str, Any]) -> str:
     """The figures of an overlap record as a small fixed-width text table."""
     header = f"{'stream':<10} {'overlap':>8} {'bhattach.':>9} {'variance':>10} {'paired':>12} {'unpaired':>12}"
@@ -194,6 +214,7 @@ def format_table(record: dict[str, Any]) -> str:
                      "the same pairs for both streams")
     else:
         lines.append(f"pairs: exact, all {s['total_pairs']:,} pairs i<j of {s['n_items']:,} images")
+    lines.append(f"bins: {record['bins']['count']} over [-1, 1]")
     return "\n".join(lines)
 
 
@@ -201,8 +222,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import diagnostics
-    from ..report import overlap_file_record, write_overlap
+    from ..overlapfile import overlap_file_record, write_overlap
+    from ..plots import FigureOptions
 
+    options = FigureOptions.parse(args.format, args.dpi)  # bad flags fail before any encoding
+    xlim = parse_xlim(args.xlim)
     if args.features:
         for flag, value in (("--root", args.root), ("--adapter", args.adapter), ("--pretrained", args.pretrained)):
             if value is not None:
@@ -221,19 +245,18 @@ def run(args: argparse.Namespace) -> int:
     if counts.max() < 2:
         raise ClipimoError(f"{src['source']['description']}: every class has a single image; paired "
                            "(same-class) similarities need a class with at least 2 images")
-    if args.bins < 1:
-        raise ClipimoError(f"--bins must be >= 1, got {args.bins}")
     sample = _sample_size(args, n)
-    figures = diagnostics.compare_streams(src["original"], src["corrected"], labels, bins=args.bins,
+    bins = parse_bins(args.bins, labels, sample)
+    figures = diagnostics.compare_streams(src["original"], src["corrected"], labels, bins=bins,
                                           sample_pairs=sample, seed=args.seed)
     record = overlap_file_record(src, figures, n_classes=int(len(counts)))
     out = Path(args.out)
-    write_overlap(record, out, title=args.title)
+    written = write_overlap(record, out, title=args.title, options=options, xlim=xlim)
     if record["random_init"]:
         warn_random_init()
     elif record["random_init"] is None:
         logger.info("note: the features file does not record whether its backbone was pretrained")
     print(f"{src['source']['description']}: {n:,} images, {len(counts)} classes, dim {record['dim']}")
     print(format_table(record))
-    print(f"wrote {out / 'overlap.json'} and {out / 'overlap.png'}")
+    print(f"wrote {out / 'overlap.json'} and {', '.join(str(p) for p in written.values())}")
     return 0

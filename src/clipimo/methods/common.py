@@ -86,10 +86,14 @@ class MethodResult:
     test_acc: float
     hparams: dict[str, float] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    test_top5: float | None = None                   # scored at the chosen point, after the search
+    test_mean_per_class_recall: float | None = None
 
     def as_dict(self) -> dict:
-        """The §8 record (``meta`` is reported beside it, as the run's cell ``settings``)."""
-        return {"test_acc": self.test_acc, "val_acc": self.val_acc, "hparams": dict(self.hparams)}
+        """The §8 record, plus top-5 and mean per-class recall when scored (``meta`` is reported
+        beside it, as the run's cell ``settings``)."""
+        extra = {k: getattr(self, k) for k in ("test_top5", "test_mean_per_class_recall") if getattr(self, k) is not None}
+        return {"test_acc": self.test_acc, "val_acc": self.val_acc, "hparams": dict(self.hparams), **extra}
 
 
 @dataclass(frozen=True)
