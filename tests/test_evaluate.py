@@ -178,8 +178,9 @@ def test_cli_bad_file(monkeypatch, tmp_path, feats, capsys):
 
 
 def test_format_table_plain():
-    table = format_table({"tip": {"val_acc": 50.0, "test_acc": 40.0, "hparams": {"alpha": 1.0, "beta": 2.0}}})
-    assert table.splitlines()[1].split() == ["tip", "50.00", "40.00", "alpha=1,", "beta=2"]
+    table = format_table({"tip": {"val_acc": 50.0, "test_acc": 40.0, "test_top5": 90.0,
+                                  "test_mean_per_class_recall": 38.5, "hparams": {"alpha": 1.0, "beta": 2.0}}})
+    assert table.splitlines()[1].split() == ["tip", "50.00", "40.00", "90.00", "38.50", "alpha=1,", "beta=2"]
 
 
 # ---- issue 11: clean errors, nothing half-written, results shown even when the JSON fails -------
