@@ -80,8 +80,11 @@ def validate_features(arrays: Mapping[str, np.ndarray], source: str = "features"
     """
     missing = [k for k in FEATURE_KEYS if k not in arrays]
     if missing:
-        raise ClipimoError(f"{source}: missing key(s) {', '.join(missing)}; a features file needs "
-                           f"{', '.join(FEATURE_KEYS)}")
+        kind = ("it holds the features of one image list ('clipimo features --images'), not a few-shot task; "
+                if "feats" in arrays else "")
+        raise ClipimoError(f"{source}: missing key(s) {', '.join(missing)}; {kind}a features file needs "
+                           f"{', '.join(FEATURE_KEYS)}: write one with `clipimo features --task DIR --shots K "
+                           "--seed S --out FILE.npz` or `clipimo run --save-features` (one file per cell)")
 
     def fail(key: str, what: str) -> NoReturn:
         raise ClipimoError(f"{source}: key '{key}' {what}")
@@ -193,7 +196,7 @@ def _check_declared_sizes(path: Path) -> None:
                                    f"({need} bytes) but holds {have} bytes: the file is damaged or not a features file")
 
 
-def read_meta(arrays: Mapping[str, np.ndarray], source: str | os.PathLike) -> dict:
+def read_meta(arrays: Mapping[str, np.ndarray], source: str | os.PathLike = "features file") -> dict:
     """The optional JSON ``meta`` entry of a features file (``{}`` when absent); a malformed one is
     an error naming the file."""
     if "meta" not in arrays:

@@ -23,7 +23,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
-from .backbone import RANDOM_INIT_WARNING
 from .data import few_shot_support, open_dataset, save_support_index, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
@@ -31,15 +30,14 @@ from .evaluate import evaluate_features
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
 from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_label, fingerprint_changes
+from .log import tqdm_disable, warn_random_init
 from .methods import parse_methods
 from .methods.gda import GDA_ALPHAS
+from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
 from .report import results_markdown, summarise
 from .runlock import folder_lock
 from .search import PAPER_GRID
 
-DEFAULT_SHOTS = (1, 2, 4, 8, 16)
-DEFAULT_SEEDS = (1, 2, 3)
-DEFAULT_METHODS = ("zs", "tip", "tip-imo", "tipx", "tipx-imo")
 CACHE_AUGMENT_PASSES = 10
 
 
@@ -56,6 +54,8 @@ class RunConfig:
     allow_test_tuning: bool = False
     augment_passes: int = CACHE_AUGMENT_PASSES
     skip_unreadable: bool = False
+    templates: list[str] | None = None      # custom tasks only: prompt templates, one "{}" each
+    classnames: dict[str, str] | None = None  # custom tasks only: folder name -> readable name
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
@@ -116,10 +116,10 @@ class Cell:
         return cell_name(self.dataset.label, self.shots, self.seed)
 
 
-def open_source(source: str, root: str) -> OpenedDataset:
-    """A benchmark name or custom task folder, with its unique label and identity."""
+def open_source(source: str, cfg: RunConfig) -> OpenedDataset:
+    """A benchmark name or custom task folder (with the run's prompt options), its unique label and identity."""
     custom = Path(source).expanduser().is_dir()
-    splits = open_dataset(source, root)
+    splits = open_dataset(source, cfg.root, templates=cfg.templates, classnames=cfg.classnames)
     return OpenedDataset(splits.root if custom else splits.name, splits, dataset_label(splits, custom),
                          dataset_identity(splits))
 
@@ -143,11 +143,14 @@ def actual_shots(cell: Cell) -> dict[str, Any]:
     return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {})}
 
 
-def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig, index_dir: Path) -> tuple[FeatureSet, dict]:
+def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig,
+                  index_dir: Path | None = None) -> tuple[FeatureSet, dict]:
     """The §8 features of one cell, and its validation record (which lists any skipped unreadable
-    images); the support set is written to ``index_dir/<cell>.json``. Encodes only what the cache lacks."""
+    images); with ``index_dir`` the support set is written to ``index_dir/<cell>.json``. Encodes only
+    what the cache lacks."""
     splits, label, record = cell.dataset.splits, cell.name, cell.record
-    save_support_index(index_dir / f"{label}.json", splits, cell.shots, cell.seed, cell.support)
+    if index_dir is not None:
+        save_support_index(index_dir / f"{label}.json", splits, cell.shots, cell.seed, cell.support)
     skip = cfg.skip_unreadable
     keys = extractor.image_features(cell.support, passes=cfg.augment_passes, seed=cell.seed, skip_unreadable=skip,
                                     desc=f"{label} cache keys")
@@ -168,6 +171,14 @@ def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig, index
     return validate_features(arrays, f"features of {label}"), record
 
 
+def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, splits: DatasetSplits,
+                       shots: int, seed: int, record: dict) -> None:
+    """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts)."""
+    meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record,
+            "classnames": splits.classnames, "templates": splits.templates}
+    save_feature_file(path, {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+
+
 def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
     """The settings one results folder holds; a run with other values is refused."""
     return {
@@ -179,6 +190,8 @@ def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
         "augment_passes": cfg.augment_passes,
         "skip_unreadable": cfg.skip_unreadable,
         "root": str(Path(cfg.root).resolve()),
+        # prompts only when given, so folders of runs without them still resume
+        **{k: v for k, v in (("templates", cfg.templates), ("classnames", cfg.classnames)) if v},
     }
 
 
@@ -194,7 +207,7 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
     if path.is_file() and any((out / "cells").glob("*.json")):
         old = _io.read_json(path, "run record").get("fingerprint") or {}
         if old != fingerprint:
-            diff = sorted(k for k in fingerprint if old.get(k) != fingerprint[k])
+            diff = sorted(k for k in fingerprint.keys() | old.keys() if old.get(k) != fingerprint.get(k))
             raise ClipimoError(
                 f"{out} holds a run with another configuration (differs in: {', '.join(diff)}); "
                 "use another --out folder"
@@ -206,7 +219,7 @@ def _say(text: str) -> None:
 
 
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
-                   progress: bool = True, save_features: bool = False) -> dict[str, Any]:
+                   progress: bool | None = None, save_features: bool = False) -> dict[str, Any]:
     """Run every missing or stale cell, then write results.json/.csv/.md in ``out`` describing every
     cell the folder holds; returns the results. The folder is locked against a concurrent run."""
     out = Path(out)
@@ -221,14 +234,14 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if extractor.backbone.random_init:
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     run_fp = {**fingerprint, "grids": method_grids()}
 
     opened: dict[str, OpenedDataset] = {}
 
     def dataset(source: str) -> OpenedDataset:
         if source not in opened:
-            data = open_source(source, cfg.root)
+            data = open_source(source, cfg)
             opened[source] = opened.setdefault(data.source, data)
         return opened[source]
 
@@ -243,7 +256,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             todo[key] = list(done.get("methods", {}))
 
     cells: list[dict] = []
-    bar = tqdm(list(todo.items()), desc="cells", disable=not progress)
+    bar = tqdm(list(todo.items()), desc="cells", disable=tqdm_disable(progress))
     for (source, shots, seed), methods in bar:
         try:
             data = dataset(source)
@@ -282,10 +295,8 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
              f"train images, so fewer shots: {short}")
     feats, record = cell_features(extractor, cell, cfg, out / "supports")
     if save_features:
-        meta = {**feature_meta(extractor), "dataset": cell.dataset.label, "shots": cell.shots, "seed": cell.seed,
-                "validation": record}
-        save_feature_file(out / "features" / f"{cell.name}.npz",
-                          {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+        save_cell_features(out / "features" / f"{cell.name}.npz", feats, extractor, cell.dataset.splits, cell.shots,
+                           cell.seed, record)
     result = {
         "dataset": cell.dataset.label,
         "source": cell.dataset.source,
@@ -311,6 +322,8 @@ def _results_meta(cfg: RunConfig, extractor: FeatureExtractor, cells: list[dict]
         "shots": sorted({c["shots"] for c in cells}),
         "seeds": sorted({c["seed"] for c in cells}),
         "validation": cfg.validation or "default (full; heldout where no val split)",
+        "templates": cfg.templates,
+        "classnames": cfg.classnames,
         "tuned_on_test": any(c["validation"].get("tuned_on_test") for c in cells),
         "fewer_shots_than_k": sorted({f"{c['dataset']} k={c['shots']}" for c in cells if is_short(c)}),
         "clipimo_version": __version__,
@@ -342,12 +355,3 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     _io.write_json(out / "results.json", results)
     _io.write_text(out / "results.csv", results_csv(results))
     _io.write_text(out / "results.md", results_markdown(results))
-
-
-def as_list(value: Any, cast=str) -> list:
-    """'1,2,4' or [1, 2, 4] -> [1, 2, 4]."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
-
