@@ -221,7 +221,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(feats_file, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("clipimo.commands.evaluate.evaluate_features", interrupted)
+    monkeypatch.setattr("clipimo.evaluate.evaluate_features", interrupted)
     try:
         rc = cli.main(["evaluate", "--features", str(feats_file)])
     except KeyboardInterrupt:

@@ -223,10 +223,10 @@ def test_environment_errors_are_one_message_with_nothing_written(task, tmp_path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("clipimo.commands.run.run_experiment", interrupted)
+    monkeypatch.setattr("clipimo.runner.run_experiment", interrupted)
     try:
         rc = main(_small(task, tmp_path / "i", task / "task"))
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C escaped as a traceback")
     assert rc == 130
-    assert capsys.readouterr().err == "interrupted; rerun the same command to resume\n"
+    assert capsys.readouterr().err.endswith("\ninterrupted; rerun the same command to resume\n")
