@@ -30,6 +30,7 @@ from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
 from .errors import ClipimoError
+from .log import tqdm_disable
 from .transforms import cache_augmentation, seeded_transform
 
 FEATURE_FORMAT_VERSION = 2  # 2: shards of augmented features hold the per-pass views
@@ -105,7 +106,7 @@ class FeatureExtractor:
         batch_size: int = 32,
         num_workers: int | None = None,
         precision: str = "fp32",
-        progress: bool = True,
+        progress: bool | None = None,
         shard_size: int = DEFAULT_SHARD_SIZE,
         strict_backbone: bool = True,
     ):
@@ -192,7 +193,7 @@ class FeatureExtractor:
         transform = bb.preprocess if passes == 0 else cache_augmentation(bb.image_size, bb.mean, bb.std)
         parts = []
         starts = range(0, len(items), self.shard_size)
-        for start in tqdm(starts, desc=f"{desc} shards", disable=not self.progress or len(starts) < 2, leave=False):
+        for start in tqdm(starts, desc=f"{desc} shards", disable=True if len(starts) < 2 else tqdm_disable(self.progress), leave=False):
             shard = items[start : start + self.shard_size]
             parts.append(self._shard(shard, transform, passes, seed, skip_unreadable, desc))
         return _concat(parts)
@@ -243,7 +244,7 @@ class FeatureExtractor:
             label = f"{desc} pass {p + 1}/{passes}" if passes else desc
             row = 0
             with torch.inference_mode(), self._autocast():
-                for x, ok, err in tqdm(loader, desc=label, disable=not self.progress, leave=False):
+                for x, ok, err in tqdm(loader, desc=label, disable=tqdm_disable(self.progress), leave=False):
                     x = x.to(device, non_blocking=True)
                     streams = [False, True] if adapted else [None]
                     for s, on in enumerate(streams):
