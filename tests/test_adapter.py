@@ -94,7 +94,8 @@ def test_save_load_round_trip(tmp_path, tiny):
     path = tmp_path / "a.safetensors"
     save_adapters(tiny.model, path)
     tensors, meta = read_adapter_file(path)
-    assert meta["config"] == {"bottleneck": 8, "scale": 0.1, "dropout": 0.2, "init": "lora", "width": 64, "layers": 2}
+    assert meta["config"] == {"bottleneck": 8, "scale": 0.1, "dropout": 0.2, "init": "lora", "width": 64, "layers": 2,
+                              "tower": "open_clip-vit"}
     assert meta["backbone"]["model"] == TINY
     assert all(k.startswith("resblocks.") for k in tensors)  # adapter tensors only
     fresh = load_clip(TINY)

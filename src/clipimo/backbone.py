@@ -8,7 +8,9 @@ download weights, so an unreachable tag fails within seconds and says how to pas
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import math
 import os
 import socket
 import warnings
@@ -23,7 +25,7 @@ import open_clip
 import torch
 from torch import nn
 
-from . import _io
+from . import _io, tiny_timm
 from .errors import ClipimoError
 
 RANDOM_INIT_SEED = 0
@@ -36,6 +38,7 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _PROBE_TIMEOUT_S = 3.0
 _BUNDLED_CONFIGS = "model_configs"
 _TORCHSCRIPT_EXTRAS = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
+CLIP_LOGIT_SCALE = 100.0
 
 
 @dataclass
@@ -56,10 +59,25 @@ class Backbone:
     def random_init(self) -> bool:
         return bool(self.identity.get("random_init"))
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the image (and text) embedding; timm towers have no ``visual.output_dim``."""
+        return int(open_clip.get_model_config(self.name)["embed_dim"])
+
+    @property
+    def logit_scale_bias(self) -> tuple[float, float]:
+        """The zero-shot logit ``s f W + b`` of this model: SigLIP-style models (those with a learned
+        ``logit_bias``) use their own ``exp(logit_scale)`` and bias; CLIP uses 100 and 0 (METHOD.md)."""
+        bias = getattr(self.model, "logit_bias", None)
+        if bias is None:
+            return CLIP_LOGIT_SCALE, 0.0
+        return float(self.model.logit_scale.detach().float().exp()), float(bias.detach())
+
 
 
 def _register_bundled_configs() -> None:
     """Make the tiny test/demo architectures shipped with clipimo known to open_clip by name."""
+    tiny_timm.register()
     folder = resources.files("clipimo").joinpath(_BUNDLED_CONFIGS)
     known = set(open_clip.list_models())
     for entry in folder.iterdir():
@@ -88,6 +106,27 @@ def resolve_model_name(name: str) -> str:
             "open_clip.list_models()) or a path to an open_clip model config .json"
         )
     return name
+
+
+def require_packages(name: str) -> None:
+    """A model whose towers need timm or transformers gets a one-line install hint when they are missing."""
+    cfg = open_clip.get_model_config(name) or {}
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    needs = []
+    if vision.get("timm_model_name"):
+        needs.append(("timm", "timm"))
+    if text.get("hf_model_name") or text.get("hf_tokenizer_name") or "siglip" in name.lower():
+        needs.append(("transformers", "siglip"))
+    for module, extra in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ClipimoError(f"model {name} needs the '{module}' package: pip install 'clipimo[{extra}]'")
+
+
+def _tokenizer(name: str) -> Callable:
+    try:
+        return open_clip.get_tokenizer(name)
+    except (ImportError, OSError, ValueError) as err:  # a Hugging Face tokenizer neither cached nor reachable
+        raise ClipimoError(f"could not load the tokenizer of {name}: {err}") from err
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -200,6 +239,7 @@ def load_clip(
     every report built on it must say so.
     """
     name = resolve_model_name(name)
+    require_packages(name)
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
     kwargs: dict[str, Any] = {}
     if tag_cfg:
@@ -246,7 +286,7 @@ def load_clip(
     return Backbone(
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=_tokenizer(name),
         name=name,
         identity=identity,
         image_size=int(size if isinstance(size, int) else size[0]),

@@ -108,6 +108,7 @@ def cell_features(
     arrays["cache_labels"], arrays["val_labels"], arrays["test_labels"] = (
         f.labels.numpy() for f in (keys, val, test)
     )
+    arrays["logit_scale"], arrays["logit_bias"] = map(np.array, extractor.backbone.logit_scale_bias)
     return validate_features(arrays, f"features of {label}"), record
 
 

@@ -52,7 +52,7 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="encode images into original and corrected features (.npz)")
     p.add_argument("--images", required=True, help="CSV list (path,label) or ImageFolder tree")
-    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, meta)")
+    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, logit_scale, logit_bias, meta)")
     p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views (cache keys use 10)")
     p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
     add_backbone_args(p)
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         "paths": feats.paths,
         "skipped": feats.skipped,
     }
-    arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
+    scale, bias = extractor.backbone.logit_scale_bias
+    arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta)),
+              "logit_scale": np.array(scale), "logit_bias": np.array(bias)}
     if feats.corrected is not None:
         arrays["feats_corrected"] = feats.corrected.numpy()
     with _io.atomic_path(args.out) as tmp:
