@@ -106,3 +106,11 @@ def test_dataloader_workers_do_not_change_the_result(data, tmp_path):
     b.run()
     assert_same_tensors(a.own_state(), b.own_state())
     assert torch.equal(a.dino_loss.center, b.dino_loss.center)
+
+
+def test_timm_tower_is_refused_with_the_supervised_alternative(data, tmp_path):
+    from clipimo.errors import ClipimoError
+
+    cfg = tiny_config("dino", data, tmp_path / "run", batch_size=4, max_steps=1, model="clipimo-tiny-sigmoid")
+    with pytest.raises(ClipimoError, match="timm towers .* with the supervised method"):
+        DinoTrainer(cfg)
