@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import _io
+from . import __version__, _io
 from .errors import ClipimoError
+from .hub import resolve_adapter
 
 ADAPTER_FORMAT = "clipimo-imo-adapter"
 ADAPTER_FORMAT_VERSION = 1
@@ -213,14 +214,16 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra: dict[str, An
         "version": ADAPTER_FORMAT_VERSION,
         "config": adapter_config(model),
         "backbone": getattr(model, "clipimo_identity", None),
+        "clipimo_version": __version__,
         **(extra or {}),
     }
     _io.write_safetensors(path, adapter_state(model), "clipimo", meta)
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of an adapter file, with clear errors for anything that is not one."""
-    tensors, meta = _io.read_safetensors(path, "clipimo", "adapter file")
+    """Tensors and metadata of an adapter file (local or ``hf-hub:ORG/REPO[/FILE]``), with clear errors
+    for anything that is not one."""
+    tensors, meta = _io.read_safetensors(resolve_adapter(path), "clipimo", "adapter file")
     if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_FORMAT_VERSION:
         raise ClipimoError(
             f"{path}: unsupported adapter format {meta.get('format')!r} v{meta.get('version')}, "

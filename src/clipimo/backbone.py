@@ -12,7 +12,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import open_clip
 import torch
 from torch import nn
 
-from . import _io, tiny_timm
+from . import _io, hub, tiny_timm
 from .errors import ClipimoError
 
 RANDOM_INIT_SEED = 0
@@ -35,7 +34,6 @@ RANDOM_INIT_WARNING = (
 )
 _NONE_VALUES = {None, "", "none", "None", "random"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-_PROBE_TIMEOUT_S = 3.0
 _BUNDLED_CONFIGS = "model_configs"
 _TORCHSCRIPT_EXTRAS = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 CLIP_LOGIT_SCALE = 100.0
@@ -150,14 +148,6 @@ def _openai_needs_quick_gelu(name: str) -> bool:
     return bool(open_clip.get_pretrained_cfg(name, "openai").get("quick_gelu")) and not cfg.get("quick_gelu")
 
 
-def _host_reachable(host: str, port: int = 443) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
 def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
     """The already-downloaded weights file for a pretrained tag, without touching the network."""
     if cfg.get("hf_hub"):
@@ -170,7 +160,7 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
             safe = open_clip.constants.HF_SAFE_WEIGHTS_NAME
             candidates.insert(0, safe if filename == open_clip.constants.HF_WEIGHTS_NAME else filename[:-4] + ".safetensors")
         for fname in candidates:
-            hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+            hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir or hub.hub_cache_dir())
             if isinstance(hit, str):
                 return hit
     if cfg.get("url"):
@@ -184,14 +174,8 @@ def _download_tag(name: str, tag: str, cfg: dict, cache_dir: str | None) -> str:
     cached = _cached_tag_file(cfg, cache_dir)
     if cached:
         return cached
-    host = (
-        urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-        if cfg.get("hf_hub")
-        else urlparse(cfg.get("url", "")).hostname
-    )
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-    if offline or not host or not _host_reachable(host):
-        why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+    why = hub.unreachable_reason(hub.hub_host() if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname)
+    if why:
         raise ClipimoError(
             f"pretrained weights '{tag}' for {name} are not in the local cache and {why}. "
             f"Download them on a machine with network access (open_clip.create_model('{name}', "
@@ -211,6 +195,12 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None, cache_dir: 
     if pretrained in _NONE_VALUES:
         return None, {}, {"model": name, "weights": f"random-init(seed={RANDOM_INIT_SEED})", "random_init": True}
     text = str(pretrained)
+    if hub.is_hub_ref(text):
+        defaults = [open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_WEIGHTS_NAME]
+        file = hub.hub_file(text, defaults, "pretrained weights")
+        repo, _ = hub.parse_hub_ref(text)
+        weights = f"hf-hub:{repo}/{file.name}@{hub.hub_revision(file) or 'sha256:' + _io.sha256_file(file)}"
+        return str(file), {}, {"model": name, "weights": weights, "random_init": False}
     path = Path(text).expanduser()
     tag_cfg = open_clip.get_pretrained_cfg(name, text)
     if tag_cfg and not path.exists():

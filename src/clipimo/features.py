@@ -28,6 +28,7 @@ from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
 from .errors import ClipimoError
+from .hub import resolve_adapter
 from .transforms import cache_augmentation, seeded_transform
 
 FEATURE_FORMAT_VERSION = 1
@@ -100,6 +101,7 @@ class FeatureExtractor:
         file trained on another backbone identity (e.g. the same weights given as a tag and as a file)."""
         self.backbone = backbone
         self.adapter_hash: str | None = None
+        adapter = None if adapter is None else resolve_adapter(adapter)
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
             load_adapters(backbone.model, adapter, strict_backbone=strict_backbone)
