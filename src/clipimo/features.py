@@ -27,6 +27,7 @@ from .adapter import adapter_state, adapters_enabled, has_adapters, load_adapter
 from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
+from .distributed import DistEnv, run_sharded
 from .errors import ClipimoError
 from .hub import resolve_adapter
 from .transforms import cache_augmentation, seeded_transform
@@ -96,9 +97,11 @@ class FeatureExtractor:
         progress: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
         strict_backbone: bool = True,
+        env: DistEnv | None = None,
     ):
         """``amp``: bf16 autocast (default: on CUDA only); ``strict_backbone=False`` accepts an adapter
-        file trained on another backbone identity (e.g. the same weights given as a tag and as a file)."""
+        file trained on another backbone identity (e.g. the same weights given as a tag and as a file);
+        ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
         self.backbone = backbone
         self.adapter_hash: str | None = None
         adapter = None if adapter is None else resolve_adapter(adapter)
@@ -115,6 +118,7 @@ class FeatureExtractor:
         self.amp = backbone.device.type == "cuda" if amp is None else amp
         self.progress = progress
         self.shard_size = shard_size
+        self.env = env or DistEnv(device=backbone.device)
         self.encoded_images = 0
 
     def _current_adapter_state(self) -> str | None:
@@ -176,11 +180,17 @@ class FeatureExtractor:
             raise ClipimoError(f"{len(missing)} image file(s) do not exist:\n  {listed}\n(pass --skip-unreadable to leave them out)")
         bb = self.backbone
         transform = bb.preprocess if passes == 0 else cache_augmentation(bb.image_size, bb.mean, bb.std)
-        parts = []
-        starts = range(0, len(items), self.shard_size)
-        for start in tqdm(starts, desc=f"{desc} shards", disable=not self.progress or len(starts) < 2, leave=False):
-            shard = items[start : start + self.shard_size]
-            parts.append(self._shard(shard, transform, passes, seed, skip_unreadable, desc))
+        shards = [items[start : start + self.shard_size] for start in range(0, len(items), self.shard_size)]
+        bar = tqdm(total=len(shards), desc=f"{desc} shards", leave=False,
+                   disable=not self.progress or len(shards) < 2 or not self.env.is_main)
+
+        def shard(i: int) -> ImageFeatures:
+            feats = self._shard(shards[i], transform, passes, seed, skip_unreadable, desc)
+            bar.update()
+            return feats
+
+        parts = run_sharded(len(shards), shard, self.env)
+        bar.close()
         return _concat(parts)
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -138,6 +138,39 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
             )
 
 
+def _cells(cfg: RunConfig, out: Path, progress: bool) -> Iterator[tuple[DatasetSplits, int, int, Path]]:
+    """Every (splits, shots, seed, cell json path) of the grid, in order, with a progress bar."""
+    todo = [(d, k, s) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds]
+    bar = tqdm(todo, desc="cells", disable=not progress)
+    splits_cache: dict[str, DatasetSplits] = {}
+    for dataset, shots, seed in bar:
+        bar.set_postfix_str(cell_name(dataset, shots, seed))
+        if dataset not in splits_cache:
+            splits_cache[dataset] = open_dataset(dataset, cfg.root)
+        splits = splits_cache[dataset]
+        yield splits, shots, seed, out / "cells" / f"{cell_name(splits.name, shots, seed)}.json"
+
+
+def _finished_cell(path: Path, methods: list[str]) -> dict | None:
+    """The cell's record when it already holds every method in ``methods`` (restricted to them)."""
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    if not set(methods) <= set(done["methods"]):
+        return None
+    done["methods"] = {m: done["methods"][m] for m in methods}
+    return done
+
+
+def encode_cells(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, progress: bool = False) -> None:
+    """Fill the feature cache of every unfinished cell without evaluating: under torchrun every rank
+    calls this (the shards of each image list are split across ranks), then rank 0 runs the grid."""
+    out = Path(out)
+    for splits, shots, seed, path in _cells(cfg, out, progress and extractor.env.is_main):
+        if not _finished_cell(path, cfg.methods):
+            cell_features(extractor, splits, shots, seed, cfg, out / "supports")
+
+
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
                    progress: bool = True, save_features: bool = False) -> dict[str, Any]:
     """Run every missing cell, then write results.json/.csv/.md in ``out``; returns the results."""
@@ -149,22 +182,12 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
     if extractor.backbone.random_init:
         print(f"WARNING: {RANDOM_INIT_WARNING}")
 
-    todo = [(d, k, s) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds]
     cells: list[dict] = []
-    bar = tqdm(todo, desc="cells", disable=not progress)
-    splits_cache: dict[str, DatasetSplits] = {}
-    for dataset, shots, seed in bar:
-        bar.set_postfix_str(cell_name(dataset, shots, seed))
-        if dataset not in splits_cache:
-            splits_cache[dataset] = open_dataset(dataset, cfg.root)
-        splits = splits_cache[dataset]
-        path = out / "cells" / f"{cell_name(splits.name, shots, seed)}.json"
-        if path.is_file():
-            done = json.loads(path.read_text())
-            if set(cfg.methods) <= set(done["methods"]):
-                done["methods"] = {m: done["methods"][m] for m in cfg.methods}
-                cells.append(done)
-                continue
+    for splits, shots, seed, path in _cells(cfg, out, progress):
+        done = _finished_cell(path, cfg.methods)
+        if done:
+            cells.append(done)
+            continue
         feats, record = cell_features(extractor, splits, shots, seed, cfg, out / "supports")
         if save_features:
             meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record}

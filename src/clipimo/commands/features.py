@@ -10,7 +10,8 @@ import numpy as np
 from .. import _io
 from ..backbone import RANDOM_INIT_WARNING, load_clip
 from ..data.generic import read_csv_list, read_image_folder
-from ..features import FeatureExtractor
+from ..distributed import setup_distributed
+from ..features import DEFAULT_SHARD_SIZE, FeatureExtractor
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +31,17 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
                         help="feature precision: auto = bf16 autocast on CUDA, fp32 on CPU (part of the cache key)")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                        help=f"images per feature-cache shard, the unit split across torchrun ranks (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
-    backbone = load_clip(args.model, args.pretrained, device=args.device)
-    if backbone.random_init:
+    """The extractor the flags describe; under torchrun (WORLD_SIZE > 1) it joins the process group,
+    takes GPU LOCAL_RANK, and splits the cache shards across ranks."""
+    env = setup_distributed(args.device)
+    backbone = load_clip(args.model, args.pretrained, device=env.device)
+    if backbone.random_init and env.is_main:
         print(f"WARNING: {RANDOM_INIT_WARNING}")
     return FeatureExtractor(
         backbone,
@@ -46,6 +52,8 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
         amp={"auto": None, "fp32": False, "bf16": True}[args.precision],
         progress=not args.no_progress,
         strict_backbone=not args.allow_backbone_mismatch,
+        shard_size=args.shard_size,
+        env=env,
     )
 
 
@@ -64,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.images)
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
     extractor = make_extractor(args)
-    feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
+    try:
+        feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
+    finally:
+        extractor.env.cleanup()
+    if not extractor.env.is_main:  # rank 0 writes the output; the others only encoded their shards
+        return 0
     meta = {
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,

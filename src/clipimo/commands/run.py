@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import _io
-from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, run_experiment
+from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, encode_cells, run_experiment
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 # option -> (default, parser of a flag/YAML value)
@@ -75,6 +75,13 @@ def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cfg = RunConfig(**grid_options(args, parser), skip_unreadable=args.skip_unreadable)
     extractor = make_extractor(args)
+    if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
+        try:
+            encode_cells(cfg, extractor, args.out)
+        finally:
+            extractor.env.cleanup()
+        if not extractor.env.is_main:
+            return 0
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=not args.no_progress,
                              save_features=args.save_features)
     print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
