@@ -89,6 +89,8 @@ def test_uncached_reference_fails_fast_and_says_why(cache, monkeypatch):
     assert time.monotonic() - start < 10
     with pytest.raises(ClipimoError, match="expected hf-hub:ORG/REPO"):
         hub.resolve_adapter("hf-hub:just-a-name")
+    with pytest.raises(ClipimoError, match="--pretrained hf-hub:timm/ViT-B-16-SigLIP"):
+        load_clip("hf-hub:timm/ViT-B-16-SigLIP")
 
 
 def test_card_folder_from_adapter_metadata(tmp_path, adapter_file, capsys):

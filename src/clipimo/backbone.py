@@ -98,6 +98,9 @@ def resolve_model_name(name: str) -> str:
             raise ClipimoError(f"model config file {path} lacks 'vision_cfg'/'text_cfg' (open_clip format)")
         open_clip.add_model_config(str(path))
         return path.stem
+    if hub.is_hub_ref(name):
+        raise ClipimoError(f"--model takes an architecture name; for Hub weights pass e.g. --model ViT-B-16-SigLIP "
+                           f"--pretrained {name}")
     if open_clip.get_model_config(name) is None:
         raise ClipimoError(
             f"unknown model '{name}': expected an open_clip model name (e.g. ViT-B-16; see "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import _io
+from ..distributed import DistEnv
 from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, encode_cells, run_experiment
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             extractor.env.cleanup()
         if not extractor.env.is_main:
             return 0
+        extractor.env = DistEnv(device=extractor.env.device)  # rank 0 alone from here; every cell is cached
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=not args.no_progress,
                              save_features=args.save_features)
     print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
