@@ -10,17 +10,9 @@ from clipimo import adapters_enabled, add_adapters, load_adapters, load_clip, sa
 from clipimo.adapter import read_adapter_file
 from clipimo.errors import ClipimoError
 
-from conftest import TINY
+from conftest import TINY, randomise_adapters
 
 SIGMOID, EVA = "clipimo-tiny-sigmoid", "clipimo-tiny-eva"
-
-
-def _randomise(model, seed=0, std=0.2):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in model.visual.trunk.blocks:
-            for p in block.adapter.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def _adapter_by_hand(a, h):
@@ -35,7 +27,7 @@ def test_off_stream_is_plain_open_clip_bitwise(name):
     with torch.no_grad():
         reference = plain.encode_image(x)
         assert torch.equal(bb.model.encode_image(x), reference)  # zero-init Up
-        _randomise(bb.model)
+        randomise_adapters(bb.model)
         with adapters_enabled(bb.model, False):
             assert torch.equal(bb.model.encode_image(x), reference)
         corrected = bb.model.encode_image(x)
@@ -50,7 +42,7 @@ def test_siglip_block_with_layer_scale_and_drop_path_matches_the_formula():
     block.ls1, block.ls2 = LayerScale(64, 0.5), LayerScale(64, 2.0)
     block.drop_path1, block.drop_path2 = DropPath(0.5), DropPath(0.5)
     add_adapters(bb.model, bottleneck=16, scale=0.7, dropout=0.0)
-    _randomise(bb.model, std=0.3)
+    randomise_adapters(bb.model, std=0.3)
     block.train()
     x = torch.randn(4, 16, 64)
     with torch.no_grad():
@@ -67,7 +59,7 @@ def test_siglip_block_with_layer_scale_and_drop_path_matches_the_formula():
 def test_eva_block_with_gamma_matches_the_formula():
     bb = load_clip(EVA)
     add_adapters(bb.model, bottleneck=8, scale=0.4)
-    _randomise(bb.model, std=0.3)
+    randomise_adapters(bb.model, std=0.3)
     block = bb.model.visual.trunk.blocks[1]
     assert block.gamma_1 is not None and block.gamma_2 is not None
     x = torch.randn(2, 17, 64)
@@ -82,7 +74,7 @@ def test_eva_block_with_gamma_matches_the_formula():
 def test_save_load_round_trip(tmp_path, name):
     bb = load_clip(name)
     add_adapters(bb.model, bottleneck=8, scale=0.1, dropout=0.2)
-    _randomise(bb.model)
+    randomise_adapters(bb.model)
     path = tmp_path / "a.safetensors"
     save_adapters(bb.model, path)
     tensors, meta = read_adapter_file(path)

@@ -17,12 +17,12 @@ from ..features import DEFAULT_SHARD_SIZE, FeatureExtractor
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a backbone shares."""
     parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json (default ViT-B-16)")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or weights file; omit or 'none' for random init")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai, webli), weights file or hf-hub:ORG/REPO[/FILE]; omit or 'none' for random init")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
 def add_extractor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", default=None, help="IMO adapter .safetensors file (adds the corrected stream)")
+    parser.add_argument("--adapter", default=None, help="IMO adapter .safetensors file or hf-hub:ORG/REPO[/FILE] (adds the corrected stream)")
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default $CLIPIMO_CACHE or ~/.cache/clipimo)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
