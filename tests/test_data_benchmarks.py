@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from clipimo.commands import datasets as datasets_cmd
 from clipimo.data import IMAGENET_TEMPLATES, get_spec, load_dataset
-from clipimo.data.check import check_dataset, format_report
+from clipimo.data.benchmarks import packaged_split
+from clipimo.data.check import check_dataset, check_datasets, format_report
 from clipimo.errors import ClipimoError
 
 from conftest import put_image
@@ -34,6 +36,59 @@ def make_zhou(root: Path, name: str, per_split: dict[str, int], *, skip_image: s
         split[s] = entries
     (base / spec.split_files[0]).write_text(json.dumps(split))
     return split
+
+
+def make_paper_tree(root: Path, name: str) -> dict:
+    """Empty files at every path of the paper's shipped split (existence is all the loader checks)."""
+    spec = get_spec(name)
+    split = json.loads(packaged_split(spec.split_files[0])[1])
+    image_dir = root / spec.dirnames[0] / spec.image_dir
+    rels = {entry[0] for entries in split.values() for entry in entries}
+    for folder in {os.path.dirname(rel) for rel in rels}:
+        (image_dir / folder).mkdir(parents=True, exist_ok=True)
+    for rel in rels:
+        open(image_dir / rel, "wb").close()
+    return split
+
+
+# METHOD.md §5: the paper's splits, (folder, image folder, train / val / test, classes)
+PAPER_SPLITS = {
+    "CUB": ("cub", "images", (3605, 3503, 4680), 200),
+    "StanfordDogs": ("stanford_dogs", "Images", (6122, 6122, 8336), 120),
+    "PlantDoc": ("plantdoc", "all_images", (515, 515, 1546), 27),
+}
+
+
+@pytest.fixture(scope="module")
+def paper_root(tmp_path_factory):
+    """One fake tree (empty image files) for all three paper splits, made once: ~35k files."""
+    root = tmp_path_factory.mktemp("paper")
+    for name in PAPER_SPLITS:
+        make_paper_tree(root, name)
+    return root
+
+
+def test_paper_splits_ship_with_the_package(paper_root):
+    results = {r["dataset"]: r for r in check_datasets(paper_root, list(PAPER_SPLITS))}
+    for name, (folder, images, counts, classes) in PAPER_SPLITS.items():
+        assert not list((paper_root / folder).glob("*.json"))  # only images on disk: the split is shipped
+        assert get_spec(name).image_dir == images
+        result = results[name]  # loaded the split, checked every listed image exists
+        assert result["status"] == "ok" and result["classes"] == classes
+        assert result["counts"] == result["counts_expected"] == dict(zip(("train", "val", "test"), counts))
+
+
+def test_paper_split_copy_in_the_folder_takes_precedence_and_missing_images_are_named(tmp_path):
+    shipped = make_paper_tree(tmp_path, "PlantDoc")
+    own = {s: entries[:30] if s == "train" else entries for s, entries in shipped.items()}
+    (tmp_path / "plantdoc" / "split_alexey_plantdoc.json").write_text(json.dumps(own))
+    mismatch = check_dataset("PlantDoc", tmp_path)
+    assert mismatch["status"] == "count-mismatch" and "train 30 != 515" in mismatch["error"]
+    (tmp_path / "plantdoc" / "split_alexey_plantdoc.json").unlink()
+    gone = tmp_path / "plantdoc" / "all_images" / shipped["test"][0][0]
+    gone.unlink()
+    with pytest.raises(ClipimoError, match="split_alexey_plantdoc.json.gz: 1 listed image"):
+        load_dataset("PlantDoc", tmp_path)
 
 
 def make_aircraft(root: Path, n_classes: int = 100) -> None:
@@ -202,11 +257,11 @@ def test_imagenet_missing_class_folder(tmp_path):
 
 def test_check_statuses(tmp_path):
     make_zhou(tmp_path, "EuroSAT", {"train": 1, "val": 1, "test": 1})
-    make_zhou(tmp_path, "PlantDoc", {"train": 2, "val": 1, "test": 1})
+    make_paper_tree(tmp_path, "PlantDoc")
     (tmp_path / "dtd").mkdir()
     euro = check_dataset("EuroSAT", tmp_path)
     assert euro["status"] == "count-mismatch" and "train 10 != 13500" in euro["error"]
-    assert check_dataset("PlantDoc", tmp_path)["status"] == "ok"  # class count only
+    assert check_dataset("PlantDoc", tmp_path)["status"] == "ok"
     dtd = check_dataset("dtd", tmp_path)
     assert dtd["status"] == "error" and "split_zhou_DescribableTextures.json not found" in dtd["error"]
     missing = check_dataset("UCF101", tmp_path)
@@ -222,7 +277,7 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_check(tmp_path, capsys):
-    make_zhou(tmp_path, "PlantDoc", {"train": 1, "val": 1, "test": 1})
+    make_paper_tree(tmp_path, "PlantDoc")
     out = tmp_path / "check.json"
     args = _cli(["datasets", "check", "--root", str(tmp_path), "--json", str(out)])
     assert args.func(args) == 0  # missing datasets are fine when none were asked for

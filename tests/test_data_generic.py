@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from clipimo.cli import main as cli_main
 from clipimo.commands import datasets as datasets_cmd
 from clipimo.data import (build_open_images_subset, load_custom_dataset, read_csv_list,
                           read_image_folder)
@@ -160,3 +162,30 @@ def test_custom_dataset_folders_and_csv(tmp_path):
     assert [it.label for it in ds.train] == [10, 2] and ds.test[0].label == 2
     with pytest.raises(ClipimoError, match=r"train: no train/ folder .* or train\.csv"):
         load_custom_dataset(tmp_path / "task" / "train")
+
+
+def test_paper_list_becomes_the_trainers_csv(tmp_path, capsys):
+    """The paper's list format: ImageID, DisplayName, type; images flat or under <type>/."""
+    images = tmp_path / "oi"
+    for name in ("a1", "a2", "b1"):
+        put_image(images / f"{name}.jpg")
+    put_image(images / "validation" / "b2.jpg")
+    listing = tmp_path / "paper_list.csv"
+    listing.write_text("ImageID, DisplayName, type\na1, Apple, train\na2, Apple, train\nb1, Boat, train\n"
+                       "b2, Boat, validation\ngone, Boat, train\n")
+    main = lambda *extra: cli_main(["datasets", "openimages", "--list", str(listing), "--images", str(images),
+                                    "--out", str(tmp_path / "lists" / "train.csv"), *extra])
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert "1 listed image(s) have no <ImageID>.jpg" in err and "gone" in err and "--skip-missing" in err
+    assert not (tmp_path / "lists" / "train.csv").exists()
+    assert main("--skip-missing", "--json", str(tmp_path / "summary.json")) == 0
+    items, classnames = read_csv_list(tmp_path / "lists" / "train.csv")
+    assert classnames == ["Apple", "Boat"] and [it.label for it in items] == [0, 0, 1, 1]
+    assert [Path(it.path).name for it in items] == ["a1.jpg", "a2.jpg", "b1.jpg", "b2.jpg"]
+    assert Path(items[3].path).parent.name == "validation"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["missing_skipped"] == ["gone"] and summary["skip_missing"] is True and summary["n_images"] == 4
+    assert main("--classes", "3") == 2 and "drop --classes" in capsys.readouterr().err
+    listing.write_text("ImageID,Label\na1,Apple\n")
+    assert main() == 2 and "expected columns ImageID, DisplayName, type" in capsys.readouterr().err

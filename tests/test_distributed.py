@@ -2,17 +2,21 @@
 torchrun sets them) split the cache shards and rank 0 writes exactly what one process writes."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from clipimo import add_adapters, load_clip, save_adapters
 from clipimo.cli import main
+from clipimo.commands.features import make_extractor
+from clipimo.errors import ClipimoError
 from clipimo.features import FeatureExtractor
 
 from conftest import TINY, make_images
@@ -100,3 +104,9 @@ def test_two_ranks_write_what_one_process_writes(tmp_path):
     ddp_cells = json.loads((tmp_path / "run_ddp" / "results.json").read_text())["cells"]
     assert ddp_cells == json.loads((tmp_path / "run_single" / "results.json").read_text())["cells"]
     assert len(ddp_cells) == 2 and "tip-imo" in ddp_cells[0]["methods"]
+
+
+def test_commands_that_do_not_shard_refuse_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ClipimoError, match="clipimo shift runs as one process; under torchrun use `clipimo features`"):
+        make_extractor(argparse.Namespace(command="shift"))

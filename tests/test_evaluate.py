@@ -37,7 +37,12 @@ def test_save_load_roundtrip_atomic(npz, feats):
     for key in FEATURE_KEYS:
         np.testing.assert_array_equal(getattr(loaded, key), getattr(feats, key))
     assert [p.name for p in npz.parent.iterdir()] == ["feats.npz"]  # no temp file left
+    np.testing.assert_array_equal(loaded.cache_views_corrected, feats.cache_views_corrected)
     with np.load(npz, allow_pickle=False) as z:
+        assert set(z.files) == set(FEATURE_KEYS) | {"logit_scale", "logit_bias", "cache_views", "cache_views_corrected"}
+    bare = npz.parent / "bare.npz"
+    save_features(bare, synthetic_features(num_classes=5, shots=3, dim=16, views=0))
+    with np.load(bare, allow_pickle=False) as z:
         assert set(z.files) == set(FEATURE_KEYS) | {"logit_scale", "logit_bias"}  # no views: none written
 
 
@@ -109,6 +114,15 @@ def test_cli_writes_section8_json(monkeypatch, tmp_path, npz, capsys):
     assert all(m in printed for m in methods) and "test top-1" in printed
     assert run_cli(monkeypatch, "--features", str(npz), "--methods", "gda", "--markdown") == 0
     assert capsys.readouterr().out.startswith("| method | val top-1 | test top-1 | hparams |")
+
+
+def test_cli_gda_on_a_file_without_views_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    bare = tmp_path / "bare.npz"
+    save_features(bare, synthetic_features(num_classes=5, shots=3, dim=16, views=0))
+    assert run_cli(monkeypatch, "--features", str(bare), "--methods", "zs,gda-imo") == 2
+    err = capsys.readouterr().err
+    assert "gda-imo fits on every augmented view" in err and "cache_views / cache_views_corrected" in err
+    assert "clipimo run --save-features" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -47,7 +47,7 @@ def test_bad_optional_keys_are_named(change, message):
 
 
 def test_missing_views_error_says_how_to_get_them():
-    problem = Problem.from_features(synthetic_features(num_classes=4, shots=2, dim=8))
+    problem = Problem.from_features(synthetic_features(num_classes=4, shots=2, dim=8, views=0))
     with pytest.raises(ClipimoError, match="gda.*cache_views.*clipimo run --save-features"):
         problem.views(False, "gda")
 

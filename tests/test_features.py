@@ -83,6 +83,36 @@ def test_augmented_keys_reproducible_and_independent_of_batching(tmp_path, image
     assert not torch.allclose(a.original, plain.original, atol=1e-4)
 
 
+def test_augmented_features_keep_every_pass_as_a_view(tmp_path, images, adapter_file):
+    """views[e, i] is pass e of image i (its own seeded crop), L2-normalised; the key is the
+    normalised sum of the unnormalised passes. Checked against encoding each crop by hand."""
+    import hashlib
+
+    from PIL import Image
+
+    from clipimo.transforms import cache_augmentation
+
+    ex = extractor(tmp_path, adapter_file, shard_size=4)  # 10 images: 3 shards, concatenated
+    feats = ex.image_features(images, passes=3, seed=4)
+    assert feats.views.shape == feats.views_corrected.shape == (3, len(images), 64)
+    plain = load_clip(TINY)
+    aug = cache_augmentation(plain.image_size, plain.mean, plain.std)
+    crops = []
+    for e in range(3):
+        for path, _ in images:
+            blob = hashlib.sha256(f"4:{e}:{path}".encode()).digest()
+            torch.manual_seed(int.from_bytes(blob[:8], "little") & ((1 << 63) - 1))
+            crops.append(aug(Image.open(path).convert("RGB")))
+    with torch.inference_mode():
+        raw = plain.model.encode_image(torch.stack(crops)).view(3, len(images), -1)
+    torch.testing.assert_close(feats.views, F.normalize(raw, dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(feats.original, F.normalize(raw.sum(0), dim=-1), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(feats.views_corrected, feats.views, atol=1e-3)
+    cached = extractor(tmp_path, adapter_file, shard_size=4).image_features(images, passes=3, seed=4)
+    assert torch.equal(cached.views, feats.views) and torch.equal(cached.views_corrected, feats.views_corrected)
+    assert ex.image_features(images).views is None  # the eval transform has no views
+
+
 def test_unreadable_images_are_listed_or_skipped(tmp_path, images):
     broken = tmp_path / "imgs" / "broken.png"
     broken.write_bytes(b"not a png")
@@ -135,6 +165,12 @@ def test_features_cli(tmp_path, images, adapter_file, capsys):
         assert (float(z["logit_scale"]), float(z["logit_bias"])) == (100.0, 0.0)  # CLIP: METHOD.md's Z = 100 f W
         meta = json.loads(str(z["meta"]))
     assert meta["random_init"] is True and meta["classnames"] == ["blue", "green", "red"]
+    assert meta["precision"] == "fp32" and meta["passes"] == 0
+    rc = main(["features", "--model", TINY, "--images", str(csv), "--out", str(out), "--passes", "2", "--precision",
+               "bf16", "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"])
+    with np.load(out, allow_pickle=False) as z:
+        assert rc == 0 and z["views"].shape == (2, 10, 64) and "views_corrected" not in z.files
+        assert json.loads(str(z["meta"]))["precision"] == "bf16-autocast"
     assert main(["features", "--model", TINY, "--images", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
 
 
@@ -166,3 +202,10 @@ def test_openai_weight_file_into_gelu_model_warns(tmp_path):
     save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
     with pytest.warns(UserWarning, match="ViT-B-16-quickgelu"):
         load_clip("ViT-B-16", str(path))
+
+
+def test_precision_is_fp32_unless_bf16_is_asked_for(tmp_path):
+    assert extractor(tmp_path).precision == "fp32"
+    assert extractor(tmp_path, precision="bf16").precision == "bf16-autocast"
+    with pytest.raises(ClipimoError, match="precision must be fp32 or bf16, got 'fp16'"):
+        extractor(tmp_path, precision="fp16")

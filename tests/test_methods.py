@@ -12,6 +12,7 @@ from clipimo.featurefile import synthetic_features
 from clipimo.methods import METHODS, parse_methods
 from clipimo.methods.cache import cache_logits, kl_divergence, rescale
 from clipimo.methods.common import Problem
+from clipimo.methods import gda
 from clipimo.methods.gda import fit_gda
 from clipimo.search import Grid
 
@@ -68,6 +69,46 @@ def test_gda_matches_paper_formula(feats):
     np.testing.assert_allclose(b.numpy(), want_b, rtol=1e-4, atol=1e-4)
 
 
+def _gda_by_hand(views: np.ndarray, labels: np.ndarray, w_text: np.ndarray, query: np.ndarray,
+                 query_zs: np.ndarray, alpha: float) -> np.ndarray:
+    """METHOD.md §6 GDA written out: fit on the E x N views V, then Z + alpha (f W_g^T + b)."""
+    e, n, d = views.shape
+    v = views.reshape(e * n, d).astype(np.float64)
+    y = np.tile(labels, e)
+    c = w_text.shape[1]
+    mu = np.stack([v[y == k].mean(0) for k in range(c)])
+    s = np.cov((v - mu[y]).T)
+    p = d * np.linalg.pinv((e * n - 1) * s + np.trace(s) * np.eye(d))
+    w_g = mu @ p
+    b = np.log(1.0 / c) - 0.5 * np.einsum("cd,de,ce->c", mu, p, mu)
+    return 100.0 * query_zs @ w_text + alpha * (query @ w_g.T + b)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_gda_fits_on_every_view_not_on_averaged_keys(feats, corrected):
+    sfx = "_corrected" if corrected else ""
+    p = Problem.from_features(feats)
+    got = torch.cat([z for _, z in gda.logits(p, p.test, corrected, alpha=1.0)]).double().numpy()
+    views, labels = getattr(feats, "cache_views" + sfx), feats.cache_labels
+    query = getattr(feats, "test_feats" + sfx).astype(np.float64)
+    args = (labels, feats.text_weights.astype(np.float64), query, feats.test_feats.astype(np.float64), 1.0)
+    np.testing.assert_allclose(got, _gda_by_hand(views, *args), rtol=1e-4, atol=1e-3)
+    keys = getattr(feats, "cache_keys" + sfx)[None]
+    assert np.abs(got - _gda_by_hand(keys, *args)).max() > 0.1  # averaged keys give other logits
+
+
+def test_gda_alpha_grid_is_the_official_one():
+    assert gda.GDA_ALPHAS.tolist() == [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
+
+
+@pytest.mark.parametrize("method", ["gda", "gda-imo"])
+def test_gda_without_views_fails_and_says_how_to_get_them(method):
+    p = Problem.from_features(synthetic_features(num_classes=4, shots=2, dim=8, views=0))
+    with pytest.raises(ClipimoError, match=f"{method} fits on every augmented view.*cache_views / "
+                                           "cache_views_corrected.*clipimo run --save-features"):
+        METHODS[method](p)
+
+
 def test_gda_needs_every_class_in_the_support():
     keys = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     with pytest.raises(ClipimoError, match=r"class\(es\) \[2\]"):
@@ -95,10 +136,10 @@ def _perturbed(feats, stream: str):
     """Copy of ``feats`` with the original or corrected query/key features scrambled."""
     rng = np.random.default_rng(0)
     changes = {}
-    for key in ("cache_keys", "val_feats", "test_feats"):
+    for key in ("cache_keys", "cache_views", "val_feats", "test_feats"):
         name = key if stream == "original" else f"{key}_corrected"
         x = rng.standard_normal(getattr(feats, name).shape).astype(np.float32)
-        changes[name] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        changes[name] = x / np.linalg.norm(x, axis=-1, keepdims=True)
     return dataclasses.replace(feats, **changes)
 
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,13 +92,23 @@ def test_yaml_config_and_test_tuning_flag(task, tmp_path):
 
 def test_saved_cell_features_carry_provenance_and_evaluate_warns(task, tmp_path, capsys):
     out = tmp_path / "res"
-    assert main(_args(task, out, "--shots", "1", "--seeds", "1", "--methods", "zs,tip,tip-imo", "--save-features")) == 0
+    assert main(_args(task, out, "--shots", "1", "--seeds", "1", "--methods", "zs,tip,tip-imo,gda,gda-imo",
+                      "--save-features")) == 0
     npz = next((out / "features").glob("*.npz"))
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert arrays["cache_views"].shape == arrays["cache_views_corrected"].shape == (2, 3, 64)  # 2 passes x 3 shots
+    assert json.loads(str(arrays["meta"]))["precision"] == "fp32"
     capsys.readouterr()
-    assert main(["evaluate", "--features", str(npz), "--methods", "zs,tip", "--json", str(tmp_path / "e.json")]) == 0
+    assert main(["evaluate", "--features", str(npz), "--methods", "zs,tip,gda,gda-imo",
+                 "--json", str(tmp_path / "e.json")]) == 0
     assert "RANDOM-INIT" in capsys.readouterr().out
     cell = json.loads(next((out / "cells").glob("*.json")).read_text())
-    assert json.loads((tmp_path / "e.json").read_text())["tip"] == cell["methods"]["tip"]
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert all(evaluated[m] == cell["methods"][m] for m in ("tip", "gda", "gda-imo"))
+    np.savez(tmp_path / "no_views.npz", **{k: v for k, v in arrays.items() if not k.startswith("cache_views")})
+    assert main(["evaluate", "--features", str(tmp_path / "no_views.npz"), "--methods", "gda,gda-imo"]) == 2
+    assert "gda fits on every augmented view" in capsys.readouterr().err
 
 
 def test_skip_unreadable_is_recorded(task, tmp_path):

@@ -90,6 +90,8 @@ def tie_problem(seed=0, n_val=14, n_test=11, classes=5, shots=3, dim=16) -> Prob
     arrays["text_weights"][:, 2] = arrays["text_weights"][:, 1]
     for key in ("cache_keys", "cache_keys_corrected"):
         arrays[key][arrays["cache_labels"] == 2] = arrays[key][arrays["cache_labels"] == 1]
+    for key in ("cache_views", "cache_views_corrected"):
+        arrays[key][:, arrays["cache_labels"] == 2] = arrays[key][:, arrays["cache_labels"] == 1]
     for split in ("val", "test"):
         for key in (f"{split}_feats", f"{split}_feats_corrected"):
             arrays[key][1::3] = arrays[key][0::3][: len(arrays[key][1::3])]
@@ -168,7 +170,8 @@ def test_chunked_terms_give_the_same_counts(with_kl):
 @pytest.mark.parametrize("corrected", [False, True])
 def test_gda_matches_naive_loop(corrected):
     p = tie_problem(4)
-    weight, bias = gda.fit_gda(p.keys(corrected), p.cache_labels, p.num_classes)
+    views = p.views(corrected, "gda")
+    weight, bias = gda.fit_gda(views.reshape(-1, views.shape[-1]), p.cache_labels.repeat(len(views)), p.num_classes)
 
     def hits(split, alpha):
         logits = 100.0 * (split.feats @ p.text_weights) + alpha * (split.query(corrected) @ weight + bias)

@@ -108,6 +108,26 @@ def test_dataloader_workers_do_not_change_the_result(data, tmp_path):
     assert torch.equal(a.dino_loss.center, b.dino_loss.center)
 
 
+@pytest.mark.parametrize("dropout", [None, 0.1])
+def test_default_dino_adapters_have_no_dropout(data, tmp_path, dropout):
+    """The paper's DINO student never entered train mode, so its adapter dropout never fired:
+    with the default, two train-mode student forwards of the same crops after a step are equal."""
+    kw = {} if dropout is None else {"dropout": dropout}
+    cfg = tiny_config("dino", data, tmp_path / "run", batch_size=8, epochs=1, lr=0.5, warmup_epochs=0, **kw)
+    trainer = DinoTrainer(cfg)
+    trainer.run()
+    up = [b.adapter.up.weight for b in trainer.model.visual.transformer.resblocks]
+    assert all(w.abs().sum() > 0 for w in up)  # trained: the adapter branch contributes
+    trainer.student.train()
+    crops = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16)]
+    with torch.no_grad():
+        same = torch.equal(trainer.student(crops), trainer.student(crops))
+    assert same is (dropout is None)
+    recorded = read_adapter_file(tmp_path / "run" / "adapter.safetensors")[1]
+    assert recorded["config"]["dropout"] == (0.0 if dropout is None else dropout)
+    assert recorded["training"]["config"]["precision"] == "fp32"
+
+
 def test_timm_tower_is_refused_with_the_supervised_alternative(data, tmp_path):
     from clipimo.errors import ClipimoError
 

@@ -34,15 +34,52 @@ def test_interpolate_properties():
     field = torch.cat([torch.zeros(1, 1), torch.sin(xs).reshape(-1, 1)])
     out = interpolate_pos_embed(field, g, (3, 5))[1:].reshape(3, 5)
     torch.testing.assert_close(out, out[:1].expand(3, 5))
-    # resampling commutes with mirroring the grid
-    pos = torch.randn(1 + g * g, 4)
-    flip = torch.cat([pos[:1], pos[1:].reshape(g, g, 4).flip(1).reshape(-1, 4)])
-    a = interpolate_pos_embed(pos, g, 4)[1:].reshape(4, 4, 4).flip(1)
-    b = interpolate_pos_embed(flip, g, 4)[1:].reshape(4, 4, 4)
-    torch.testing.assert_close(a, b)
-    # bicubic, not bilinear: matches torch's bicubic on the grid image
-    ref = nn.functional.interpolate(pos[1:].T.reshape(1, 4, g, g), size=(4, 4), mode="bicubic", align_corners=False)
-    torch.testing.assert_close(interpolate_pos_embed(pos, g, 4)[1:], ref.reshape(4, 16).T)
+
+
+def _cubic_weights(t: float) -> list[float]:
+    """Keys' cubic convolution kernel (a = -0.75, as torch's bicubic) at offsets 1+t, t, 1-t, 2-t."""
+    a = -0.75
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return [far(1 + t), near(t), near(1 - t), far(2 - t)]
+
+
+def _dino_resize_1d(values: torch.Tensor, new: int) -> torch.Tensor:
+    """DINO's resize along dim 0, written out: output i samples the old grid g at
+    (i + 0.5) * g / (new + 0.1) - 0.5 (scale_factor = (new + 0.1) / g), border rows repeated."""
+    g = values.shape[0]
+    rows = []
+    for i in range(new):
+        src = (i + 0.5) * g / (new + 0.1) - 0.5
+        base = int(torch.floor(torch.tensor(src)))
+        weights = _cubic_weights(src - base)
+        taps = [values[min(max(base + k, 0), g - 1)] for k in (-1, 0, 1, 2)]
+        rows.append(sum(w * v for w, v in zip(weights, taps)))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("old, new", [(14, 6), (4, (2, 3)), (7, 3)])
+def test_interpolation_is_dinos_scale_factor_formula(old, new):
+    torch.manual_seed(0)
+    nh, nw = (new, new) if isinstance(new, int) else new
+    pos = torch.randn(1 + old * old, 5, dtype=torch.float64)
+    grid = pos[1:].reshape(old, old, 5)
+    expected = _dino_resize_1d(_dino_resize_1d(grid, nh).transpose(0, 1), nw).transpose(0, 1)
+    got = interpolate_pos_embed(pos.float(), old, new)[1:].reshape(nh, nw, 5)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+
+def test_scale_factor_resize_differs_from_size_resize_by_several_percent():
+    """14 -> 6 on a smooth (sin-cos) embedding: the previous ``size=`` resize was ~4% off."""
+    g, d = 14, 64
+    ys, xs = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32), indexing="ij")
+    freqs = 1 / 10000 ** (torch.arange(d // 4) / (d // 4))
+    grid = torch.cat([f(c[..., None] * freqs) for c in (xs, ys) for f in (torch.sin, torch.cos)], -1)
+    got = interpolate_pos_embed(torch.cat([torch.zeros(1, d), grid.reshape(-1, d)]), g, 6)[1:]
+    by_size = nn.functional.interpolate(grid.permute(2, 0, 1)[None], size=(6, 6), mode="bicubic", align_corners=False)
+    rel = (by_size[0].permute(1, 2, 0).reshape(36, d) - got).norm() / got.norm()
+    assert 0.02 < rel < 0.1, rel
 
 
 def test_native_size_is_bitwise_the_usual_forward():

@@ -119,3 +119,14 @@ def test_command_line(data, tmp_path, capsys):
     assert main(["train", "supervised", "--config", str(y), "--data", str(tmp_path / "nope.csv"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "no such CSV file or folder" in capsys.readouterr().err
+
+
+def test_last_partial_batch_is_dropped_by_default(data, tmp_path):
+    """24 images in batches of 10: the paper's loader gives 2 steps per epoch, not 3."""
+    trainer = SupervisedTrainer(tiny_config("supervised", data, tmp_path / "run", epochs=1, batch_size=10))
+    assert trainer.steps_per_epoch == 2 and trainer.cfg.dropout == 0.1 and not trainer.amp
+    assert sorted(i for batch in trainer.batches.batches(0) for i, _ in batch) != list(range(24))
+    assert all(len(batch) == 10 for batch in trainer.batches.batches(0))
+    kept = SupervisedTrainer(tiny_config("supervised", data, tmp_path / "all", batch_size=10, drop_last=False))
+    assert kept.steps_per_epoch == 3
+    assert SupervisedTrainer(tiny_config("supervised", data, tmp_path / "bf", precision="bf16")).amp

@@ -62,7 +62,9 @@ def test_paper_defaults():
     s = SupervisedConfig()
     assert (s.lr, s.weight_decay, s.batch_size, s.epochs, s.scale, s.bottleneck, s.dropout) == (
         8e-3, 0.01, 128, 1, 0.03, 64, 0.1)
+    assert s.drop_last is True and s.precision == "fp32"
     d = DinoConfig()
+    assert d.dropout == 0.0 and d.drop_last is True and d.precision == "fp32"
     assert (d.scale, d.epochs, d.batch_size, d.lr, d.min_lr, d.warmup_epochs) == (0.1, 10, 40, 8e-4, 2e-6, 2)
     assert (d.weight_decay, d.weight_decay_end, d.clip_grad, d.momentum_teacher) == (0.04, 0.4, 0.3, 0.9998)
     assert (d.warmup_teacher_temp, d.teacher_temp, d.warmup_teacher_temp_epochs, d.student_temp) == (0.04, 0.07, 3, 0.1)

@@ -191,7 +191,7 @@ def feature_arrays(feats: FeatureSet) -> dict[str, np.ndarray]:
 
 
 def synthetic_features(num_classes: int = 10, shots: int = 4, n_val: int = 50, n_test: int = 50,
-                       dim: int = 32, noise: float = 2.5, seed: int = 0) -> FeatureSet:
+                       dim: int = 32, noise: float = 2.5, seed: int = 0, views: int = 3) -> FeatureSet:
     """A random task with class structure, for tests, benchmarks and smoke runs without a model.
 
     Like CLIP features, all images share a common direction (so image-image affinities are high
@@ -199,6 +199,9 @@ def synthetic_features(num_classes: int = 10, shots: int = 4, n_val: int = 50, n
     their own common direction plus the class direction. "Corrected" features see the same noise
     with a stronger class direction, as IMO intends. With the defaults, 100 classes and 16 shots
     give zero-shot ~60% and Tip-Adapter ~70% top-1.
+
+    ``views`` > 0 adds that many per-pass cache views: each key plus zero-mean view noise, so the
+    normalised sum of the views is the key, as for real augmented features; 0 leaves them out.
     """
     rng = np.random.default_rng(seed)
 
@@ -220,4 +223,10 @@ def synthetic_features(num_classes: int = 10, shots: int = 4, n_val: int = 50, n
         key = "cache_keys" if name == "cache" else f"{name}_feats"
         arrays[key], arrays[f"{key}_corrected"] = draw(labels)
         arrays[f"{name}_labels"] = labels.astype(np.int64)
+    if views:
+        view_rng = np.random.default_rng([seed, 1])  # the other arrays do not depend on ``views``
+        jitter = 0.5 * view_rng.standard_normal((views, *arrays["cache_keys"].shape)) / np.sqrt(dim)
+        jitter -= jitter.mean(axis=0)
+        for key in ("cache_keys", "cache_keys_corrected"):
+            arrays[key.replace("keys", "views")] = unit(arrays[key] + jitter, axis=2)
     return validate_features(arrays, "synthetic features")

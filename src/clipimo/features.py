@@ -2,7 +2,9 @@
 
 Work is split into shards of images; each shard's features are cached under a key built from
 everything that determines them (backbone weights identity, adapter file hash, transform,
-augmentation passes and seed, precision, the image list with file sizes and mtimes). A repeated
+augmentation passes and seed, precision, the image list with file sizes and mtimes). Augmented
+features keep their E per-pass views next to the averaged ones, so methods that fit on every view
+never re-encode. A repeated
 call encodes nothing; a killed run resumes at the first unfinished shard. Cache files are written
 atomically, so an interrupted write never leaves a file that loads as valid.
 """
@@ -32,7 +34,7 @@ from .errors import ClipimoError
 from .hub import resolve_adapter
 from .transforms import cache_augmentation, seeded_transform
 
-FEATURE_FORMAT_VERSION = 1
+FEATURE_FORMAT_VERSION = 2  # 2: shards of augmented features hold the per-pass views
 DEFAULT_SHARD_SIZE = 4096
 
 
@@ -49,18 +51,29 @@ def _item_seed(seed: int, pass_index: int, path: str) -> int:
 
 @dataclass
 class ImageFeatures:
-    """L2-normalised features of a list of images; ``corrected`` is None without an adapter."""
+    """L2-normalised features of a list of images; ``corrected`` is None without an adapter.
+
+    With E augmentation passes, ``views``/``views_corrected`` ``[E, N, D]`` hold each pass's
+    feature, L2-normalised; ``original``/``corrected`` are the normalised sums of the unnormalised
+    passes. Without passes (eval transform) the views are None.
+    """
 
     original: torch.Tensor
     corrected: torch.Tensor | None
     labels: torch.Tensor
     paths: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    views: torch.Tensor | None = None
+    views_corrected: torch.Tensor | None = None
 
     @property
     def corrected_or_original(self) -> torch.Tensor:
         """The corrected stream, or the original one where no adapter was used (both streams then agree)."""
         return self.original if self.corrected is None else self.corrected
+
+    @property
+    def views_corrected_or_original(self) -> torch.Tensor | None:
+        return self.views if self.views_corrected is None else self.views_corrected
 
 
 class _Images(Dataset):
@@ -93,13 +106,13 @@ class FeatureExtractor:
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 32,
         num_workers: int | None = None,
-        amp: bool | None = None,
+        precision: str = "fp32",
         progress: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
         strict_backbone: bool = True,
         env: DistEnv | None = None,
     ):
-        """``amp``: bf16 autocast (default: on CUDA only); ``strict_backbone=False`` accepts an adapter
+        """``precision``: "fp32" (the paper) or "bf16" (autocast); ``strict_backbone=False`` accepts an adapter
         file trained on another backbone identity (e.g. the same weights given as a tag and as a file);
         ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
         self.backbone = backbone
@@ -115,7 +128,9 @@ class FeatureExtractor:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.amp = backbone.device.type == "cuda" if amp is None else amp
+        if precision not in ("fp32", "bf16"):
+            raise ClipimoError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.amp = precision == "bf16"
         self.progress = progress
         self.shard_size = shard_size
         self.env = env or DistEnv(device=backbone.device)
@@ -165,7 +180,8 @@ class FeatureExtractor:
         skip_unreadable: bool = False,
         desc: str = "images",
     ) -> ImageFeatures:
-        """Features of ``items``: ``passes=0`` uses the eval transform; ``passes=E`` averages E augmented views.
+        """Features of ``items``: ``passes=0`` uses the eval transform; ``passes=E`` averages E augmented
+        views and keeps each of them (``ImageFeatures.views``).
 
         Unreadable images raise a ClipimoError that lists them, unless ``skip_unreadable`` is set:
         then they are left out and reported in ``ImageFeatures.skipped``.
@@ -224,7 +240,7 @@ class FeatureExtractor:
             )
         adapted = self.adapter_hash is not None
         n = len(items)
-        sums: list[torch.Tensor | None] = [None, None]
+        per_pass: list[torch.Tensor | None] = [None, None]  # [passes, n, D] unnormalised, per stream
         failed: dict[int, str] = {}
         model.eval()
         for p in range(max(passes, 1)):
@@ -246,9 +262,9 @@ class FeatureExtractor:
                         ctx = adapters_enabled(model, on) if on is not None else contextlib.nullcontext()
                         with ctx:
                             f = model.encode_image(x).float().cpu()
-                        if sums[s] is None:
-                            sums[s] = torch.zeros(n, f.shape[1])
-                        sums[s][row : row + len(f)] += f
+                        if per_pass[s] is None:
+                            per_pass[s] = torch.zeros(max(passes, 1), n, f.shape[1])
+                        per_pass[s][p, row : row + len(f)] = f
                     for j in torch.nonzero(~ok).flatten().tolist():
                         failed[row + j] = err[j]
                     row += len(x)
@@ -259,10 +275,14 @@ class FeatureExtractor:
                     f"{len(failed)} image(s) could not be read:\n  {listed}\n(pass --skip-unreadable to leave them out)"
                 )
         keep = torch.tensor([i not in failed for i in range(n)], dtype=torch.bool)
-        original, corrected = (None if t is None else F.normalize(t[keep], dim=-1) for t in sums)
+        original, corrected = (None if t is None else F.normalize(t[:, keep].sum(0), dim=-1) for t in per_pass)
+        views, views_corrected = (None if t is None or not passes else F.normalize(t[:, keep], dim=-1)
+                                  for t in per_pass)
         return ImageFeatures(
             original=original,
             corrected=corrected,
+            views=views,
+            views_corrected=views_corrected,
             labels=torch.tensor([int(it[1]) for it in items], dtype=torch.int64)[keep],
             paths=[it[0] for i, it in enumerate(items) if i not in failed],
             skipped={items[i][0]: msg for i, msg in sorted(failed.items())},
@@ -294,8 +314,9 @@ class FeatureExtractor:
 
 def _write_shard(path: Path, feats: ImageFeatures) -> None:
     tensors = {"original": feats.original, "labels": feats.labels}
-    if feats.corrected is not None:
-        tensors["corrected"] = feats.corrected
+    for name in ("corrected", "views", "views_corrected"):
+        if getattr(feats, name) is not None:
+            tensors[name] = getattr(feats, name)
     _io.write_safetensors(path, tensors, "clipimo", {"paths": feats.paths, "skipped": feats.skipped})
 
 
@@ -307,16 +328,24 @@ def _read_shard(path: Path) -> ImageFeatures:
         labels=tensors["labels"],
         paths=meta["paths"],
         skipped=meta["skipped"],
+        views=tensors.get("views"),
+        views_corrected=tensors.get("views_corrected"),
     )
 
 
 def _concat(parts: list[ImageFeatures]) -> ImageFeatures:
     if len(parts) == 1:
         return parts[0]
-    corrected = None if parts[0].corrected is None else torch.cat([p.corrected for p in parts])
+    def cat(name: str, dim: int = 0) -> torch.Tensor | None:
+        if getattr(parts[0], name) is None:
+            return None
+        return torch.cat([getattr(p, name) for p in parts], dim=dim)
+
     return ImageFeatures(
-        original=torch.cat([p.original for p in parts]),
-        corrected=corrected,
+        original=cat("original"),
+        corrected=cat("corrected"),
+        views=cat("views", 1),
+        views_corrected=cat("views_corrected", 1),
         labels=torch.cat([p.labels for p in parts]),
         paths=[x for p in parts for x in p.paths],
         skipped={k: v for p in parts for k, v in p.skipped.items()},

@@ -108,6 +108,8 @@ def cell_features(
     arrays["cache_labels"], arrays["val_labels"], arrays["test_labels"] = (
         f.labels.numpy() for f in (keys, val, test)
     )
+    arrays["cache_views"] = keys.views.numpy()
+    arrays["cache_views_corrected"] = keys.views_corrected_or_original.numpy()
     arrays["logit_scale"], arrays["logit_bias"] = map(np.array, extractor.backbone.logit_scale_bias)
     return validate_features(arrays, f"features of {label}"), record
 

@@ -6,7 +6,8 @@ import json
 
 from .._io import write_json
 from ..data.check import OK, MISSING, check_datasets, format_report
-from ..data.openimages import build_open_images_subset
+from ..data.openimages import build_open_images_subset, convert_paper_list
+from ..errors import ClipimoError
 from ..data.registry import DATASETS, get_spec
 
 
@@ -25,17 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=run_check)
 
     oi = sub.add_parser(
-        "openimages", help="pick N classes x M images from local Open Images metadata into a CSV",
+        "openimages", help="write the path,label training CSV from the paper's Open Images list, or pick "
+                           "N classes x M images from local Open Images metadata",
     )
-    oi.add_argument("--class-descriptions", required=True,
-                    help="class-descriptions CSV (LabelName,DisplayName; header optional)")
-    oi.add_argument("--labels", required=True,
-                    help="image-level labels CSV (ImageID,Source,LabelName,Confidence)")
-    oi.add_argument("--images", required=True, help="folder of <ImageID>.jpg files")
+    oi.add_argument("--list", help="the paper's list: CSV with columns ImageID, DisplayName, type "
+                                   "(instead of --class-descriptions/--labels/--classes/--per-class)")
+    oi.add_argument("--skip-missing", action="store_true",
+                    help="with --list: leave out listed images without a file (recorded in the summary) instead of failing")
+    oi.add_argument("--class-descriptions", help="class-descriptions CSV (LabelName,DisplayName; header optional)")
+    oi.add_argument("--labels", help="image-level labels CSV (ImageID,Source,LabelName,Confidence)")
+    oi.add_argument("--images", required=True, help="folder of <ImageID>.jpg files (or <type>/<ImageID>.jpg with --list)")
     oi.add_argument("--out", required=True, help="CSV to write (path,label)")
-    oi.add_argument("--classes", type=int, required=True, help="number of classes N")
-    oi.add_argument("--per-class", type=int, required=True, help="images per class M")
+    oi.add_argument("--classes", type=int, help="number of classes N")
+    oi.add_argument("--per-class", type=int, help="images per class M")
     oi.add_argument("--seed", type=int, default=0)
+    oi.add_argument("--json", metavar="OUT", help="also write the summary (with any skipped images) as JSON")
     oi.set_defaults(func=run_openimages)
 
 
@@ -52,9 +57,23 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_openimages(args: argparse.Namespace) -> int:
-    summary = build_open_images_subset(
-        args.class_descriptions, args.labels, args.images, args.out,
-        n_classes=args.classes, images_per_class=args.per_class, seed=args.seed,
-    )
+    subset = {"--class-descriptions": args.class_descriptions, "--labels": args.labels,
+              "--classes": args.classes, "--per-class": args.per_class}
+    if args.list:
+        given = [flag for flag, value in subset.items() if value is not None]
+        if given:
+            raise ClipimoError(f"--list takes the paper's list as it is: drop {', '.join(given)}")
+        summary = convert_paper_list(args.list, args.images, args.out, skip_missing=args.skip_missing)
+    else:
+        absent = [flag for flag, value in subset.items() if value is None]
+        if absent or args.skip_missing:
+            raise ClipimoError("give either --list (the paper's list) or all of "
+                               f"{', '.join(subset)}" + (f"; missing {', '.join(absent)}" if absent else ""))
+        summary = build_open_images_subset(
+            args.class_descriptions, args.labels, args.images, args.out,
+            n_classes=args.classes, images_per_class=args.per_class, seed=args.seed,
+        )
+    if args.json:
+        write_json(args.json, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "classes"}, indent=2))
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from .. import _io
 from ..backbone import RANDOM_INIT_WARNING, load_clip
 from ..data.generic import read_csv_list, read_image_folder
 from ..distributed import setup_distributed
+from ..errors import ClipimoError
 from ..features import DEFAULT_SHARD_SIZE, FeatureExtractor
 
 
@@ -27,8 +29,8 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
     parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="feature precision: auto = bf16 autocast on CUDA, fp32 on CPU (part of the cache key)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32 (default, as the paper) or bf16 autocast (faster on GPUs); part of the cache key and recorded")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
@@ -36,9 +38,13 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
-    """The extractor the flags describe; under torchrun (WORLD_SIZE > 1) it joins the process group,
-    takes GPU LOCAL_RANK, and splits the cache shards across ranks."""
+def make_extractor(args: argparse.Namespace, distributed: bool = False) -> FeatureExtractor:
+    """The extractor the flags describe. With ``distributed`` (commands whose rank 0 alone writes the
+    output), under torchrun (WORLD_SIZE > 1) it joins the process group, takes GPU LOCAL_RANK and
+    splits the cache shards across ranks; other commands refuse torchrun."""
+    if not distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ClipimoError(f"clipimo {args.command} runs as one process; under torchrun use `clipimo features` or "
+                           "`clipimo run` to fill the feature cache, then run this command once")
     env = setup_distributed(args.device)
     backbone = load_clip(args.model, args.pretrained, device=env.device)
     if backbone.random_init and env.is_main:
@@ -49,7 +55,7 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        amp={"auto": None, "fp32": False, "bf16": True}[args.precision],
+        precision=args.precision,
         progress=not args.no_progress,
         strict_backbone=not args.allow_backbone_mismatch,
         shard_size=args.shard_size,
@@ -60,8 +66,10 @@ def make_extractor(args: argparse.Namespace) -> FeatureExtractor:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="encode images into original and corrected features (.npz)")
     p.add_argument("--images", required=True, help="CSV list (path,label) or ImageFolder tree")
-    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, logit_scale, logit_bias, meta)")
-    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views (cache keys use 10)")
+    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, logit_scale, logit_bias, "
+                                                "meta; with --passes also views, views_corrected [E, N, D])")
+    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views and keep "
+                                                         "each (cache keys use 10)")
     p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
     add_backbone_args(p)
     add_extractor_args(p)
@@ -71,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     source = Path(args.images)
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
-    extractor = make_extractor(args)
+    extractor = make_extractor(args, distributed=True)
     try:
         feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
     finally:
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter_sha256": extractor.adapter_hash,
+        "precision": extractor.precision,
         "passes": args.passes,
         "seed": args.seed if args.passes else None,
         "classnames": classnames,
@@ -91,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
     scale, bias = extractor.backbone.logit_scale_bias
     arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta)),
               "logit_scale": np.array(scale), "logit_bias": np.array(bias)}
-    if feats.corrected is not None:
-        arrays["feats_corrected"] = feats.corrected.numpy()
+    for key, value in (("feats_corrected", feats.corrected), ("views", feats.views),
+                       ("views_corrected", feats.views_corrected)):
+        if value is not None:
+            arrays[key] = value.numpy()
     with _io.atomic_path(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)

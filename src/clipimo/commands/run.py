@@ -75,7 +75,7 @@ def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cfg = RunConfig(**grid_options(args, parser), skip_unreadable=args.skip_unreadable)
-    extractor = make_extractor(args)
+    extractor = make_extractor(args, distributed=True)
     if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
         try:
             encode_cells(cfg, extractor, args.out)

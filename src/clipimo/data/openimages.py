@@ -119,3 +119,67 @@ def build_open_images_subset(
         "eligible_classes": len(eligible),
         "classes": [{"label_name": label, "display_name": names[label]} for label, _ in chosen],
     }
+
+
+PAPER_LIST_COLUMNS = ("ImageID", "DisplayName", "type")
+
+
+def _image_file(image_dir: Path, image_id: str, kind: str) -> Path | None:
+    """``<image_dir>/<ImageID>.jpg``, or ``<image_dir>/<type>/<ImageID>.jpg`` (images kept per
+    Open Images split); None when neither exists."""
+    candidates = [image_dir / f"{image_id}.jpg"] + ([image_dir / kind / f"{image_id}.jpg"] if kind else [])
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def convert_paper_list(list_csv: str | os.PathLike, image_dir: str | os.PathLike, out_csv: str | os.PathLike,
+                       skip_missing: bool = False) -> dict:
+    """The paper's Open Images list (CSV with columns ``ImageID, DisplayName, type``) as the
+    ``path,label`` CSV the trainers read (label = display name, paths relative to the CSV's folder).
+
+    Every ImageID needs ``<image_dir>/<ImageID>.jpg`` (or ``<image_dir>/<type>/<ImageID>.jpg``);
+    missing ones are listed in one error unless ``skip_missing``, which leaves them out and lists
+    them in the returned summary.
+    """
+    list_csv, image_dir = Path(list_csv), Path(image_dir).resolve()
+    if not list_csv.is_file():
+        raise ClipimoError(f"{list_csv}: Open Images list not found (expected columns {', '.join(PAPER_LIST_COLUMNS)})")
+    if not image_dir.is_dir():
+        raise ClipimoError(f"{image_dir}: image folder not found (expected <ImageID>.jpg files)")
+    with open(list_csv, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, skipinitialspace=True)
+        fields = [f.strip() for f in reader.fieldnames or []]
+        if not set(PAPER_LIST_COLUMNS) <= set(fields):
+            raise ClipimoError(f"{list_csv}: expected columns {', '.join(PAPER_LIST_COLUMNS)}, got {fields}")
+        reader.fieldnames = fields
+        rows = [(r["ImageID"].strip(), r["DisplayName"].strip(), (r["type"] or "").strip()) for r in reader]
+    empty = [line for line, (image_id, name, _) in enumerate(rows, start=2) if not image_id or not name]
+    if not rows or empty:
+        raise ClipimoError(f"{list_csv}: " + (f"empty ImageID or DisplayName on line(s) {empty[:5]}" if rows
+                                              else "no rows below the header"))
+    out_csv = Path(out_csv).resolve()
+    found, missing = [], []
+    for image_id, name, kind in rows:
+        path = _image_file(image_dir, image_id, kind)
+        if path is None:
+            missing.append(image_id)
+        else:
+            found.append((Path(os.path.relpath(path, out_csv.parent)).as_posix(), name))
+    if missing and not skip_missing:
+        shown = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise ClipimoError(f"{list_csv}: {len(missing)} listed image(s) have no <ImageID>.jpg in {image_dir}:\n"
+                           f"  {shown}\n(pass --skip-missing to leave them out; the output records them)")
+    if not found:
+        raise ClipimoError(f"{list_csv}: none of the {len(rows)} listed images is in {image_dir}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    writer.writerows(found)
+    write_text(out_csv, buffer.getvalue())
+    return {
+        "csv": str(out_csv),
+        "source_list": str(list_csv.resolve()),
+        "n_images": len(found),
+        "n_classes": len({name for _, name in found}),
+        "skip_missing": skip_missing,
+        "missing_skipped": missing,
+    }

@@ -24,6 +24,7 @@ class DatasetSpec:
     kind: str
     image_dir: str = ""                # image folder inside the dataset folder
     split_files: tuple[str, ...] = ()  # accepted split file names (ZHOU), first = preferred
+    packaged_split: bool = False       # ZHOU: split_files[0] ships gzipped in clipimo/data/paper_splits
     counts: dict[str, int] | None = None
     aliases: tuple[str, ...] = ()
     class_folders: str = "wnid"        # SHIFT: class sub-folders are "wnid"s or ImageNet "index"es
@@ -47,10 +48,12 @@ class DatasetSpec:
         alt = f"   (also accepted: {', '.join(self.dirnames[1:])})" if len(self.dirnames) > 1 else ""
         if self.kind == ZHOU:
             image_dir = f"{base}/{self.image_dir}" if self.image_dir else base
+            shipped = " (the paper's split, shipped with clipimo; a copy here takes precedence)" if self.packaged_split else ""
             return (
                 f"{base}/{alt}\n"
                 f"  {self.split_files[0]}  "
-                '{"train"|"val"|"test": [[relpath, label, classname], ...]}\n'
+                '{"train"|"val"|"test": [[relpath, label, classname], ...]}'
+                f"{shipped}\n"
                 f"  images at {image_dir}/<relpath>"
             )
         if self.kind == AIRCRAFT:
@@ -94,6 +97,16 @@ def _zhou(name: str, dirname: str, image_dir: str, split_name: str, num_classes:
     )
 
 
+def _paper(name: str, dirname: str, image_dir: str, split_name: str, num_classes: int,
+           counts: tuple[int, int, int], *aliases: str) -> DatasetSpec:
+    """A dataset evaluated on the paper's own split (``split_alexey_<name>.json``, shipped gzipped)."""
+    return DatasetSpec(
+        name=name, dirnames=(dirname,), num_classes=num_classes, templates=(SINGLE_TEMPLATES[name],),
+        kind=ZHOU, image_dir=image_dir, split_files=(f"split_alexey_{split_name}.json",),
+        counts=dict(zip(("train", "val", "test"), counts)), aliases=aliases, packaged_split=True,
+    )
+
+
 def _shift(name: str, dirname: str, image_dir: str, num_classes: int, test_count: int,
            class_folders: str, *aliases: str) -> DatasetSpec:
     return DatasetSpec(
@@ -103,8 +116,8 @@ def _shift(name: str, dirname: str, image_dir: str, num_classes: int, test_count
     )
 
 
-# Counts: the CoOp split sizes (train, val, test). CUB, StanfordDogs and PlantDoc have no
-# standard CoOp split, so only their class counts are checked.
+# Counts: the CoOp split sizes (train, val, test); for CUB, StanfordDogs and PlantDoc those of
+# the paper's own splits.
 _SPECS = (
     DatasetSpec(
         name="ImageNet", dirnames=("imagenet",), num_classes=1000, templates=IMAGENET_TEMPLATES,
@@ -128,9 +141,9 @@ _SPECS = (
           "dtd", "textures"),
     _zhou("EuroSAT", "eurosat", "2750", "EuroSAT", 10, (13500, 5400, 8100)),
     _zhou("UCF101", "ucf101", "UCF-101-midframes", "UCF101", 101, (7639, 1898, 3783), "ucf"),
-    _zhou("CUB", "cub", "images", "CUB", 200, None, "cub200", "birds"),
-    _zhou("StanfordDogs", "stanford_dogs", "images", "StanfordDogs", 120, None, "dogs"),
-    _zhou("PlantDoc", "plantdoc", "images", "PlantDoc", 27, None),
+    _paper("CUB", "cub", "images", "cub", 200, (3605, 3503, 4680), "cub200", "birds"),
+    _paper("StanfordDogs", "stanford_dogs", "Images", "stanford_dogs", 120, (6122, 6122, 8336), "dogs"),
+    _paper("PlantDoc", "plantdoc", "all_images", "plantdoc", 27, (515, 515, 1546)),
     _shift("ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", 1000, 10000,
            "index", "imagenet-v2"),
     _shift("ImageNetSketch", "imagenet-sketch", "images", 1000, 50889, "wnid", "sketch"),

@@ -1,12 +1,14 @@
 """GDA (Wang et al., ICLR 2024): Gaussian discriminant analysis on the support set, added to zero-shot.
 
-Class means ``mu_c`` and one covariance shared by all classes, from the support (cache) features.
+Class means ``mu_c`` and one covariance shared by all classes, fitted (as the official code does)
+on every augmented view of the support set: the ``E x N`` per-pass features ``cache_views``, not
+their averaged keys. A features file without views is an error, never a silent fallback.
 The precision is the paper's closed-form shrinkage estimate (its released code),
-``D * pinv(S + tr(S) / (N - 1) * I)`` with ``S`` the scatter of the class-centred supports, i.e.
+``D * pinv(S + tr(S) / (n - 1) * I)`` with ``S`` the scatter of the class-centred views, i.e.
 the inverse of a covariance shrunk toward a scaled identity: well conditioned even with far fewer
 supports than dimensions. Uniform prior. Linear classifier ``w_c = P mu_c``,
 ``b_c = log(1/C) - mu_c^T P mu_c / 2``; logits ``Z + alpha * (f w + b)`` with alpha searched on val
-over :data:`GDA_ALPHAS` (ties to the first). The IMO variant uses corrected support and query
+over :data:`GDA_ALPHAS` (the first best wins). The IMO variant uses corrected support and query
 features for the GDA term; ``Z`` always uses original features.
 """
 from __future__ import annotations
@@ -21,12 +23,13 @@ from ..errors import ClipimoError
 from ..search import affine_logits, count_correct, first_best
 from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
 
-# The paper's search values: 1e-4 ... 1e4.
-GDA_ALPHAS = np.array([10.0 ** i for i in range(-4, 5)])
+# The official search values: 1e-4 ... 100.
+GDA_ALPHAS = np.array([1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0])
 
 
 def fit_gda(keys: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights ``[D, C]`` and bias ``[C]`` (float32), fitted in float64 for a stable inverse."""
+    """Weights ``[D, C]`` and bias ``[C]`` (float32) from features ``[n, D]`` with ``labels`` ``[n]``,
+    fitted in float64 for a stable inverse."""
     counts = torch.bincount(labels, minlength=num_classes)
     if bool((counts == 0).any()):
         empty = torch.nonzero(counts == 0).squeeze(1).tolist()
@@ -46,6 +49,13 @@ def fit_gda(keys: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple
     return weight.float(), bias.float()
 
 
+def fit_on_views(problem: Problem, corrected: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fit_gda`` on all ``E x N`` cache views of one stream (each view keeps its image's label)."""
+    views = problem.views(corrected, "gda-imo" if corrected else "gda")
+    return fit_gda(views.reshape(-1, views.shape[-1]), problem.cache_labels.repeat(views.shape[0]),
+                   problem.num_classes)
+
+
 def _terms(problem: Problem, split: Split, corrected: bool, weight, bias, chunk_rows):
     width = max(problem.text_weights.shape)
     for rows in chunks(split.labels.shape[0], width, chunk_rows):
@@ -55,8 +65,8 @@ def _terms(problem: Problem, split: Split, corrected: bool, weight, bias, chunk_
 
 def logits(problem: Problem, split: Split, corrected: bool, alpha: float, fitted: tuple | None = None,
            chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(rows, Z + alpha * GDA)`` chunks; ``fitted`` is ``fit_gda``'s output when already at hand."""
-    weight, bias = fitted or fit_gda(problem.keys(corrected), problem.cache_labels, problem.num_classes)
+    """``(rows, Z + alpha * GDA)`` chunks; ``fitted`` is ``fit_on_views``'s output when already at hand."""
+    weight, bias = fitted or fit_on_views(problem, corrected)
     for rows, z, g in _terms(problem, split, corrected, weight, bias, chunk_rows):
         yield rows, affine_logits(z, g, alpha)
 
@@ -64,7 +74,7 @@ def logits(problem: Problem, split: Split, corrected: bool, alpha: float, fitted
 def run(problem: Problem, corrected: bool = False, alphas: np.ndarray = GDA_ALPHAS,
         chunk_rows: int | None = None) -> MethodResult:
     """Search alpha on val; hparams ``{"alpha"}``."""
-    weight, bias = fit_gda(problem.keys(corrected), problem.cache_labels, problem.num_classes)
+    weight, bias = fit_on_views(problem, corrected)
     counts = torch.zeros(len(alphas), dtype=torch.long, device=weight.device)
     for rows, z, g in _terms(problem, problem.val, corrected, weight, bias, chunk_rows):
         counts += count_correct(z, g, problem.val.labels[rows], alphas)[:, 0]

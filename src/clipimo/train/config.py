@@ -49,11 +49,11 @@ class TrainConfig:
     drop_last: bool = _f(False, "drop the last incomplete global batch of each epoch")
     bottleneck: int = _f(64, "adapter bottleneck width r")
     scale: float = _f(0.03, "adapter output scale s")
-    dropout: float = _f(0.1, "adapter dropout (train mode only)")
+    dropout: float = _f(0.1, "adapter dropout (train mode only; recorded in the adapter file)")
     init: str = _f("lora", "adapter init", choices=("lora", "zero"))
     workers: int | None = _f(None, "DataLoader workers per process (default: 0 on CPU, min(8, cores/processes - 1) on GPU)")
-    amp: str = _f("auto", "mixed precision: auto (bf16 autocast on CUDA, off on CPU), bf16, off",
-                  choices=("auto", "bf16", "off"))
+    precision: str = _f("fp32", "fp32 (the paper) or bf16 (autocast, faster on GPUs; recorded in the run)",
+                        choices=("fp32", "bf16"))
     checkpoint_every: int = _f(200, "write a checkpoint every N steps (and at every epoch end); 0: epoch ends only")
     keep_checkpoints: int = _f(2, "how many step checkpoints to keep")
     max_steps: int | None = _f(None, "stop (with a checkpoint, no export) once this many steps are done; "
@@ -78,6 +78,8 @@ class TrainConfig:
 class SupervisedConfig(TrainConfig):
     """§4 supervised: Linear head on the projected image embedding, CE, AdamW(wd 0.01), lr 8e-3, batch 128, 1 epoch."""
 
+    drop_last: bool = _f(True, "drop the last incomplete global batch of each epoch (as the paper's loader)")
+
     method = "supervised"
 
 
@@ -97,6 +99,8 @@ class DinoConfig(TrainConfig):
                                  "original code); global: torch clip_grad_norm_ over all", choices=("param", "global"))
     drop_last: bool = _f(True, "drop the last incomplete global batch of each epoch")
     scale: float = _f(0.1, "adapter output scale s")
+    dropout: float = _f(0.0, "adapter dropout: 0 because the paper's DINO student never entered train mode, "
+                             "so its adapter dropout never fired")
     momentum_teacher: float = _f(0.9998, "teacher EMA momentum at the start (cosine to 1 per step)")
     teacher_temp: float = _f(0.07, "teacher temperature after warm-up")
     warmup_teacher_temp: float = _f(0.04, "teacher temperature at the start")

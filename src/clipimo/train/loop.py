@@ -278,7 +278,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or setup_distributed(cfg.device)
         self.device = self.env.device
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.amp = cfg.precision == "bf16"
         self.out = Path(cfg.out)
         self.items, self.classnames = load_training_items(cfg.data, self.need_labels)
         self.backbone = backbone or load_clip(cfg.model, cfg.pretrained, device=self.device)

@@ -30,8 +30,11 @@ def interpolate_pos_embed(
 
     Prefix rows (the class token; any count) are kept unchanged; the patch rows are treated as a
     ``width``-channel image of the old grid and resized with bicubic interpolation
-    (``align_corners=False``, no antialiasing, as DINO does), computed in float32. At the same grid
-    the input tensor itself is returned.
+    (``align_corners=False``, no antialiasing), computed in float32. As in DINO and the paper's
+    code, the resize is given as ``scale_factor = (new + 0.1) / old`` per axis, not as a target
+    size: the output still has ``new`` rows per axis, but source positions are spaced by
+    ``old / (new + 0.1)`` instead of ``old / new`` (2-10% apart at 14 -> 6). At the same grid the
+    input tensor itself is returned.
     """
     old_grid, new_grid = _pair(old_grid), _pair(new_grid)
     if min(new_grid) < 1:
@@ -47,7 +50,8 @@ def interpolate_pos_embed(
     prefix, grid = pos[:n_prefix], pos[n_prefix:]
     width = pos.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], width).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    scale = tuple((n + 0.1) / o for n, o in zip(new_grid, old_grid))
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], width).to(pos.dtype)
     out = torch.cat([prefix, grid], dim=0)
     return out.unsqueeze(0) if squeeze else out
