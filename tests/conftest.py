@@ -52,6 +52,29 @@ def make_images(folder, n: int, n_classes: int = 3, size: int = 40, seed: int = 
     return items
 
 
+def make_task(root):
+    """``root/task``: a 3-class custom task (train/val/test ImageFolder trees of 4/2/3 images per
+    class) and ``root/adapter.safetensors``: a random non-zero adapter for the tiny model."""
+    import torch
+
+    from clipimo import add_adapters, load_clip, save_adapters
+
+    for split, n in (("train", 4), ("val", 2), ("test", 3)):
+        for label, name in enumerate(["red", "green", "blue"]):
+            items = make_images(root / "raw" / split / name, 3 * n, seed=10 * label + len(split))
+            (root / "task" / split / name).mkdir(parents=True, exist_ok=True)
+            for i, it in enumerate(items):
+                if it.label == label:
+                    (root / "task" / split / name / f"{i}.png").write_bytes(open(it.path, "rb").read())
+    bb = load_clip(TINY)
+    add_adapters(bb.model)
+    with torch.no_grad():
+        for block in bb.model.visual.transformer.resblocks:
+            block.adapter.up.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    save_adapters(bb.model, root / "adapter.safetensors")
+    return root
+
+
 @pytest.fixture()
 def images(tmp_path):
     return make_images(tmp_path / "imgs", 10)

@@ -17,6 +17,7 @@ from clipimo import add_adapters, load_clip, save_adapters
 from clipimo import diagnostics as dg
 from clipimo import plots
 from clipimo.backbone import RANDOM_INIT_WARNING
+from clipimo import log
 from clipimo.commands import features as features_cmd
 from clipimo.commands import overlap as overlap_cmd
 from clipimo.errors import ClipimoError
@@ -198,6 +199,7 @@ def test_overlap_figure_is_a_valid_png(tmp_path):
 # ---- clipimo overlap ---------------------------------------------------------------------------
 
 def cli(argv):
+    log.configure()  # as clipimo.cli.main does: messages to this test's stderr
     parser = argparse.ArgumentParser(prog="clipimo")
     sub = parser.add_subparsers(dest="command", required=True)
     overlap_cmd.register(sub)
@@ -236,8 +238,9 @@ def test_cli_overlap_on_images_with_adapter_and_on_its_features_file(tmp_path, i
               "--workers", "0", "--no-progress"]
     out = tmp_path / "ov"
     assert cli(["overlap", "--images", str(image_tree), "--out", str(out)] + common) == 0
-    printed = capsys.readouterr().out
-    assert RANDOM_INIT_WARNING in printed and "original" in printed and "corrected" in printed
+    printed = capsys.readouterr()
+    assert RANDOM_INIT_WARNING in printed.err and RANDOM_INIT_WARNING not in printed.out
+    assert "original" in printed.out and "corrected" in printed.out
     rec = json.loads((out / "overlap.json").read_text())
     assert rec["random_init"] is True and rec["adapter"]["sha256"] and rec["backbone"]["model"] == TINY
     assert rec["n_items"] == 12 and rec["n_classes"] == 3
@@ -314,7 +317,7 @@ def test_cli_overlap_on_section8_features_file(tmp_path, capsys):
     assert rec["original"]["overlap"] == 0.0 and rec["corrected"]["overlap"] == 0.0
     assert rec["original"]["paired_mean_sim"] == pytest.approx(0.735, abs=1e-5)
     assert rec["corrected"]["unpaired_mean_sim"] == pytest.approx(0.015, abs=1e-5)
-    assert "not record" in capsys.readouterr().out
+    assert "not record" in capsys.readouterr().err
     assert_png(tmp_path / "o" / "overlap.png")
     assert cli(["overlap", "--features", str(npz), "--out", str(tmp_path / "t")]) == 0  # default: test
     assert json.loads((tmp_path / "t" / "overlap.json").read_text())["source"]["split"] == "test"

@@ -159,7 +159,8 @@ def test_features_cli(tmp_path, images, adapter_file, capsys):
     rc = main(["features", "--model", TINY, "--images", str(csv), "--out", str(out), "--adapter", str(adapter_file),
                "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"])
     assert rc == 0
-    assert "RANDOM-INIT" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "RANDOM-INIT" in printed.err and "RANDOM-INIT" not in printed.out
     with np.load(out, allow_pickle=False) as z:
         assert z["feats"].shape == z["feats_corrected"].shape == (10, 64)
         assert (float(z["logit_scale"]), float(z["logit_bias"])) == (100.0, 0.0)  # CLIP: METHOD.md's Z = 100 f W

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clipimo import diagnostics as dg
-from clipimo import plots
+from clipimo import log, plots
 from clipimo.backbone import RANDOM_INIT_WARNING
 from clipimo.commands import overlap as overlap_cmd
 from clipimo.commands import report as report_cmd
@@ -87,6 +87,7 @@ def table_row(text: str, first_cell: str, after: str) -> list[str]:
 
 
 def cli(argv):
+    log.configure()  # as clipimo.cli.main does: messages to this test's stderr
     parser = argparse.ArgumentParser(prog="clipimo")
     sub = parser.add_subparsers(dest="command", required=True)
     report_cmd.register(sub)
@@ -194,8 +195,8 @@ def test_cli_report_with_overlap_figures(tmp_path, capsys):
     out = tmp_path / "rep"
     assert cli(["report", "--results", str(res_path), "--overlap", str(tmp_path / "ov" / "overlap.json"),
                 "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "WARNING" in printed and "report.md" in printed
+    printed = capsys.readouterr()
+    assert "WARNING" in printed.err and "report.md" in printed.out
     text = (out / "report.md").read_text()
     assert "## Intra-modal overlap" in text and "| original |" in text and "| change |" in text
     ov = json.loads((tmp_path / "ov" / "overlap.json").read_text())

@@ -2,33 +2,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from clipimo import add_adapters, load_clip, save_adapters
 from clipimo.cli import main
 from clipimo.errors import ClipimoError
 
-from conftest import TINY, make_images
+from conftest import TINY, make_task
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """A 3-class custom task (train/val/test ImageFolder trees) and a random non-zero adapter."""
-    root = tmp_path_factory.mktemp("task")
-    for split, n in (("train", 4), ("val", 2), ("test", 3)):
-        for label, name in enumerate(["red", "green", "blue"]):
-            items = make_images(root / "raw" / split / name, 3 * n, seed=10 * label + len(split))
-            (root / "task" / split / name).mkdir(parents=True, exist_ok=True)
-            for i, it in enumerate(items):
-                if it.label == label:
-                    (root / "task" / split / name / f"{i}.png").write_bytes(open(it.path, "rb").read())
-    bb = load_clip(TINY)
-    add_adapters(bb.model)
-    with torch.no_grad():
-        for block in bb.model.visual.transformer.resblocks:
-            block.adapter.up.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    save_adapters(bb.model, root / "adapter.safetensors")
-    return root
+    return make_task(tmp_path_factory.mktemp("task"))
 
 
 def _args(task, out, *extra):
@@ -40,7 +23,8 @@ def _args(task, out, *extra):
 def test_run_writes_tables_and_resumes(task, tmp_path, capsys):
     out = tmp_path / "res"
     assert main(_args(task, out)) == 0
-    assert "RANDOM-INIT" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert printed.err.count("RANDOM-INIT") == 1 and "RANDOM-INIT" not in printed.out
     results = json.loads((out / "results.json").read_text())
     assert len(results["cells"]) == 4 and results["meta"]["random_init"] is True
     for cell in results["cells"]:
@@ -102,7 +86,8 @@ def test_saved_cell_features_carry_provenance_and_evaluate_warns(task, tmp_path,
     capsys.readouterr()
     assert main(["evaluate", "--features", str(npz), "--methods", "zs,tip,gda,gda-imo",
                  "--json", str(tmp_path / "e.json")]) == 0
-    assert "RANDOM-INIT" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert printed.err.count("RANDOM-INIT") == 1 and "RANDOM-INIT" not in printed.out
     cell = json.loads(next((out / "cells").glob("*.json")).read_text())
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert all(evaluated[m] == cell["methods"][m] for m in ("tip", "gda", "gda-imo"))

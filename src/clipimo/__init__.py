@@ -1,19 +1,27 @@
-"""clipimo: training-free few-shot CLIP adaptation with intra-modal overlap correction (IMO)."""
+"""clipimo: training-free few-shot CLIP adaptation with intra-modal overlap correction (IMO).
+
+Top-level names are imported on first use, so ``import clipimo`` (and ``clipimo --help``) does
+not load torch or open_clip.
+"""
+from ._lazy import lazy_exports
+
 __version__ = "0.1.0"
 
-from .adapter import adapters_enabled, add_adapters, load_adapters, save_adapters
-from .backbone import Backbone, load_clip
-from .data.items import LabelledImage
-from .features import FeatureExtractor, ImageFeatures
-
-__all__ = [
-    "Backbone",
-    "FeatureExtractor",
-    "ImageFeatures",
-    "LabelledImage",
-    "adapters_enabled",
-    "add_adapters",
-    "load_adapters",
-    "load_clip",
-    "save_adapters",
-]
+_EXPORTS = {
+    "Backbone": "backbone",
+    "load_clip": "backbone",
+    "adapters_enabled": "adapter",
+    "add_adapters": "adapter",
+    "load_adapters": "adapter",
+    "save_adapters": "adapter",
+    "LabelledImage": "data.items",
+    "FeatureExtractor": "features",
+    "ImageFeatures": "features",
+    "Classifier": "classifier",
+    "load_classifier": "classifier",
+    "evaluate_task": "api",
+    "task_features": "api",
+    "load_results": "api",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

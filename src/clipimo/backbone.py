@@ -26,12 +26,9 @@ from torch import nn
 
 from . import _io, hub, tiny_timm
 from .errors import ClipimoError
+from .log import RANDOM_INIT_WARNING  # noqa: F401  (re-exported: clipimo.backbone.RANDOM_INIT_WARNING)
 
 RANDOM_INIT_SEED = 0
-RANDOM_INIT_WARNING = (
-    "RANDOM-INIT BACKBONE: no pretrained CLIP weights were loaded, so every number below is "
-    "meaningless as a measure of the method (pass --pretrained TAG_OR_FILE for real results)."
-)
 _NONE_VALUES = {None, "", "none", "None", "random"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _BUNDLED_CONFIGS = "model_configs"

@@ -1,6 +1,8 @@
 """clipimo: few-shot CLIP adaptation with intra-modal overlap correction (IMO).
 
-Each subcommand lives in ``clipimo.commands.<name>`` and registers itself.
+Each subcommand lives in ``clipimo.commands.<name>`` and registers itself. Command modules import
+their library code inside their run functions, so building the parser (``--help``, ``--version``)
+loads neither torch nor open_clip.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from . import __version__, log
 from .errors import ClipimoError
 
 # Each module defines ``register(subparsers)`` which adds one (or a group of) subcommand(s)
@@ -20,11 +22,33 @@ COMMAND_MODULES = [
     "evaluate",
     "features",
     "overlap",
+    "predict",
     "report",
     "run",
     "shift",
     "train",
 ]
+
+
+def add_output_args(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """-q/-v/--progress, accepted before or after the command name (a flag after it wins)."""
+    count_default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-q", "--quiet", action="count", default=count_default,
+                        help="only warnings and errors on stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=count_default,
+                        help="also debug messages on stderr")
+    if "--progress" not in parser._option_string_actions:  # train has its own --progress/--no-progress
+        parser.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
+                            help="progress bars even when stderr is not a terminal (default: only on a terminal)")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,14 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clipimo {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    add_output_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"clipimo.commands.{name}").register(sub)
+    for leaf in _leaf_parsers(parser):
+        if leaf is not parser:
+            add_output_args(leaf)
     return parser
+
+
+def progress_setting(args: argparse.Namespace) -> bool | None:
+    """True with --progress, False with --no-progress, else None: tqdm decides (bars on a terminal only)."""
+    if getattr(args, "no_progress", False):
+        return False
+    return getattr(args, "progress", None)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log.configure(args.verbose - args.quiet)
     try:
         return int(args.func(args) or 0)
     except (ClipimoError, FileNotFoundError, ValueError) as err:

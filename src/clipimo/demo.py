@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from . import _io
-from .backbone import RANDOM_INIT_WARNING, load_clip
+from .backbone import load_clip
 from .data import load_custom_dataset
 from .diagnostics import compare_streams
 from .errors import ClipimoError
 from .features import FeatureExtractor
+from .log import logger, warn_random_init
 from .methods import METHODS
 from .report import build_report, overlap_file_record, write_overlap
 from .runner import RunConfig, run_experiment
@@ -136,7 +137,7 @@ def run_demo(
     device: str = "cpu",
     settings: DemoSettings | None = None,
     workers: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """Train an adapter on the pool, evaluate every method on the task, diagnose, report.
 
@@ -148,18 +149,18 @@ def run_demo(
     pretrained = pretrained or os.environ.get("CLIPIMO_PRETRAINED") or None
     model = model or os.environ.get("CLIPIMO_MODEL") or ("ViT-B-16" if pretrained else DEMO_RANDOM_MODEL)
 
-    print(f"[1/5] demo data: crops of scikit-image's sample photographs -> {out / 'data'}")
+    logger.info(f"[1/5] demo data: crops of scikit-image's sample photographs -> {out / 'data'}")
     data = build_demo_data(out / "data")
 
-    print(f"[2/5] supervised IMO adapter training on the generic pool ({len(POOL_PHOTOS)} classes)")
+    logger.info(f"[2/5] supervised IMO adapter training on the generic pool ({len(POOL_PHOTOS)} classes)")
     cfg = make_config(
         "supervised", data=str(data["pool"]), out=str(out / "train"), model=model, pretrained=pretrained,
-        device=device, epochs=settings.train_epochs, batch_size=32, workers=workers, progress=progress,
+        device=device, epochs=settings.train_epochs, batch_size=32, workers=workers, progress=progress is not False,
         checkpoint_every=0,
     )
     adapter = train(cfg).export_path
 
-    print(f"[3/5] few-shot evaluation of every method on the task ({len(TASK_PHOTOS)} classes)")
+    logger.info(f"[3/5] few-shot evaluation of every method on the task ({len(TASK_PHOTOS)} classes)")
     extractor = FeatureExtractor(
         load_clip(model, pretrained, device=device), adapter=adapter, cache_dir=out / "cache",
         num_workers=workers, progress=progress,
@@ -171,7 +172,7 @@ def run_demo(
     results = run_experiment(run_cfg, extractor, out / "results", device=device, progress=progress,
                              save_features=True)
 
-    print("[4/5] intra-modal overlap of the task's test images, original vs corrected")
+    logger.info("[4/5] intra-modal overlap of the task's test images, original vs corrected")
     test = load_custom_dataset(data["task"]).test
     feats = extractor.image_features(test, desc="task test")
     src = {
@@ -186,10 +187,10 @@ def run_demo(
     overlap = overlap_file_record(src, figures, n_classes=len(TASK_PHOTOS))
     write_overlap(overlap, out / "overlap")
 
-    print("[5/5] report")
+    logger.info("[5/5] report")
     report = build_report(results, out / "report", overlaps=[(str(out / "overlap" / "overlap.json"), overlap)],
                           results_path=str(out / "results" / "results.json"))
     if extractor.backbone.random_init:
-        print(f"\n*** {RANDOM_INIT_WARNING} ***")
+        warn_random_init()
     print(f"\nreport: {report}")
     return report

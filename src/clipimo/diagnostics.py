@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-DEFAULT_BINS = 200
+from .options import DEFAULT_BINS
+
 SIM_RANGE = (-1.0, 1.0)
 # Elements of one chunk's similarity block (rows x columns): 2M float64 values = 16 MB (peak ~4x).
 DEFAULT_CHUNK_ELEMENTS = 1 << 21

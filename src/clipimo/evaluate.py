@@ -9,12 +9,13 @@ from tqdm import tqdm
 
 from .device import resolve_device
 from .featurefile import FeatureSet, load_features
+from .log import tqdm_disable
 from .methods import METHODS, Problem, parse_methods
 from .tables import md_table
 
 
 def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
-                      device: str | torch.device = "cpu", progress: bool = False) -> dict[str, dict]:
+                      device: str | torch.device = "cpu", progress: bool | None = False) -> dict[str, dict]:
     """Run ``methods`` (names or ``"zs,tip,..."``) and return the §8 result mapping:
     ``{method: {"test_acc": float, "val_acc": float, "hparams": {...}}}``, accuracies in percent.
 
@@ -26,7 +27,7 @@ def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequ
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
     results = {}
-    for name in tqdm(names, desc="methods", disable=not progress):
+    for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
         results[name] = METHODS[name](problem).as_dict()
     return results
 

@@ -5,6 +5,7 @@ message naming the file and key instead of a shape error deep inside a search.
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from dataclasses import asdict, dataclass
@@ -77,8 +78,11 @@ def validate_features(arrays: Mapping[str, np.ndarray], source: str = "features"
     """
     missing = [k for k in FEATURE_KEYS if k not in arrays]
     if missing:
-        raise ClipimoError(f"{source}: missing key(s) {', '.join(missing)}; a features file needs "
-                           f"{', '.join(FEATURE_KEYS)}")
+        kind = ("it holds the features of one image list ('clipimo features --images'), not a few-shot task; "
+                if "feats" in arrays else "")
+        raise ClipimoError(f"{source}: missing key(s) {', '.join(missing)}; {kind}a features file needs "
+                           f"{', '.join(FEATURE_KEYS)}: write one with `clipimo features --task DIR --shots K "
+                           "--seed S --out FILE.npz` or `clipimo run --save-features` (one file per cell)")
 
     def fail(key: str, what: str) -> NoReturn:
         raise ClipimoError(f"{source}: key '{key}' {what}")
@@ -167,6 +171,17 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ClipimoError(f"{path}: not a readable .npz features file without pickled objects "
                            f"({err})") from err
+
+
+def read_meta(arrays: Mapping[str, np.ndarray]) -> dict:
+    """The JSON ``meta`` entry producers add to a features file ({} when absent or not a JSON object)."""
+    if "meta" not in arrays:
+        return {}
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_features(path: str | os.PathLike) -> FeatureSet:

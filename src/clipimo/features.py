@@ -32,6 +32,7 @@ from .data.templates import format_prompts
 from .distributed import DistEnv, run_sharded
 from .errors import ClipimoError
 from .hub import resolve_adapter
+from .log import tqdm_disable
 from .transforms import cache_augmentation, seeded_transform
 
 FEATURE_FORMAT_VERSION = 2  # 2: shards of augmented features hold the per-pass views
@@ -107,7 +108,7 @@ class FeatureExtractor:
         batch_size: int = 32,
         num_workers: int | None = None,
         precision: str = "fp32",
-        progress: bool = True,
+        progress: bool | None = None,
         shard_size: int = DEFAULT_SHARD_SIZE,
         strict_backbone: bool = True,
         env: DistEnv | None = None,
@@ -198,7 +199,7 @@ class FeatureExtractor:
         transform = bb.preprocess if passes == 0 else cache_augmentation(bb.image_size, bb.mean, bb.std)
         shards = [items[start : start + self.shard_size] for start in range(0, len(items), self.shard_size)]
         bar = tqdm(total=len(shards), desc=f"{desc} shards", leave=False,
-                   disable=not self.progress or len(shards) < 2 or not self.env.is_main)
+                   disable=True if len(shards) < 2 or not self.env.is_main else tqdm_disable(self.progress))
 
         def shard(i: int) -> ImageFeatures:
             feats = self._shard(shards[i], transform, passes, seed, skip_unreadable, desc)
@@ -255,7 +256,7 @@ class FeatureExtractor:
             label = f"{desc} pass {p + 1}/{passes}" if passes else desc
             row = 0
             with torch.inference_mode(), self._autocast():
-                for x, ok, err in tqdm(loader, desc=label, disable=not self.progress, leave=False):
+                for x, ok, err in tqdm(loader, desc=label, disable=tqdm_disable(self.progress), leave=False):
                     x = x.to(device, non_blocking=True)
                     streams = [False, True] if adapted else [None]
                     for s, on in enumerate(streams):

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ._io import atomic_path
-from .backbone import RANDOM_INIT_WARNING
+from .log import RANDOM_INIT_WARNING
 
 IMO_SUFFIX = "-imo"
 # Base method -> colour; a method and its IMO variant share the colour (original solid, IMO dashed).

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import __version__, _io, plots
-from .backbone import RANDOM_INIT_WARNING
+from .log import RANDOM_INIT_WARNING
 from .errors import ClipimoError
 from .plots import IMO_SUFFIX, base_method, is_imo, order_methods, slug
 from .tables import cell_text, md_table

@@ -19,19 +19,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
-from .backbone import RANDOM_INIT_WARNING
 from .data import few_shot_support, open_dataset, validation_set
 from .data.benchmarks import DatasetSplits
 from .errors import ClipimoError
 from .evaluate import evaluate_features
 from .featurefile import FeatureSet, feature_arrays, save_features as save_feature_file, validate_features
 from .features import FeatureExtractor
+from .log import tqdm_disable, warn_random_init
 from .methods import parse_methods
+from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
 from .report import results_markdown, summarise
 
-DEFAULT_SHOTS = (1, 2, 4, 8, 16)
-DEFAULT_SEEDS = (1, 2, 3)
-DEFAULT_METHODS = ("zs", "tip", "tip-imo", "tipx", "tipx-imo")
 CACHE_AUGMENT_PASSES = 10
 
 
@@ -48,6 +46,8 @@ class RunConfig:
     allow_test_tuning: bool = False
     augment_passes: int = CACHE_AUGMENT_PASSES
     skip_unreadable: bool = False
+    templates: list[str] | None = None      # custom tasks only: prompt templates, one "{}" each
+    classnames: dict[str, str] | None = None  # custom tasks only: folder name -> readable name
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
@@ -83,12 +83,19 @@ def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
     }
 
 
+def open_task(name: str, cfg: RunConfig) -> DatasetSplits:
+    """A benchmark or custom task folder with the run's prompt options."""
+    return open_dataset(name, cfg.root, templates=cfg.templates, classnames=cfg.classnames)
+
+
 def cell_features(
-    extractor: FeatureExtractor, splits: DatasetSplits, shots: int, seed: int, cfg: RunConfig, index_dir: Path
+    extractor: FeatureExtractor, splits: DatasetSplits, shots: int, seed: int, cfg: RunConfig,
+    index_dir: Path | None = None,
 ) -> tuple[FeatureSet, dict]:
     """The §8 features of one cell, and its validation record (which lists any skipped unreadable
-    images). Encodes only what the cache lacks."""
-    support = few_shot_support(splits, shots, seed, index_path=index_dir / f"{cell_name(splits.name, shots, seed)}.json")
+    images). Encodes only what the cache lacks; with ``index_dir`` the support set is saved there."""
+    index = None if index_dir is None else index_dir / f"{cell_name(splits.name, shots, seed)}.json"
+    support = few_shot_support(splits, shots, seed, index_path=index)
     val_items, record = validation_set(
         splits, shots, seed, support, protocol=cfg.validation, allow_test_tuning=cfg.allow_test_tuning
     )
@@ -114,6 +121,14 @@ def cell_features(
     return validate_features(arrays, f"features of {label}"), record
 
 
+def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, splits: DatasetSplits,
+                       shots: int, seed: int, record: dict) -> None:
+    """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts)."""
+    meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record,
+            "classnames": splits.classnames, "templates": splits.templates}
+    save_feature_file(path, {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+
+
 def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
     return {
         "backbone": extractor.backbone.identity,
@@ -124,6 +139,8 @@ def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
         "augment_passes": cfg.augment_passes,
         "skip_unreadable": cfg.skip_unreadable,
         "root": str(Path(cfg.root).resolve()),
+        # prompts only when given, so folders of runs without them still resume
+        **{k: v for k, v in (("templates", cfg.templates), ("classnames", cfg.classnames)) if v},
     }
 
 
@@ -133,22 +150,22 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
     if path.is_file() and any((out / "cells").glob("*.json")):
         old = json.loads(path.read_text())["fingerprint"]
         if old != fingerprint:
-            diff = sorted(k for k in fingerprint if old.get(k) != fingerprint[k])
+            diff = sorted(k for k in fingerprint.keys() | old.keys() if old.get(k) != fingerprint.get(k))
             raise ClipimoError(
                 f"{out} holds a run with another configuration (differs in: {', '.join(diff)}); "
                 "use another --out folder"
             )
 
 
-def _cells(cfg: RunConfig, out: Path, progress: bool) -> Iterator[tuple[DatasetSplits, int, int, Path]]:
+def _cells(cfg: RunConfig, out: Path, progress: bool | None) -> Iterator[tuple[DatasetSplits, int, int, Path]]:
     """Every (splits, shots, seed, cell json path) of the grid, in order, with a progress bar."""
     todo = [(d, k, s) for d in cfg.datasets for k in cfg.shots for s in cfg.seeds]
-    bar = tqdm(todo, desc="cells", disable=not progress)
+    bar = tqdm(todo, desc="cells", disable=tqdm_disable(progress))
     splits_cache: dict[str, DatasetSplits] = {}
     for dataset, shots, seed in bar:
         bar.set_postfix_str(cell_name(dataset, shots, seed))
         if dataset not in splits_cache:
-            splits_cache[dataset] = open_dataset(dataset, cfg.root)
+            splits_cache[dataset] = open_task(dataset, cfg)
         splits = splits_cache[dataset]
         yield splits, shots, seed, out / "cells" / f"{cell_name(splits.name, shots, seed)}.json"
 
@@ -164,17 +181,17 @@ def _finished_cell(path: Path, methods: list[str]) -> dict | None:
     return done
 
 
-def encode_cells(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, progress: bool = False) -> None:
+def encode_cells(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, progress: bool | None = False) -> None:
     """Fill the feature cache of every unfinished cell without evaluating: under torchrun every rank
     calls this (the shards of each image list are split across ranks), then rank 0 runs the grid."""
     out = Path(out)
-    for splits, shots, seed, path in _cells(cfg, out, progress and extractor.env.is_main):
+    for splits, shots, seed, path in _cells(cfg, out, progress if extractor.env.is_main else False):
         if not _finished_cell(path, cfg.methods):
             cell_features(extractor, splits, shots, seed, cfg, out / "supports")
 
 
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
-                   progress: bool = True, save_features: bool = False) -> dict[str, Any]:
+                   progress: bool | None = None, save_features: bool = False) -> dict[str, Any]:
     """Run every missing cell, then write results.json/.csv/.md in ``out``; returns the results."""
     out = Path(out)
     require_adapter(cfg.methods, extractor)
@@ -182,7 +199,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if extractor.backbone.random_init:
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
 
     cells: list[dict] = []
     for splits, shots, seed, path in _cells(cfg, out, progress):
@@ -192,9 +209,8 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
             continue
         feats, record = cell_features(extractor, splits, shots, seed, cfg, out / "supports")
         if save_features:
-            meta = {**feature_meta(extractor), "dataset": splits.name, "shots": shots, "seed": seed, "validation": record}
-            save_feature_file(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz",
-                              {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+            save_cell_features(out / "features" / f"{cell_name(splits.name, shots, seed)}.npz", feats, extractor,
+                               splits, shots, seed, record)
         cell = {
             "dataset": splits.name,
             "shots": shots,
@@ -215,6 +231,8 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
             "shots": cfg.shots,
             "seeds": cfg.seeds,
             "validation": cfg.validation or "default (full; heldout where no val split)",
+            "templates": cfg.templates,
+            "classnames": cfg.classnames,
             "tuned_on_test": any(c["validation"].get("tuned_on_test") for c in cells),
             "clipimo_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -244,12 +262,3 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     _io.write_json(out / "results.json", results)
     _io.write_text(out / "results.csv", results_csv(results))
     _io.write_text(out / "results.md", results_markdown(results))
-
-
-def as_list(value: Any, cast=str) -> list:
-    """'1,2,4' or [1, 2, 4] -> [1, 2, 4]."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
-

@@ -9,12 +9,12 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__, _io
-from .backbone import RANDOM_INIT_WARNING
 from .data import SHIFT_SETS, load_dataset
 from .errors import ClipimoError
 from .device import resolve_device
 from .evaluate import evaluate_features
 from .features import FeatureExtractor
+from .log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
 from .methods.common import Problem, Split
 from .methods.predict import accuracy_at
 from .report import mean_std
@@ -25,7 +25,7 @@ SOURCE = "ImageNet"
 
 
 def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
-              device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+              device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
     """Tune every method on the ImageNet cell of each seed in ``cfg`` (one shot count), score the targets.
 
     Writes ``out/shift.json`` (per-seed and mean rows) and ``out/shift.md``; returns the record.
@@ -37,10 +37,10 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
     source = load_dataset(SOURCE, cfg.root)
     shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
     if extractor.backbone.random_init:
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     per_seed: list[dict[str, Any]] = []
     records = []
-    for seed in tqdm(cfg.seeds, desc="seeds", disable=not progress):
+    for seed in tqdm(cfg.seeds, desc="seeds", disable=tqdm_disable(progress)):
         feats, record = cell_features(extractor, source, cfg.shots[0], seed, cfg, out / "supports")
         records.append(record)
         tuned = evaluate_features(feats, cfg.methods, device=dev)

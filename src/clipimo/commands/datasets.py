@@ -4,11 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .._io import write_json
-from ..data.check import OK, MISSING, check_datasets, format_report
-from ..data.openimages import build_open_images_subset, convert_paper_list
-from ..errors import ClipimoError
 from ..data.registry import DATASETS, get_spec
+from ..errors import ClipimoError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """Exit 1 when any dataset is broken or off-count, or a dataset asked for is missing."""
+    from .._io import write_json
+    from ..data.check import MISSING, OK, check_datasets, format_report
+
     names = [get_spec(name).name for name in args.dataset] if args.dataset else None
     results = check_datasets(args.root, names)
     print(format_report(results))
@@ -57,6 +57,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_openimages(args: argparse.Namespace) -> int:
+    from .._io import write_json
+    from ..data.openimages import build_open_images_subset, convert_paper_list
+
     subset = {"--class-descriptions": args.class_descriptions, "--labels": args.labels,
               "--classes": args.classes, "--per-class": args.per_class}
     if args.list:

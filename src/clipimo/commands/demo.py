@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import DemoSettings, run_demo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--quick", action="store_true", help="reduced sizes (CI): 1 and 4 shots, 1 seed, 2 augmentation passes")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import progress_setting
+    from ..demo import DemoSettings, run_demo
+
     run_demo(args.out, model=args.model, pretrained=args.pretrained, device=args.device,
              settings=DemoSettings.quick() if args.quick else DemoSettings(), workers=args.workers,
-             progress=not args.no_progress)
+             progress=progress_setting(args))
     return 0

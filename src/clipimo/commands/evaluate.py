@@ -2,41 +2,52 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from .._io import write_json
-from ..backbone import RANDOM_INIT_WARNING
-from ..evaluate import evaluate_features, format_table
-from ..featurefile import read_npz, validate_features
-from ..methods import METHODS
-
-DEFAULT_METHODS = "zs,tip,tip-imo,tipx,tipx-imo"
+from ..options import DEFAULT_METHODS, METHOD_NAMES
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="evaluate training-free methods on a features .npz",
         description="Search each method's hyper-parameters on val and report val/test top-1 (%%). "
-                    f"Methods: {', '.join(METHODS)}.")
-    p.add_argument("--features", required=True, metavar="FILE", help="features .npz (METHOD.md §8)")
-    p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help=f"comma-separated method names (default: {DEFAULT_METHODS})")
+                    f"Methods: {', '.join(METHOD_NAMES)}.")
+    p.add_argument("--features", required=True, metavar="FILE",
+                   help="features .npz of one few-shot cell ('clipimo features --task' or 'clipimo run --save-features')")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated method names (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams}} here")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:index] (default: cpu)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--save-classifier", metavar="FILE", default=None,
+                   help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
+                        "of several the one with the best val top-1")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    from .._io import write_json
+    from ..cli import progress_setting
+    from ..evaluate import evaluate_features, format_table
+    from ..featurefile import read_meta, read_npz, validate_features
+    from ..log import logger, warn_random_init
+
     arrays = read_npz(args.features)
-    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    meta = read_meta(arrays)
     if meta.get("random_init"):
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     if (meta.get("validation") or {}).get("tuned_on_test"):
-        print("WARNING: this file's val_* features are the TEST split: the accuracies below are tuned on test")
+        logger.warning("this file's val_* features are the TEST split: the accuracies below are tuned on test")
     feats = validate_features(arrays, str(args.features))
-    results = evaluate_features(feats, args.methods, device=args.device, progress=True)
+    results = evaluate_features(feats, args.methods, device=args.device, progress=progress_setting(args))
     if args.json:
         write_json(args.json, results)
+    if args.save_classifier:
+        from ..classifier import Classifier, best_method
+
+        method = best_method(results)
+        provenance = {"features": str(args.features), **{k: meta[k] for k in ("dataset", "shots", "seed") if k in meta},
+                      "templates": meta.get("templates"), **results[method]}
+        Classifier.from_features(feats, method, results[method]["hparams"], meta, provenance).save(args.save_classifier)
+        logger.info(f"wrote {args.save_classifier}: {method} classifier ({feats.num_classes} classes)")
     print(format_table(results, markdown=args.markdown))
     return 0

@@ -1,4 +1,9 @@
-"""``clipimo features``: encode a labelled image list into both streams and save them as .npz."""
+"""``clipimo features``: encode images into both feature streams and save them as .npz.
+
+With ``--images`` (a CSV list or an ImageFolder tree) it writes the features of those images; with
+``--task`` (a task folder or a benchmark) and ``--shots``/``--seed`` it writes the full features
+file of that few-shot cell, which ``clipimo evaluate`` reads.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +11,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-from .. import _io
-from ..backbone import RANDOM_INIT_WARNING, load_clip
-from ..data.generic import read_csv_list, read_image_folder
-from ..distributed import setup_distributed
-from ..errors import ClipimoError
-from ..features import DEFAULT_SHARD_SIZE, FeatureExtractor
+DEFAULT_SHARD_SIZE = 4096  # clipimo.features.DEFAULT_SHARD_SIZE, kept here so --help needs no torch import
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
@@ -35,48 +33,101 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                         help=f"images per feature-cache shard, the unit split across torchrun ranks (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
 
 
-def make_extractor(args: argparse.Namespace, distributed: bool = False) -> FeatureExtractor:
-    """The extractor the flags describe. With ``distributed`` (commands whose rank 0 alone writes the
-    output), under torchrun (WORLD_SIZE > 1) it joins the process group, takes GPU LOCAL_RANK and
-    splits the cache shards across ranks; other commands refuse torchrun."""
+def add_prompt_args(parser: argparse.ArgumentParser) -> None:
+    """Prompts of custom task folders (benchmarks keep the protocol's)."""
+    parser.add_argument("--templates", metavar="FILE", default=None,
+                        help="custom tasks: prompt templates, one per line with {} for the class name "
+                             "(default 'a photo of a {}.')")
+    parser.add_argument("--classnames", metavar="FILE", default=None,
+                        help="custom tasks: one 'folder_name: readable name' per line; folders not listed keep their name")
+
+
+def make_extractor(args: argparse.Namespace, distributed: bool = False):
+    """A FeatureExtractor from the backbone and extractor options. With ``distributed`` (commands whose
+    rank 0 alone writes the output), under torchrun (WORLD_SIZE > 1) it joins the process group, takes
+    GPU LOCAL_RANK and splits the cache shards across ranks; other commands refuse torchrun."""
+    from ..api import build_extractor
+    from ..cli import progress_setting
+    from ..distributed import setup_distributed
+    from ..errors import ClipimoError
+
     if not distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ClipimoError(f"clipimo {args.command} runs as one process; under torchrun use `clipimo features` or "
                            "`clipimo run` to fill the feature cache, then run this command once")
-    env = setup_distributed(args.device)
-    backbone = load_clip(args.model, args.pretrained, device=env.device)
-    if backbone.random_init and env.is_main:
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
-    return FeatureExtractor(
-        backbone,
-        adapter=args.adapter,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        precision=args.precision,
-        progress=not args.no_progress,
-        strict_backbone=not args.allow_backbone_mismatch,
-        shard_size=args.shard_size,
-        env=env,
-    )
+    return build_extractor(args.model, args.pretrained, adapter=args.adapter, device=args.device,
+                           cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers,
+                           precision=args.precision, progress=progress_setting(args),
+                           strict_backbone=not args.allow_backbone_mismatch, shard_size=args.shard_size,
+                           env=setup_distributed(args.device))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("features", help="encode images into original and corrected features (.npz)")
-    p.add_argument("--images", required=True, help="CSV list (path,label) or ImageFolder tree")
-    p.add_argument("--out", required=True, help="output .npz (feats, feats_corrected, labels, logit_scale, logit_bias, "
-                                                "meta; with --passes also views, views_corrected [E, N, D])")
-    p.add_argument("--passes", type=int, default=0, help="0: eval transform; E>0: average E augmented views and keep "
-                                                         "each (cache keys use 10)")
-    p.add_argument("--seed", type=int, default=1, help="augmentation seed (with --passes)")
+    p = sub.add_parser(
+        "features", help="encode images, or one few-shot cell of a task, into original and corrected features (.npz)",
+        description="--images LIST_OR_FOLDER: the features of those images (feats, feats_corrected, labels, meta). "
+                    "--task DIR_OR_NAME --shots K --seed S: the full features file of that few-shot cell (support "
+                    "cache keys, validation and test features, text weights), which 'clipimo evaluate' reads. An "
+                    "--images folder holding train/ and test/ is taken as a task.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="CSV list (path,label) or ImageFolder tree: writes feats, feats_corrected, labels, "
+                                      "logit_scale, logit_bias, meta, and with --passes the per-pass views, views_corrected [E, N, D]")
+    src.add_argument("--task", help="task folder (train/, test/, optional val/: ImageFolder trees or CSVs) or a benchmark name (with --root)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--shots", type=int, default=None, help="with a task: support images per class")
+    p.add_argument("--seed", type=int, default=1, help="with a task: few-shot sampling and augmentation seed; "
+                                                       "with --images and --passes: augmentation seed (default 1)")
+    p.add_argument("--root", default=".", help="with a benchmark name: the data root (default .)")
+    p.add_argument("--validation", choices=["full", "kshot", "heldout", "test"], default=None,
+                   help="with a task: hyper-parameter validation set (default: the val split; held-out train images without one)")
+    p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (recorded in the file)")
+    p.add_argument("--augment-passes", type=int, default=10, help="with a task: augmented views averaged per cache key (default 10)")
+    p.add_argument("--passes", type=int, default=0, help="with --images: 0 uses the eval transform; E>0 averages E augmented "
+                                                         "views and keeps each")
+    add_prompt_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.custom import is_task_folder
+
+    if args.task or is_task_folder(args.images):
+        return run_task(args, args.task or args.images)
+    if args.shots is not None:
+        raise ValueError(f"--shots applies to a task folder (train/, test/), and {args.images} is not one")
+    return run_images(args)
+
+
+def run_task(args: argparse.Namespace, task: str) -> int:
+    from ..api import task_features
+
+    if args.shots is None:
+        raise ValueError(f"{task} is a few-shot task: pass --shots K (and --seed S) to choose the cell to encode, "
+                         "or point --images at one split of it")
+    cell = task_features(task, args.shots, args.seed, extractor=make_extractor(args), root=args.root,
+                         validation=args.validation, allow_test_tuning=args.allow_test_tuning,
+                         augment_passes=args.augment_passes, templates=args.templates, classnames=args.classnames,
+                         skip_unreadable=args.skip_unreadable)
+    cell.save(args.out)
+    f = cell.features
+    print(f"wrote {args.out}: {cell.splits.name}, {args.shots} shots, seed {args.seed}: {len(f.cache_labels)} cache "
+          f"keys, {len(f.val_labels)} val ({cell.record['protocol']}), {len(f.test_labels)} test, "
+          f"{f.num_classes} classes, dim {f.dim}")
+    return 0
+
+
+def run_images(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import _io
+    from ..data.generic import read_csv_list, read_image_folder
+
+    if args.templates or args.classnames:
+        raise ValueError("--templates and --classnames apply to a task (they shape its text weights)")
     source = Path(args.images)
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
     extractor = make_extractor(args, distributed=True)

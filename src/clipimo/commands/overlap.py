@@ -7,17 +7,12 @@ Writes ``OUT/overlap.json`` (every figure, the densities and where they came fro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .. import diagnostics
-from ..backbone import RANDOM_INIT_WARNING
 from ..errors import ClipimoError
-from ..featurefile import read_npz
-from ..report import overlap_file_record, write_overlap
+from ..log import logger, warn_random_init
+from ..options import DEFAULT_BINS
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 DEFAULT_MAX_EXACT_PAIRS = 250_000_000   # ~22k images; beyond that sample unless --exact
@@ -48,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset split (test|val|train, default test) or §8 features split "
                         "(test|val|cache, default test)")
     p.add_argument("--out", required=True, help="output folder for overlap.json and overlap.png")
-    p.add_argument("--bins", type=int, default=diagnostics.DEFAULT_BINS,
-                   help=f"histogram bins over [-1, 1] (default {diagnostics.DEFAULT_BINS})")
+    p.add_argument("--bins", type=int, default=DEFAULT_BINS,
+                   help=f"histogram bins over [-1, 1] (default {DEFAULT_BINS})")
     p.add_argument("--sample-pairs", type=int, default=None,
                    help="estimate from this many uniformly drawn pairs instead of all pairs")
     p.add_argument("--max-exact-pairs", type=int, default=DEFAULT_MAX_EXACT_PAIRS,
@@ -65,27 +60,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---- sources -------------------------------------------------------------------------------------
 
-def _meta(value: np.ndarray) -> dict[str, Any]:
-    try:
-        meta = json.loads(str(value[()] if value.ndim == 0 else value))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def load_feature_source(path: str | Path, split: str | None = None) -> dict[str, Any]:
     """Features, optional corrected features, labels and provenance from a features ``.npz``.
 
     Accepts the ``clipimo features`` output (keys ``feats``, ``labels``, optional ``feats_corrected``,
     ``meta``) and the §8 features file (``<split>`` from test|val|cache). Loaded without pickle.
     """
+    from ..featurefile import read_meta, read_npz
+
     path = Path(path)
     arrays = read_npz(path)
     keys = set(arrays)
-    meta = _meta(arrays["meta"]) if "meta" in keys else {}
+    meta = read_meta(arrays)
     if "feats" in keys:
         if split not in (None, "test"):
-            print(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")
+            logger.info(f"note: {path} is a 'clipimo features' file with a single image set; --split {split} ignored")
         fkey, ckey, lkey = "feats", "feats_corrected", "labels"
         kind, described = "features", f"{path.name}"
     elif keys & {k for triple in SECTION8_KEYS.values() for k in triple} or "text_weights" in keys:
@@ -115,7 +104,7 @@ def load_feature_source(path: str | Path, split: str | None = None) -> dict[str,
         raise ClipimoError(f"features file {path}: key {ckey!r} has shape {corrected.shape}, "
                            f"{fkey!r} has {feats.shape}: they must match")
     if corrected is None:
-        print(f"note: {path} has no {ckey!r}: original stream only")
+        logger.info(f"note: {path} has no {ckey!r}: original stream only")
     random_init = meta.get("random_init")
     if random_init is None and isinstance(meta.get("backbone"), dict):
         random_init = meta["backbone"].get("random_init")
@@ -145,7 +134,7 @@ def _model_source(args: argparse.Namespace) -> dict[str, Any]:
                   "description": f"{ds.name} {split}"}
     else:
         if args.split is not None:
-            print(f"note: --split {args.split} ignored with --images")
+            logger.info(f"note: --split {args.split} ignored with --images")
         path = Path(args.images)
         items, _ = read_image_folder(path) if path.is_dir() else read_csv_list(path, verify_files=False)
         source = {"kind": "images", "path": str(path), "description": path.name or str(path)}
@@ -176,8 +165,8 @@ def _sample_size(args: argparse.Namespace, n: int) -> int | None:
             raise ClipimoError(f"--sample-pairs must be >= 1, got {args.sample_pairs}")
         return args.sample_pairs
     if not args.exact and total > args.max_exact_pairs:
-        print(f"note: {total:,} pairs exceed --max-exact-pairs {args.max_exact_pairs:,}: sampling "
-              f"{DEFAULT_AUTO_SAMPLE:,} pairs (seed {args.seed}); pass --exact for every pair")
+        logger.info(f"note: {total:,} pairs exceed --max-exact-pairs {args.max_exact_pairs:,}: sampling "
+                    f"{DEFAULT_AUTO_SAMPLE:,} pairs (seed {args.seed}); pass --exact for every pair")
         return DEFAULT_AUTO_SAMPLE
     return None
 
@@ -209,10 +198,15 @@ def format_table(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import diagnostics
+    from ..report import overlap_file_record, write_overlap
+
     if args.features:
         for flag, value in (("--root", args.root), ("--adapter", args.adapter), ("--pretrained", args.pretrained)):
             if value is not None:
-                print(f"note: {flag} ignored with --features")
+                logger.info(f"note: {flag} ignored with --features")
         src = load_feature_source(args.features, args.split)
     else:
         src = _model_source(args)
@@ -236,9 +230,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_overlap(record, out, title=args.title)
     if record["random_init"]:
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     elif record["random_init"] is None:
-        print("note: the features file does not record whether its backbone was pretrained")
+        logger.info("note: the features file does not record whether its backbone was pretrained")
     print(f"{src['source']['description']}: {n:,} images, {len(counts)} classes, dim {record['dim']}")
     print(format_table(record))
     print(f"wrote {out / 'overlap.json'} and {out / 'overlap.png'}")

@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..backbone import RANDOM_INIT_WARNING
-from ..report import build_report, load_overlap, load_results, load_shift
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,15 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..log import logger, warn_random_init
+    from ..report import build_report, load_overlap, load_results, load_shift
+
     results = load_results(args.results)
     if args.shift:
         results["shift"] = load_shift(args.shift)
     overlaps = [(str(path), load_overlap(path)) for path in args.overlap]
     path = build_report(results, args.out, overlaps, results_path=str(args.results))
     if results["meta"].get("random_init"):
-        print(f"WARNING: {RANDOM_INIT_WARNING}")
+        warn_random_init()
     if results["meta"].get("tuned_on_test"):
-        print("WARNING: hyper-parameters were tuned on the test split (recorded in the report)")
+        logger.warning("hyper-parameters were tuned on the test split (recorded in the report)")
     plots_dir = Path(args.out) / "plots"
     n_png = len(list(plots_dir.glob("*.png"))) if plots_dir.is_dir() else 0
     print(f"wrote {path} ({n_png} plot(s) in {plots_dir})")

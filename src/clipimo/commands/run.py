@@ -4,9 +4,21 @@ from __future__ import annotations
 import argparse
 
 from .. import _io
-from ..distributed import DistEnv
-from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, RunConfig, as_list, encode_cells, run_experiment
-from .features import add_backbone_args, add_extractor_args, make_extractor
+from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list
+from .features import add_backbone_args, add_extractor_args, add_prompt_args, make_extractor
+
+
+def _templates(value):
+    from ..api import prompt_options
+
+    return prompt_options(value, None)[0]
+
+
+def _classnames(value):
+    from ..api import prompt_options
+
+    return prompt_options(None, value)[1]
+
 
 # option -> (default, parser of a flag/YAML value)
 _GRID_OPTIONS = {
@@ -18,6 +30,8 @@ _GRID_OPTIONS = {
     "validation": (None, str),
     "allow_test_tuning": (False, lambda v: as_bool(v, "allow_test_tuning")),
     "augment_passes": (10, int),
+    "templates": (None, _templates),
+    "classnames": (None, _classnames),
 }
 
 
@@ -35,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-passes", help="augmented views averaged per cache key (default 10)")
     p.add_argument("--out", required=True, help="results folder (cells/, results.json/.csv/.md); rerun to resume")
     p.add_argument("--save-features", action="store_true", help="also write each cell's §8 features .npz")
+    add_prompt_args(p)
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=lambda args: run(args, p))
@@ -74,9 +89,15 @@ def grid_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..cli import progress_setting
+    from ..runner import RunConfig, run_experiment
+
     cfg = RunConfig(**grid_options(args, parser), skip_unreadable=args.skip_unreadable)
     extractor = make_extractor(args, distributed=True)
     if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
+        from ..distributed import DistEnv
+        from ..runner import encode_cells
+
         try:
             encode_cells(cfg, extractor, args.out)
         finally:
@@ -84,7 +105,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not extractor.env.is_main:
             return 0
         extractor.env = DistEnv(device=extractor.env.device)  # rank 0 alone from here; every cell is cached
-    results = run_experiment(cfg, extractor, args.out, device=args.device, progress=not args.no_progress,
+    results = run_experiment(cfg, extractor, args.out, device=args.device, progress=progress_setting(args),
                              save_features=args.save_features)
     print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
     return 0

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import SHIFT_SETS
-from ..runner import DEFAULT_METHODS, DEFAULT_SEEDS, RunConfig, as_list
-from ..shift import run_shift, shift_markdown
+from ..data.registry import SHIFT_SETS
+from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, as_list
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -27,12 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import progress_setting
+    from ..runner import RunConfig
+    from ..shift import run_shift, shift_markdown
+
     cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=as_list(args.seeds, int),
                     methods=as_list(args.methods), validation=args.validation,
                     allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes,
                     skip_unreadable=args.skip_unreadable)
     result = run_shift(cfg, make_extractor(args), args.out, targets=as_list(args.targets), device=args.device,
-                       progress=not args.no_progress)
+                       progress=progress_setting(args))
     print(shift_markdown(result))
     print(f"wrote {args.out}/shift.json and shift.md (add it to a report: clipimo report --shift {args.out}/shift.json)")
     return 0

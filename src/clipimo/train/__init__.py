@@ -4,23 +4,40 @@
 >>> cfg = make_config("supervised", data="generic.csv", out="runs/sup", pretrained="openai")
 >>> result = train_supervised(cfg)          # writes runs/sup/adapter.safetensors
 """
-from .config import CONFIGS, DinoConfig, SupervisedConfig, TrainConfig, make_config
-from .dino import DINOHead, DINOLoss, DinoTrainer, MultiCropModel, MultiCropTransform, cosine_schedule, train_dino
-from .loop import DistEnv, TrainResult, Trainer, read_checkpoint, read_metrics, setup_distributed
-from .posembed import crop_sizes, enable_any_input_size, interpolate_pos_embed
-from .supervised import ClassifierModel, SupervisedTrainer, train_supervised
+from __future__ import annotations
 
-TRAINERS = {"supervised": train_supervised, "dino": train_dino}
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .loop import DistEnv, TrainResult
+
+_EXPORTS = {
+    **dict.fromkeys(("CONFIGS", "DinoConfig", "SupervisedConfig", "TrainConfig", "make_config"), "config"),
+    **dict.fromkeys(("DINOHead", "DINOLoss", "DinoTrainer", "MultiCropModel", "MultiCropTransform",
+                     "cosine_schedule", "train_dino"), "dino"),
+    **dict.fromkeys(("DistEnv", "TrainResult", "Trainer", "read_checkpoint", "read_metrics",
+                     "setup_distributed"), "loop"),
+    **dict.fromkeys(("crop_sizes", "enable_any_input_size", "interpolate_pos_embed"), "posembed"),
+    **dict.fromkeys(("ClassifierModel", "SupervisedTrainer", "train_supervised"), "supervised"),
+}
+# Submodules load on first use: the command line reads the configs without importing torch.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def train(cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
     """Run the method ``cfg`` belongs to."""
-    return TRAINERS[cfg.method](cfg, env)
+    from .dino import train_dino
+    from .supervised import train_supervised
+
+    return {"supervised": train_supervised, "dino": train_dino}[cfg.method](cfg, env)
 
 
 __all__ = [
     "CONFIGS", "ClassifierModel", "DINOHead", "DINOLoss", "DinoConfig", "DinoTrainer", "DistEnv",
-    "MultiCropModel", "MultiCropTransform", "SupervisedConfig", "SupervisedTrainer", "TRAINERS",
+    "MultiCropModel", "MultiCropTransform", "SupervisedConfig", "SupervisedTrainer",
     "TrainConfig", "TrainResult", "Trainer", "cosine_schedule", "crop_sizes", "enable_any_input_size",
     "interpolate_pos_embed", "make_config", "read_checkpoint", "read_metrics", "setup_distributed",
     "train", "train_dino", "train_supervised",

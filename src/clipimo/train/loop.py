@@ -30,11 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import _io
 from ..adapter import add_adapters, save_adapters
-from ..backbone import RANDOM_INIT_WARNING, Backbone, load_clip
+from ..backbone import Backbone, load_clip
 from ..data.generic import is_image_file, read_csv_list, read_image_folder
 from ..data.items import LabelledImage
 from ..distributed import DistEnv, setup_distributed
 from ..errors import ClipimoError
+from ..log import warn_random_init
 from ..transforms import seeded_transform
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 
@@ -283,7 +284,7 @@ class Trainer:
         self.items, self.classnames = load_training_items(cfg.data, self.need_labels)
         self.backbone = backbone or load_clip(cfg.model, cfg.pretrained, device=self.device)
         if self.backbone.random_init and self.env.is_main:
-            print(f"WARNING: {RANDOM_INIT_WARNING}", flush=True)
+            warn_random_init()
         self.model = self.backbone.model.to(self.device)
         torch.manual_seed(cfg.seed)  # adapter and head init: identical on every rank
         add_adapters(self.model, cfg.bottleneck, cfg.scale, cfg.dropout, cfg.init)
@@ -471,7 +472,7 @@ class Trainer:
         if env.is_main and cfg.progress:
             from tqdm.auto import tqdm
             pbar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.method}", unit="step",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, disable=None)
         acc: dict[str, torch.Tensor] = {}
         acc_steps, acc_images = 0, 0
         t_last = time.perf_counter()

@@ -1,0 +1,213 @@
+"""A tuned few-shot classifier in one file, to classify new images with a method chosen on a task.
+
+The file is safetensors (text weights, cache keys of both streams, cache labels; for GDA, which fits
+on every augmented view, the per-pass views of both streams too) with one JSON
+metadata entry: method, chosen hyper-parameters, class names, the backbone identity and adapter
+hash the features came from, the zero-shot logit scale and bias, and provenance. No pickle.
+Logits come from :func:`clipimo.methods.predict.logits_at`, the one place a method's logits are
+computed; Tip-X rescales its KL term over the images classified together, as in evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+
+from . import _io
+from .errors import ClipimoError
+from .featurefile import FeatureSet
+from .methods import parse_methods
+from .methods.common import Problem, Split
+from .methods.predict import logits_at
+
+if TYPE_CHECKING:
+    from .features import FeatureExtractor
+
+FORMAT = "clipimo-classifier"
+FORMAT_VERSION = 1
+META_KEY = "clipimo_classifier"
+_TENSORS = ("text_weights", "cache_keys", "cache_keys_corrected", "cache_labels")
+_VIEWS = ("cache_views", "cache_views_corrected")  # [E, N, D]: stored for the methods that fit on them
+# Backbone identity fields that must agree between the classifier and the model given to predict.
+_IDENTITY_KEYS = ("model", "weights", "config_sha256", "quick_gelu")
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """Text weights ``[D, C]``, cache keys ``[N, D]`` of both streams, labels ``[N]``, and what they mean."""
+
+    method: str
+    hparams: dict[str, float]
+    text_weights: torch.Tensor
+    cache_keys: torch.Tensor
+    cache_keys_corrected: torch.Tensor
+    cache_labels: torch.Tensor
+    classnames: list[str]
+    backbone: dict[str, Any]
+    adapter_sha256: str | None
+    logit_scale: float = 100.0
+    logit_bias: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    cache_views: torch.Tensor | None = None
+    cache_views_corrected: torch.Tensor | None = None
+
+    @property
+    def needs_adapter(self) -> bool:
+        return self.method.endswith("-imo")
+
+    @classmethod
+    def from_features(cls, feats: FeatureSet, method: str, hparams: Mapping[str, float], meta: Mapping[str, Any],
+                      provenance: Mapping[str, Any] | None = None) -> "Classifier":
+        """The classifier of ``method`` at ``hparams`` on a features file's cache; ``meta`` is the
+        file's metadata (backbone identity, adapter, class names), which predictions are checked against."""
+        (method,) = parse_methods([method])
+        backbone = meta.get("backbone")
+        if not isinstance(backbone, dict) or not backbone.get("model"):
+            raise ClipimoError("the features file records no backbone identity, so a classifier made from it could "
+                               "not check the model it is used with; write the features with `clipimo features "
+                               "--task DIR --shots K --seed S` or `clipimo run --save-features`")
+        adapter = meta.get("adapter")
+        adapter_sha = adapter.get("sha256") if isinstance(adapter, dict) else meta.get("adapter_sha256")
+        if method.endswith("-imo") and not adapter_sha:
+            raise ClipimoError(f"{method} uses the corrected stream, but the features file records no adapter")
+        if method.startswith("gda") and not feats.has_views:
+            raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
+                               "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
+        views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if method.startswith("gda") else {}
+        classnames = list(meta.get("classnames") or [str(i) for i in range(feats.num_classes)])
+        if len(classnames) != feats.num_classes:
+            raise ClipimoError(f"the features file names {len(classnames)} classes but its text weights have "
+                               f"{feats.num_classes}")
+        return cls(method=method, hparams={k: float(v) for k, v in hparams.items()},
+                   text_weights=torch.from_numpy(feats.text_weights),
+                   cache_keys=torch.from_numpy(feats.cache_keys),
+                   cache_keys_corrected=torch.from_numpy(feats.cache_keys_corrected),
+                   cache_labels=torch.from_numpy(feats.cache_labels),
+                   classnames=classnames, backbone=dict(backbone), adapter_sha256=adapter_sha,
+                   logit_scale=feats.logit_scale, logit_bias=feats.logit_bias, provenance=dict(provenance or {}),
+                   **views)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically as safetensors + JSON metadata."""
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "hparams": self.hparams,
+                "classnames": self.classnames, "backbone": self.backbone, "adapter_sha256": self.adapter_sha256,
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance}
+        tensors = {k: getattr(self, k) for k in _TENSORS + _VIEWS if getattr(self, k) is not None}
+        _io.write_safetensors(path, tensors, META_KEY, meta)
+
+    def check_extractor(self, extractor: FeatureExtractor) -> None:
+        """Refuse a backbone or adapter other than the ones the classifier's features came from."""
+        ours, theirs = self.backbone, extractor.backbone.identity
+        differ = [k for k in _IDENTITY_KEYS if k in ours and k in theirs and ours[k] != theirs[k]]
+        if differ:
+            raise ClipimoError(
+                f"the classifier was made with backbone {ours.get('model')} ({ours.get('weights')}), but the model "
+                f"given is {theirs.get('model')} ({theirs.get('weights')}); they differ in {', '.join(differ)}: "
+                "pass the --model/--pretrained the classifier was made with")
+        given = extractor.adapter_hash
+        if self.needs_adapter and given is None:
+            raise ClipimoError(f"the classifier's method {self.method} needs the corrected stream: pass the adapter "
+                               f"file it was made with (--adapter, sha256 {self.adapter_sha256[:12]}...)")
+        if given is not None and given != self.adapter_sha256:
+            want = f"sha256 {self.adapter_sha256[:12]}..." if self.adapter_sha256 else "no adapter"
+            raise ClipimoError(f"the adapter given (sha256 {given[:12]}...) is not the one the classifier was made "
+                               f"with ({want})")
+
+    def logits(self, original: torch.Tensor, corrected: torch.Tensor | None = None,
+               device: str | torch.device = "cpu") -> torch.Tensor:
+        """``[n, C]`` logits of the classifier's method for query features of both streams
+        (``corrected`` defaults to ``original``, right for methods that only use the original one)."""
+        original = original.to(device, torch.float32)
+        corrected = original if corrected is None else corrected.to(device, torch.float32)
+        query = Split(original, corrected, torch.zeros(len(original), dtype=torch.int64, device=device))
+        problem = Problem(
+            text_weights=self.text_weights.to(device), cache_keys=self.cache_keys.to(device),
+            cache_keys_corrected=self.cache_keys_corrected.to(device), cache_labels=self.cache_labels.to(device),
+            cache_onehot=torch.nn.functional.one_hot(self.cache_labels, len(self.classnames)).float().to(device),
+            val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
+            **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
+        out = torch.empty(len(original), len(self.classnames), device=device)
+        for rows, chunk in logits_at(problem, query, self.method, self.hparams):
+            out[rows] = chunk
+        return out
+
+    def predict(self, extractor: FeatureExtractor, paths: Sequence[str], top_k: int = 5, skip_unreadable: bool = False,
+                device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+        """Top-k class names and probabilities (softmax of the method's logits) per image, in order;
+        ``extractor`` must use the classifier's backbone and adapter."""
+        from .data.items import LabelledImage
+
+        if top_k < 1:
+            raise ClipimoError(f"--top-k must be >= 1, got {top_k}")
+        self.check_extractor(extractor)
+        feats = extractor.image_features([LabelledImage(p, 0) for p in paths], skip_unreadable=skip_unreadable,
+                                         desc="predict")
+        probs = torch.softmax(self.logits(feats.original, feats.corrected_or_original, device), dim=1).cpu()
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        return [{"path": path, "top_k": [{"label": self.classnames[i], "probability": float(v)}
+                                         for v, i in zip(vs.tolist(), ix.tolist())]}
+                for path, vs, ix in zip(feats.paths, values, indices)]
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Read a classifier file written by :meth:`Classifier.save` (``clipimo evaluate --save-classifier``)."""
+    tensors, meta = _io.read_safetensors(path, META_KEY, "classifier file")
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise ClipimoError(f"classifier file {path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+                           f"expected {FORMAT!r} version {FORMAT_VERSION}")
+    missing = [k for k in _TENSORS if k not in tensors]
+    if missing:
+        raise ClipimoError(f"classifier file {path}: missing tensor(s) {', '.join(missing)}")
+    return Classifier(method=meta["method"], hparams=meta["hparams"], classnames=meta["classnames"],
+                      backbone=meta["backbone"], adapter_sha256=meta["adapter_sha256"],
+                      logit_scale=meta["logit_scale"], logit_bias=meta["logit_bias"],
+                      provenance=meta.get("provenance", {}),
+                      **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
+
+
+def list_images(source: str | os.PathLike) -> list[str]:
+    """Image paths from an image file, a folder (searched recursively, sorted) or a CSV with a 'path' column."""
+    from .data.generic import is_image_file
+
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(str(Path(folder) / name) for folder, _, files in os.walk(source)
+                       for name in files if is_image_file(name))
+    elif source.suffix.lower() == ".csv" and source.is_file():
+        with open(source, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise ClipimoError(f"{source}: expected a CSV with a 'path' column, got columns {reader.fieldnames}")
+            paths = [str((source.parent / row["path"]).resolve()) for row in reader if row["path"]]
+    elif source.is_file() and is_image_file(source.name):
+        paths = [str(source)]
+    else:
+        raise ClipimoError(f"{source}: expected an image file, a folder of images or a CSV with a 'path' column")
+    if not paths:
+        raise ClipimoError(f"{source}: no image files found")
+    return paths
+
+
+def predictions_text(predictions: list[dict[str, Any]], fmt: str) -> str:
+    """Predictions as JSON, or CSV with columns path, label_1, probability_1, ..., label_k, probability_k."""
+    if fmt == "json":
+        return json.dumps(predictions, indent=2) + "\n"
+    k = max((len(p["top_k"]) for p in predictions), default=0)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")])
+    for p in predictions:
+        writer.writerow([p["path"]] + [x for t in p["top_k"] for x in (t["label"], f"{t['probability']:.6f}")])
+    return buf.getvalue()
+
+
+def best_method(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The method with the highest validation top-1 (ties: the first listed)."""
+    return max(results, key=lambda m: results[m]["val_acc"])
+

@@ -1,0 +1,43 @@
+"""Prompt files for users' own tasks: templates (one per line) and readable class names."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ClipimoError
+
+
+def _lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ClipimoError(f"{what} file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def read_templates(path: str | os.PathLike) -> list[str]:
+    """One prompt template per line, each with one ``{}`` for the class name; ``#`` lines are comments."""
+    lines = _lines(path, "templates")
+    bad = [n for n, line in lines if line.count("{}") != 1]
+    if bad:
+        raise ClipimoError(f"templates file {path}: line(s) {bad[:5]} need exactly one '{{}}' where the class "
+                           "name goes, e.g. 'a photo of a {}.'")
+    if not lines:
+        raise ClipimoError(f"templates file {path} holds no templates (one per line, e.g. 'a photo of a {{}}.')")
+    return [line for _, line in lines]
+
+
+def read_classnames(path: str | os.PathLike) -> dict[str, str]:
+    """``folder_name: readable name`` per line (split at the first ':'); ``#`` lines are comments."""
+    names: dict[str, str] = {}
+    for n, line in _lines(path, "class names"):
+        folder, sep, readable = line.partition(":")
+        if not sep or not folder.strip() or not readable.strip():
+            raise ClipimoError(f"class names file {path}, line {n}: expected 'folder_name: readable name', got {line!r}")
+        if folder.strip() in names:
+            raise ClipimoError(f"class names file {path}, line {n}: {folder.strip()!r} is named twice")
+        names[folder.strip()] = readable.strip()
+    if not names:
+        raise ClipimoError(f"class names file {path} holds no 'folder_name: readable name' lines")
+    return names
