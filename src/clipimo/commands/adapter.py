@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..adapter_card import push_adapter, write_card
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapter", help="write a Hub model-card folder for an adapter, or push it to the Hub")
@@ -23,12 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_card(args: argparse.Namespace) -> int:
+    from ..adapter_card import write_card
+
     out = write_card(args.adapter, args.out, args.repo)
     print(f"wrote {out}/adapter.safetensors and {out}/README.md")
     return 0
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from ..adapter_card import push_adapter
+
     url = push_adapter(args.adapter, args.repo, private=args.private, commit_message=args.message)
     print(f"pushed {args.adapter} to {args.repo}: {url}")
     return 0
