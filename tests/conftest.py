@@ -24,6 +24,19 @@ def tiny():
     return load_clip(TINY)
 
 
+def randomise_adapters(model, seed: int = 0, std: float = 0.2) -> None:
+    """Seeded random adapter weights (zero-init Up would make the corrected stream equal the original)."""
+    import torch
+
+    from clipimo.adapter import iter_adapters
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in iter_adapters(model):
+            for p in adapter.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
 def make_images(folder, n: int, n_classes: int = 3, size: int = 40, seed: int = 0) -> list[LabelledImage]:
     """Small coloured noise images whose mean colour depends on the class."""
     rng = np.random.default_rng(seed)

@@ -8,15 +8,7 @@ from clipimo import adapters_enabled, add_adapters, load_adapters, load_clip, sa
 from clipimo.adapter import adapter_parameters, read_adapter_file
 from clipimo.errors import ClipimoError
 
-from conftest import TINY
-
-
-def _randomise(model, seed=0, std=0.2):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in model.visual.transformer.resblocks:
-            for p in block.adapter.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
+from conftest import TINY, randomise_adapters
 
 
 def test_off_stream_and_zero_init_equal_plain_open_clip(tiny):
@@ -26,7 +18,7 @@ def test_off_stream_and_zero_init_equal_plain_open_clip(tiny):
     with torch.no_grad():
         reference = plain.encode_image(x)
         assert torch.equal(tiny.model.encode_image(x), reference)  # zero-init Up: identical
-        _randomise(tiny.model)
+        randomise_adapters(tiny.model)
         with adapters_enabled(tiny.model, False):
             assert torch.equal(tiny.model.encode_image(x), reference)  # bitwise, adapters bypassed
         corrected = tiny.model.encode_image(x)
@@ -35,7 +27,7 @@ def test_off_stream_and_zero_init_equal_plain_open_clip(tiny):
 
 def test_block_matches_the_formula(tiny):
     add_adapters(tiny.model, bottleneck=16, scale=0.7)
-    _randomise(tiny.model, std=0.3)
+    randomise_adapters(tiny.model, std=0.3)
     block = tiny.model.visual.transformer.resblocks[0]
     x = torch.randn(2, 17, 64)
     with torch.no_grad():
@@ -69,7 +61,7 @@ def test_vit_b16_adapter_size():
 
 def test_dropout_only_in_train_mode(tiny):
     add_adapters(tiny.model, dropout=0.5)
-    _randomise(tiny.model)
+    randomise_adapters(tiny.model)
     x = torch.randn(2, 3, 32, 32)
     tiny.model.eval()
     with torch.no_grad():
@@ -90,11 +82,12 @@ def test_stream_context_restores_state(tiny):
 
 def test_save_load_round_trip(tmp_path, tiny):
     add_adapters(tiny.model, bottleneck=8, scale=0.1, dropout=0.2)
-    _randomise(tiny.model)
+    randomise_adapters(tiny.model)
     path = tmp_path / "a.safetensors"
     save_adapters(tiny.model, path)
     tensors, meta = read_adapter_file(path)
-    assert meta["config"] == {"bottleneck": 8, "scale": 0.1, "dropout": 0.2, "init": "lora", "width": 64, "layers": 2}
+    assert meta["config"] == {"bottleneck": 8, "scale": 0.1, "dropout": 0.2, "init": "lora", "width": 64, "layers": 2,
+                              "tower": "open_clip-vit"}
     assert meta["backbone"]["model"] == TINY
     assert all(k.startswith("resblocks.") for k in tensors)  # adapter tensors only
     fresh = load_clip(TINY)

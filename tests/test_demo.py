@@ -41,3 +41,27 @@ def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
     assert_figure({f: out / "report" / "plots" / f"gain_task.{f}" for f in ("png", "pdf")}, ("png", "pdf"), 100)
     cell = results["cells"][0]["methods"]["tipx-imo"]
     assert cell["test_top5"] >= cell["test_acc"] and 0 <= cell["test_mean_per_class_recall"] <= 100
+
+
+def test_demo_pipeline_on_a_tiny_siglip_style_model(tmp_path):
+    """Adapter training, the grid, overlap and report on a timm tower with a sigmoid-style logit bias."""
+    import numpy as np
+    import torch
+
+    from clipimo import load_clip
+    from clipimo.demo import DemoSettings, run_demo
+    from clipimo.featurefile import load_features
+
+    out = tmp_path / "demo"
+    settings = DemoSettings(shots=(2,), seeds=(1,), augment_passes=1, train_epochs=1)
+    report = run_demo(out, model="clipimo-tiny-sigmoid", settings=settings, progress=False)
+    assert "RANDOM-INIT BACKBONE" in report.read_text()
+    results = json.loads((out / "results" / "results.json").read_text())
+    assert results["meta"]["backbone"]["model"] == "clipimo-tiny-sigmoid" and len(results["cells"]) == 1
+    from clipimo.adapter import read_adapter_file
+
+    _, meta = read_adapter_file(out / "train" / "adapter.safetensors")
+    assert meta["config"]["tower"] == "timm"
+    feats = load_features(next((out / "results" / "features").glob("*.npz")))
+    model = load_clip("clipimo-tiny-sigmoid").model
+    assert feats.logit_scale == np.float32(torch.exp(model.logit_scale.detach()).item()) and feats.logit_bias == -10.0

@@ -163,6 +163,7 @@ def test_features_cli(tmp_path, images, adapter_file, capsys):
     assert "RANDOM-INIT" in printed.err and "RANDOM-INIT" not in printed.out
     with np.load(out, allow_pickle=False) as z:
         assert z["feats"].shape == z["feats_corrected"].shape == (10, 64)
+        assert (float(z["logit_scale"]), float(z["logit_bias"])) == (100.0, 0.0)  # CLIP: METHOD.md's Z = 100 f W
         meta = json.loads(str(z["meta"]))
     assert meta["random_init"] is True and meta["classnames"] == ["blue", "green", "red"]
     assert meta["precision"] == "fp32" and meta["passes"] == 0

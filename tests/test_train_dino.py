@@ -126,3 +126,11 @@ def test_default_dino_adapters_have_no_dropout(data, tmp_path, dropout):
     recorded = read_adapter_file(tmp_path / "run" / "adapter.safetensors")[1]
     assert recorded["config"]["dropout"] == (0.0 if dropout is None else dropout)
     assert recorded["training"]["config"]["precision"] == "fp32"
+
+
+def test_timm_tower_is_refused_with_the_supervised_alternative(data, tmp_path):
+    from clipimo.errors import ClipimoError
+
+    cfg = tiny_config("dino", data, tmp_path / "run", batch_size=4, max_steps=1, model="clipimo-tiny-sigmoid")
+    with pytest.raises(ClipimoError, match="timm towers .* with the supervised method"):
+        DinoTrainer(cfg)

@@ -1,4 +1,4 @@
-"""``python -m clipimo``: the command line."""
+"""``python -m clipimo`` (and ``torchrun -m clipimo``) runs the command-line interface."""
 import sys
 
 from .cli import main

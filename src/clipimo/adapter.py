@@ -1,13 +1,17 @@
 """The IMO adapter: a bottleneck MLP added to every residual block of a CLIP ViT image tower.
 
-In block i, with ``h = x + Attn(LN1(x))``::
+In block i, with ``h = x + Attn(LN1(x))`` (attention branch including the block's own layer scale
+and drop-path)::
 
     out = h + MLP(LN2(h)) + s * Up(Dropout(ReLU(Down(h))))
 
-The adapter is attached with two hooks instead of a rewritten block forward, so the block code
-stays open_clip's own: a pre-hook on ``ln_2`` records ``h`` (the LN2 input) and a forward hook on
-the block adds the adapter branch to the block output. With the adapters switched off the hooks do
-nothing, so the "original" stream runs exactly the untouched open_clip computation.
+Two tower kinds are supported: open_clip's native ViT (``visual.transformer.resblocks``, LN2 is
+``ln_2``) and the pre-norm timm towers open_clip wraps for SigLIP/SigLIP2, EVA02 and ViT-SO400M
+(``visual.trunk.blocks``: timm ``Block`` and ``EvaBlock``, LN2 is ``norm2``). In both, LN2 is
+called exactly once, on ``h``. The adapter is attached with two hooks instead of a rewritten block
+forward, so the block code stays the library's own: a pre-hook on LN2 records ``h`` and a forward
+hook on the block adds the adapter branch to the block output. With the adapters switched off the
+hooks do nothing, so the "original" stream runs exactly the untouched open_clip computation.
 """
 from __future__ import annotations
 
@@ -15,14 +19,16 @@ import contextlib
 import functools
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import _io
+from . import __version__, _io
 from .errors import ClipimoError
+from .hub import resolve_adapter
 
 ADAPTER_FORMAT = "clipimo-imo-adapter"
 ADAPTER_FORMAT_VERSION = 1
@@ -80,32 +86,67 @@ def _add_branch(block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Te
     return output + adapter(h.to(adapter.down.weight.dtype)).to(output.dtype)
 
 
-def _resblocks(model: nn.Module) -> nn.ModuleList:
+@dataclass(frozen=True)
+class Tower:
+    """The adaptable blocks of an image tower: ``kind`` ("open_clip-vit" or "timm"), the blocks, the
+    name of each block's LN2 (whose input is ``h``) and the key prefix of their adapter tensors."""
+
+    kind: str
+    blocks: nn.ModuleList
+    ln2: str
+    prefix: str
+
+    def width(self) -> int:
+        return int(getattr(self.blocks[0], self.ln2).normalized_shape[0])
+
+
+def _timm_pre_norm_blocks() -> tuple[type, ...]:
+    """timm block classes computing ``h = x + attn branch; out = h + mlp branch(norm2(h))``; post-norm
+    variants (ResPostBlock, EvaBlockPostNorm) apply norm2 to the MLP output and are not among them."""
+    from timm.models.eva import EvaBlock
+    from timm.models.vision_transformer import Block
+
+    return Block, EvaBlock
+
+
+def image_tower(model: nn.Module) -> Tower:
+    """Locate the blocks to adapt; any other tower (ResNet, post-norm or unknown timm blocks) is refused."""
     visual = getattr(model, "visual", model)
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    if blocks is None:
+    native = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    trunk = getattr(getattr(visual, "trunk", None), "blocks", None)
+    if native is not None:
+        tower = Tower("open_clip-vit", native, "ln_2", "resblocks")
+    elif isinstance(trunk, nn.Sequential | nn.ModuleList) and len(trunk):
+        tower = Tower("timm", trunk, "norm2", "blocks")
+        supported = _timm_pre_norm_blocks()
+        for i, block in enumerate(trunk):
+            if type(block) not in supported:
+                raise ClipimoError(
+                    f"timm image block {i} is a {type(block).__name__}; IMO adapters support the pre-norm "
+                    f"timm blocks {', '.join(c.__name__ for c in supported)} (SigLIP, SigLIP2, EVA02, ViT-SO400M)"
+                )
+    else:
         raise ClipimoError(
-            f"IMO adapters need a ViT image tower (visual.transformer.resblocks); this model's image "
-            f"tower is {type(visual).__name__}, which is not supported (ResNet and timm towers are not)"
+            f"IMO adapters need a ViT image tower (visual.transformer.resblocks or a timm trunk with "
+            f"visual.trunk.blocks); this model's image tower is {type(visual).__name__}, which is not "
+            "supported (ResNet towers are not)"
         )
-    for i, block in enumerate(blocks):
-        if not isinstance(getattr(block, "ln_2", None), nn.Module):
-            raise ClipimoError(f"image block {i} ({type(block).__name__}) has no ln_2: not a supported ViT block")
-    return blocks
-
-
-def _width(block: nn.Module) -> int:
-    return int(block.ln_2.normalized_shape[0])
+    for i, block in enumerate(tower.blocks):
+        if not isinstance(getattr(block, tower.ln2, None), nn.Module):
+            raise ClipimoError(f"image block {i} ({type(block).__name__}) has no {tower.ln2}: not a supported ViT block")
+    return tower
 
 
 def has_adapters(model: nn.Module) -> bool:
-    visual = getattr(model, "visual", model)
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    return blocks is not None and all(isinstance(getattr(b, "adapter", None), IMOAdapter) for b in blocks)
+    try:
+        blocks = image_tower(model).blocks
+    except ClipimoError:
+        return False
+    return all(isinstance(getattr(b, "adapter", None), IMOAdapter) for b in blocks)
 
 
 def iter_adapters(model: nn.Module) -> Iterator[IMOAdapter]:
-    for block in _resblocks(model):
+    for block in image_tower(model).blocks:
         adapter = getattr(block, "adapter", None)
         if not isinstance(adapter, IMOAdapter):
             raise ClipimoError("model has no IMO adapters; call add_adapters(model) or load_adapters(model, path)")
@@ -119,17 +160,17 @@ def add_adapters(
 
     Returns the model (modified in place). The adapters start enabled; see ``adapters_enabled``.
     """
-    blocks = _resblocks(model)
+    tower = image_tower(model)
     if has_adapters(model):
         raise ClipimoError("model already has IMO adapters")
     for p in model.parameters():
         p.requires_grad_(False)
     ref = next(model.parameters())
-    for block in blocks:
-        adapter = IMOAdapter(_width(block), bottleneck, scale, dropout, init).to(device=ref.device)
+    for block in tower.blocks:
+        adapter = IMOAdapter(tower.width(), bottleneck, scale, dropout, init).to(device=ref.device)
         adapter.train(block.training)
         block.adapter = adapter
-        block.ln_2.register_forward_pre_hook(functools.partial(_record_h, adapter))
+        getattr(block, tower.ln2).register_forward_pre_hook(functools.partial(_record_h, adapter))
         block.register_forward_hook(_add_branch)
     return model
 
@@ -153,15 +194,16 @@ def adapters_enabled(model: nn.Module, on: bool) -> Iterator[nn.Module]:
 
 
 def adapter_config(model: nn.Module) -> dict[str, Any]:
-    blocks = _resblocks(model)
+    tower = image_tower(model)
     first = next(iter_adapters(model))
-    return {**first.config, "width": _width(blocks[0]), "layers": len(blocks)}
+    return {**first.config, "width": tower.width(), "layers": len(tower.blocks), "tower": tower.kind}
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors only, keyed ``resblocks.{i}.{down|up}.{weight|bias}``."""
+    """Adapter tensors only, keyed ``{resblocks|blocks}.{i}.{down|up}.{weight|bias}`` (native | timm tower)."""
+    prefix = image_tower(model).prefix
     return {
-        f"resblocks.{i}.{name}": t.detach().to("cpu").contiguous()
+        f"{prefix}.{i}.{name}": t.detach().to("cpu").contiguous()
         for i, adapter in enumerate(iter_adapters(model))
         for name, t in adapter.state_dict().items()
     }
@@ -174,14 +216,16 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra: dict[str, An
         "version": ADAPTER_FORMAT_VERSION,
         "config": adapter_config(model),
         "backbone": getattr(model, "clipimo_identity", None),
+        "clipimo_version": __version__,
         **(extra or {}),
     }
     _io.write_safetensors(path, adapter_state(model), "clipimo", meta)
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of an adapter file, with clear errors for anything that is not one."""
-    tensors, meta = _io.read_safetensors(path, "clipimo", "adapter file")
+    """Tensors and metadata of an adapter file (local or ``hf-hub:ORG/REPO[/FILE]``), with clear errors
+    for anything that is not one."""
+    tensors, meta = _io.read_safetensors(resolve_adapter(path), "clipimo", "adapter file")
     if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_FORMAT_VERSION:
         raise ClipimoError(
             f"{path}: unsupported adapter format {meta.get('format')!r} v{meta.get('version')}, "
@@ -207,12 +251,13 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, strict_backbone: bo
     """
     tensors, meta = read_adapter_file(path)
     cfg = meta["config"]
-    blocks = _resblocks(model)
-    width, layers = _width(blocks[0]), len(blocks)
-    if (cfg["width"], cfg["layers"]) != (width, layers):
+    tower = image_tower(model)
+    width, layers = tower.width(), len(tower.blocks)
+    kind = cfg.get("tower", "open_clip-vit")  # files written before timm towers were supported
+    if (cfg["width"], cfg["layers"], kind) != (width, layers, tower.kind):
         raise ClipimoError(
-            f"adapter file {path} was made for an image tower of width {cfg['width']} with {cfg['layers']} "
-            f"blocks, but this model has width {width} with {layers} blocks"
+            f"adapter file {path} was made for a {kind} image tower of width {cfg['width']} with "
+            f"{cfg['layers']} blocks, but this model has width {width} with {layers} blocks in a {tower.kind} tower"
         )
     ours, theirs = getattr(model, "clipimo_identity", None), meta.get("backbone")
     if strict_backbone and ours and theirs:
@@ -226,7 +271,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, strict_backbone: bo
     if not has_adapters(model):
         add_adapters(model, cfg["bottleneck"], cfg["scale"], cfg["dropout"], cfg["init"])
     for i, adapter in enumerate(iter_adapters(model)):
-        prefix = f"resblocks.{i}."
+        prefix = f"{tower.prefix}.{i}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
             adapter.load_state_dict(state, strict=True)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .data.benchmarks import DatasetSplits
     from .featurefile import FeatureSet
     from .runner import Cell
+    from .distributed import DistEnv
     from .features import FeatureExtractor
 
 PathLike = str | os.PathLike
@@ -32,20 +33,22 @@ PathLike = str | os.PathLike
 def build_extractor(model: str = "ViT-B-16", pretrained: str | None = None, adapter: PathLike | None = None,
                     device: str = "cpu", cache_dir: PathLike | None = None, batch_size: int = 32,
                     workers: int | None = None, precision: str = "fp32", progress: bool | None = None,
-                    strict_backbone: bool = True) -> FeatureExtractor:
+                    strict_backbone: bool = True, shard_size: int | None = None,
+                    env: DistEnv | None = None) -> FeatureExtractor:
     """A :class:`clipimo.FeatureExtractor` on ``model``/``pretrained`` (random init without weights:
-    the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: fp32 or bf16."""
+    the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: fp32 or bf16.
+    ``env`` (a torchrun process, see :mod:`clipimo.distributed`) sets the device and shares the shards."""
     from .backbone import load_clip
     from .device import resolve_device
-    from .features import FeatureExtractor
+    from .features import DEFAULT_SHARD_SIZE, FeatureExtractor
     from .log import warn_random_init
 
-    backbone = load_clip(model, pretrained, device=resolve_device(device))
-    if backbone.random_init:
+    backbone = load_clip(model, pretrained, device=env.device if env is not None else resolve_device(device))
+    if backbone.random_init and (env is None or env.is_main):
         warn_random_init()
     return FeatureExtractor(backbone, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size,
                             num_workers=workers, precision=precision, progress=progress,
-                            strict_backbone=strict_backbone)
+                            strict_backbone=strict_backbone, shard_size=shard_size or DEFAULT_SHARD_SIZE, env=env)
 
 
 def prompt_options(templates: Sequence[str] | PathLike | None,

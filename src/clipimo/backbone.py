@@ -8,9 +8,10 @@ download weights, so an unreachable tag fails within seconds and says how to pas
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import math
 import os
-import socket
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import open_clip
 import torch
 from torch import nn
 
-from . import _io
+from . import _io, hub, tiny_timm
 from .device import resolve_device
 from .errors import ClipimoError
 from .log import RANDOM_INIT_WARNING  # noqa: F401  (re-exported: clipimo.backbone.RANDOM_INIT_WARNING)
@@ -31,9 +32,9 @@ from .log import RANDOM_INIT_WARNING  # noqa: F401  (re-exported: clipimo.backbo
 RANDOM_INIT_SEED = 0
 _NONE_VALUES = {None, "", "none", "None", "random"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-_PROBE_TIMEOUT_S = 3.0
 _BUNDLED_CONFIGS = "model_configs"
 _TORCHSCRIPT_EXTRAS = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
+CLIP_LOGIT_SCALE = 100.0
 
 
 @dataclass
@@ -54,10 +55,25 @@ class Backbone:
     def random_init(self) -> bool:
         return bool(self.identity.get("random_init"))
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the image (and text) embedding; timm towers have no ``visual.output_dim``."""
+        return int(open_clip.get_model_config(self.name)["embed_dim"])
+
+    @property
+    def logit_scale_bias(self) -> tuple[float, float]:
+        """The zero-shot logit ``s f W + b`` of this model: SigLIP-style models (those with a learned
+        ``logit_bias``) use their own ``exp(logit_scale)`` and bias; CLIP uses 100 and 0 (METHOD.md)."""
+        bias = getattr(self.model, "logit_bias", None)
+        if bias is None:
+            return CLIP_LOGIT_SCALE, 0.0
+        return float(self.model.logit_scale.detach().float().exp()), float(bias.detach())
+
 
 
 def _register_bundled_configs() -> None:
     """Make the tiny test/demo architectures shipped with clipimo known to open_clip by name."""
+    tiny_timm.register()
     folder = resources.files("clipimo").joinpath(_BUNDLED_CONFIGS)
     known = set(open_clip.list_models())
     for entry in folder.iterdir():
@@ -75,12 +91,36 @@ def resolve_model_name(name: str) -> str:
             raise ClipimoError(f"model config file {path} lacks 'vision_cfg'/'text_cfg' (open_clip format)")
         open_clip.add_model_config(str(path))
         return path.stem
+    if hub.is_hub_ref(name):
+        raise ClipimoError(f"--model takes an architecture name; for Hub weights pass e.g. --model ViT-B-16-SigLIP "
+                           f"--pretrained {name}")
     if open_clip.get_model_config(name) is None:
         raise ClipimoError(
             f"unknown model '{name}': expected an open_clip model name (e.g. ViT-B-16; see "
             "open_clip.list_models()) or a path to an open_clip model config .json"
         )
     return name
+
+
+def require_packages(name: str) -> None:
+    """A model whose towers need timm or transformers gets a one-line install hint when they are missing."""
+    cfg = open_clip.get_model_config(name) or {}
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    needs = []
+    if vision.get("timm_model_name"):
+        needs.append(("timm", "timm"))
+    if text.get("hf_model_name") or text.get("hf_tokenizer_name") or "siglip" in name.lower():
+        needs.append(("transformers", "siglip"))
+    for module, extra in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ClipimoError(f"model {name} needs the '{module}' package: pip install 'clipimo[{extra}]'")
+
+
+def _tokenizer(name: str) -> Callable:
+    try:
+        return open_clip.get_tokenizer(name)
+    except (ImportError, OSError, ValueError) as err:  # a Hugging Face tokenizer neither cached nor reachable
+        raise ClipimoError(f"could not load the tokenizer of {name}: {err}") from err
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -104,14 +144,6 @@ def _openai_needs_quick_gelu(name: str) -> bool:
     return bool(open_clip.get_pretrained_cfg(name, "openai").get("quick_gelu")) and not cfg.get("quick_gelu")
 
 
-def _host_reachable(host: str, port: int = 443) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
 def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
     """The already-downloaded weights file for a pretrained tag, without touching the network."""
     if cfg.get("hf_hub"):
@@ -124,7 +156,7 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
             safe = open_clip.constants.HF_SAFE_WEIGHTS_NAME
             candidates.insert(0, safe if filename == open_clip.constants.HF_WEIGHTS_NAME else filename[:-4] + ".safetensors")
         for fname in candidates:
-            hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+            hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir or hub.hub_cache_dir())
             if isinstance(hit, str):
                 return hit
     if cfg.get("url"):
@@ -138,14 +170,8 @@ def _download_tag(name: str, tag: str, cfg: dict, cache_dir: str | None) -> str:
     cached = _cached_tag_file(cfg, cache_dir)
     if cached:
         return cached
-    host = (
-        urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-        if cfg.get("hf_hub")
-        else urlparse(cfg.get("url", "")).hostname
-    )
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-    if offline or not host or not _host_reachable(host):
-        why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+    why = hub.unreachable_reason(hub.hub_host() if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname)
+    if why:
         raise ClipimoError(
             f"pretrained weights '{tag}' for {name} are not in the local cache and {why}. "
             f"Download them on a machine with network access (open_clip.create_model('{name}', "
@@ -165,6 +191,12 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None, cache_dir: 
     if pretrained in _NONE_VALUES:
         return None, {}, {"model": name, "weights": f"random-init(seed={RANDOM_INIT_SEED})", "random_init": True}
     text = str(pretrained)
+    if hub.is_hub_ref(text):
+        defaults = [open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_WEIGHTS_NAME]
+        file = hub.hub_file(text, defaults, "pretrained weights")
+        repo, _ = hub.parse_hub_ref(text)
+        weights = f"hf-hub:{repo}/{file.name}@{hub.hub_revision(file) or 'sha256:' + _io.sha256_file(file)}"
+        return str(file), {}, {"model": name, "weights": weights, "random_init": False}
     path = Path(text).expanduser()
     tag_cfg = open_clip.get_pretrained_cfg(name, text)
     if tag_cfg and not path.exists():
@@ -194,6 +226,7 @@ def load_clip(
     """
     device = resolve_device(device)  # a clear error for --device cuda without CUDA
     name = resolve_model_name(name)
+    require_packages(name)
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
     kwargs: dict[str, Any] = {}
     if tag_cfg:
@@ -240,7 +273,7 @@ def load_clip(
     return Backbone(
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=_tokenizer(name),
         name=name,
         identity=identity,
         image_size=int(size if isinstance(size, int) else size[0]),

@@ -16,6 +16,7 @@ from .errors import ClipimoError
 # Each module defines ``register(subparsers)`` which adds one (or a group of) subcommand(s)
 # and sets ``func`` (called with the parsed args, returns an exit code).
 COMMAND_MODULES = [
+    "adapter",
     "datasets",
     "demo",
     "evaluate",

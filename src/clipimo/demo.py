@@ -173,7 +173,8 @@ def run_demo(
         root=str(out / "data"), datasets=[str(data["task"])], shots=list(settings.shots), seeds=list(settings.seeds),
         methods=list(METHODS), augment_passes=settings.augment_passes,
     )
-    results = run_experiment(run_cfg, extractor, out / "results", device=device, progress=progress)
+    results = run_experiment(run_cfg, extractor, out / "results", device=device, progress=progress,
+                             save_features=True)
 
     logger.info("[4/5] intra-modal overlap of the task's test images, original vs corrected")
     test = load_custom_dataset(data["task"]).test

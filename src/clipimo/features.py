@@ -28,7 +28,9 @@ from .adapter import adapter_state, adapters_enabled, has_adapters, load_adapter
 from .backbone import Backbone
 from .data.items import LabelledImage
 from .data.templates import format_prompts
+from .distributed import DistEnv, run_sharded
 from .errors import ClipimoError
+from .hub import resolve_adapter
 from .log import tqdm_disable
 from .images import load_rgb
 from .transforms import cache_augmentation, seeded_transform
@@ -109,11 +111,14 @@ class FeatureExtractor:
         progress: bool | None = None,
         shard_size: int = DEFAULT_SHARD_SIZE,
         strict_backbone: bool = True,
+        env: DistEnv | None = None,
     ):
         """``precision``: "fp32" (the paper) or "bf16" (autocast); ``strict_backbone=False`` accepts an adapter
-        file trained on another backbone identity (e.g. the same weights given as a tag and as a file)."""
+        file trained on another backbone identity (e.g. the same weights given as a tag and as a file);
+        ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
         self.backbone = backbone
         self.adapter_hash: str | None = None
+        adapter = None if adapter is None else resolve_adapter(adapter)
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
             load_adapters(backbone.model, adapter, strict_backbone=strict_backbone)
@@ -129,6 +134,7 @@ class FeatureExtractor:
         self.amp = precision == "bf16"
         self.progress = progress
         self.shard_size = shard_size
+        self.env = env or DistEnv(device=backbone.device)
         self.encoded_images = 0
 
     def _current_adapter_state(self) -> str | None:
@@ -191,11 +197,17 @@ class FeatureExtractor:
             raise ClipimoError(f"{len(missing)} image file(s) do not exist:\n  {listed}\n(pass --skip-unreadable to leave them out)")
         bb = self.backbone
         transform = bb.preprocess if passes == 0 else cache_augmentation(bb.image_size, bb.mean, bb.std)
-        parts = []
-        starts = range(0, len(items), self.shard_size)
-        for start in tqdm(starts, desc=f"{desc} shards", disable=True if len(starts) < 2 else tqdm_disable(self.progress), leave=False):
-            shard = items[start : start + self.shard_size]
-            parts.append(self._shard(shard, transform, passes, seed, skip_unreadable, desc))
+        shards = [items[start : start + self.shard_size] for start in range(0, len(items), self.shard_size)]
+        bar = tqdm(total=len(shards), desc=f"{desc} shards", leave=False,
+                   disable=True if len(shards) < 2 or not self.env.is_main else tqdm_disable(self.progress))
+
+        def shard(i: int) -> ImageFeatures:
+            feats = self._shard(shards[i], transform, passes, seed, skip_unreadable, desc)
+            bar.update()
+            return feats
+
+        parts = run_sharded(len(shards), shard, self.env)
+        bar.close()
         feats = _concat(parts)
         if not feats.paths:
             first, why = next(iter(feats.skipped.items()))

@@ -180,6 +180,7 @@ def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig,
     )
     arrays["cache_views"] = keys.views.numpy()
     arrays["cache_views_corrected"] = keys.views_corrected_or_original.numpy()
+    arrays["logit_scale"], arrays["logit_bias"] = map(np.array, extractor.backbone.logit_scale_bias)
     return validate_features(arrays, f"features of {label}"), record
 
 
@@ -232,6 +233,17 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
 def _evaluate(feats: FeatureSet, methods: list[str], device: str, options: MethodOptions) -> dict[str, Any]:
     ran = run_methods(feats, methods, device=device, options=options)
     return {"methods": {name: r.as_dict() for name, r in ran.items()}, "settings": method_settings(ran)}
+
+
+def encode_cells(cfg: RunConfig, extractor: FeatureExtractor) -> None:
+    """Fill the feature cache of every cell of the grid without evaluating: under torchrun every rank
+    calls this (the shards of each image list are split across ranks), then rank 0 runs the grid
+    from the cache."""
+    for source in cfg.datasets:
+        data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
+        for shots in cfg.shots:
+            for seed in cfg.seeds:
+                cell_features(extractor, plan_cell(data, shots, seed, cfg, {}), cfg)
 
 
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",

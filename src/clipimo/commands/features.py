@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..options import CORRECTIONS, IMAGEPCA_DEFAULT
+
+DEFAULT_SHARD_SIZE = 4096  # clipimo.features.DEFAULT_SHARD_SIZE, kept here so --help needs no torch import
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a backbone shares."""
     parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json (default ViT-B-16)")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or weights file; omit or 'none' for random init")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai, webli), weights file or hf-hub:ORG/REPO[/FILE]; omit or 'none' for random init")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:index]: where images are encoded (run: and the search runs)")
 
 
 def add_extractor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", default=None, help="IMO adapter .safetensors file (adds the corrected stream)")
+    parser.add_argument("--adapter", default=None, help="IMO adapter .safetensors file or hf-hub:ORG/REPO[/FILE] (adds the corrected stream)")
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default $CLIPIMO_CACHE or ~/.cache/clipimo)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
@@ -30,6 +33,8 @@ def add_extractor_args(parser: argparse.ArgumentParser) -> None:
                         help="fp32 (default, as the paper) or bf16 autocast (faster on GPUs); part of the cache key and recorded")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                        help=f"images per feature-cache shard, the unit split across torchrun ranks (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
 
 
@@ -53,15 +58,23 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
                         help="custom tasks: one 'folder_name: readable name' per line; folders not listed keep their name")
 
 
-def make_extractor(args: argparse.Namespace):
-    """A FeatureExtractor from the backbone and extractor options."""
+def make_extractor(args: argparse.Namespace, distributed: bool = False):
+    """A FeatureExtractor from the backbone and extractor options. With ``distributed`` (commands whose
+    rank 0 alone writes the output), under torchrun (WORLD_SIZE > 1) it joins the process group, takes
+    GPU LOCAL_RANK and splits the cache shards across ranks; other commands refuse torchrun."""
     from ..api import build_extractor
     from ..cli import progress_setting
+    from ..distributed import setup_distributed
+    from ..errors import ClipimoError
 
+    if not distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ClipimoError(f"clipimo {args.command} runs as one process; under torchrun use `clipimo features` or "
+                           "`clipimo run` to fill the feature cache, then run this command once")
     return build_extractor(args.model, args.pretrained, adapter=args.adapter, device=args.device,
                            cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers,
                            precision=args.precision, progress=progress_setting(args),
-                           strict_backbone=not args.allow_backbone_mismatch)
+                           strict_backbone=not args.allow_backbone_mismatch, shard_size=args.shard_size,
+                           env=setup_distributed(args.device))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--images folder holding train/ and test/ is taken as a task.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="CSV list (path,label) or ImageFolder tree: writes feats, feats_corrected, labels, "
-                                      "meta, and with --passes the per-pass views, views_corrected [E, N, D]")
+                                      "logit_scale, logit_bias, meta, and with --passes the per-pass views, views_corrected [E, N, D]")
     src.add_argument("--task", help="task folder (train/, test/, optional val/: ImageFolder trees or CSVs) or a benchmark name (with --root)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--shots", type=int, default=None, help="with a task: support images per class")
@@ -137,10 +150,15 @@ def run_images(args: argparse.Namespace) -> int:
         raise ValueError("--templates and --classnames apply to a task (they shape its text weights)")
     source = Path(args.images)
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
-    extractor = make_extractor(args)
+    extractor = make_extractor(args, distributed=True)
+    try:
+        feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
+    finally:
+        extractor.env.cleanup()
+    if not extractor.env.is_main:  # rank 0 writes the output; the others only encoded their shards
+        return 0
     correction = build_correction(args.correction, extractor, args.textpca_classnames, args.imagepca_images,
                                   args.imagepca)
-    feats = extractor.image_features(items, passes=args.passes, seed=args.seed, skip_unreadable=args.skip_unreadable)
     if correction is not None:
         corrected = correction.apply(feats.original.numpy())
         views_corrected = None if feats.views is None else correction.apply(feats.views.numpy())
@@ -158,7 +176,9 @@ def run_images(args: argparse.Namespace) -> int:
         "skipped": feats.skipped,
         "correction": fingerprint(correction),
     }
-    arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta))}
+    scale, bias = extractor.backbone.logit_scale_bias
+    arrays = {"feats": feats.original.numpy(), "labels": feats.labels.numpy(), "meta": np.array(json.dumps(meta)),
+              "logit_scale": np.array(scale), "logit_bias": np.array(bias)}
     for key, value in (("feats_corrected", corrected), ("views", feats.views), ("views_corrected", views_corrected)):
         if value is not None:
             arrays[key] = np.asarray(value)

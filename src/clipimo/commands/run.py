@@ -101,7 +101,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..runner import RunConfig, run_experiment
 
     cfg = RunConfig(**grid_options(args, parser), skip_unreadable=args.skip_unreadable)
-    extractor = make_extractor(args)
+    extractor = make_extractor(args, distributed=True)
+    if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
+        from ..distributed import DistEnv
+        from ..runner import encode_cells
+
+        try:
+            encode_cells(cfg, extractor)
+        finally:
+            extractor.env.cleanup()
+        if not extractor.env.is_main:
+            return 0
+        extractor.env = DistEnv(device=extractor.env.device)  # rank 0 alone from here; every cell is cached
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=progress_setting(args),
                              save_features=args.save_features)
     print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP: ``Z = 100 f W`` on original features, nothing to search."""
+"""Zero-shot: ``Z = s f W + b`` on original features (CLIP: s = 100, b = 0), nothing to search."""
 from __future__ import annotations
 
 from typing import Iterator

@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision import transforms as T
 
+from ..adapter import image_tower
+from ..errors import ClipimoError
 from .config import DinoConfig
 from .loop import DistEnv, Trainer, TrainResult, setup_distributed
 from .posembed import crop_sizes, enable_any_input_size
@@ -263,6 +265,10 @@ class DinoTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.cfg
+        if image_tower(self.model).kind != "open_clip-vit":
+            raise ClipimoError("DINO adapter training feeds crops of several sizes, which only open_clip's native "
+                               "ViT tower takes; train adapters of timm towers (SigLIP, EVA02) with the "
+                               "supervised method")
         visual = enable_any_input_size(self.model)
         self.global_size, self.local_size = crop_sizes(self.backbone.image_size, visual.patch_size,
                                                        cfg.local_size, cfg.global_size)

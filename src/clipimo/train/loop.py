@@ -11,7 +11,6 @@ with the global batch.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,6 +37,8 @@ from ..data.generic import is_image_file, read_csv_list, read_image_folder
 from ..data.items import LabelledImage
 from ..device import resolve_device
 from ..errors import ClipimoError, Terminated
+from ..distributed import DistEnv, setup_distributed
+from ..errors import ClipimoError
 from ..log import warn_random_init
 from ..identity import items_digest
 from ..images import load_rgb
@@ -53,58 +54,6 @@ METRICS = "metrics.jsonl"
 
 # ----------------------------------------------------------------------------------------------
 # processes
-
-
-@dataclass
-class DistEnv:
-    """This process's place in the run: rank, world size, device (one GPU per process under torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def cleanup(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def setup_distributed(device: str = "auto") -> DistEnv:
-    """One process, or (when ``WORLD_SIZE`` > 1, as torchrun sets it) join the process group:
-    nccl for CUDA, gloo for CPU; under torchrun each process takes GPU ``LOCAL_RANK``."""
-    dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev.index or 0)
-        return DistEnv(device=dev)
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
-        owns = True
-    if dist.get_world_size() != world or dist.get_rank() != rank:
-        raise ClipimoError("process group does not match WORLD_SIZE/RANK")
-    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
 def all_reduce_mean(t: torch.Tensor, env: DistEnv) -> torch.Tensor:

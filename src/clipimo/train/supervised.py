@@ -20,10 +20,10 @@ from .loop import DistEnv, Trainer, TrainResult, setup_distributed
 class ClassifierModel(nn.Module):
     """``head(visual(x))``: the image tower's projected embedding, unnormalised, then Linear."""
 
-    def __init__(self, visual: nn.Module, n_classes: int):
+    def __init__(self, visual: nn.Module, n_classes: int, embed_dim: int):
         super().__init__()
         self.visual = visual
-        self.head = nn.Linear(int(visual.output_dim), n_classes)
+        self.head = nn.Linear(embed_dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.visual(x))
@@ -35,7 +35,7 @@ class SupervisedTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.cfg
-        self.student = ClassifierModel(self.model.visual, len(self.classnames))
+        self.student = ClassifierModel(self.model.visual, len(self.classnames), self.backbone.embed_dim)
         params = adapter_parameters(self.model) + list(self.student.head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.transform = self.backbone.preprocess
