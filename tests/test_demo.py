@@ -2,6 +2,7 @@ import json
 
 from clipimo.cli import main
 from clipimo.demo import POOL_PHOTOS, TASK_PHOTOS, TASK_SPLITS, build_demo_data
+from clipimo.plots import slug
 
 from conftest import assert_figure, assert_png
 
@@ -38,7 +39,8 @@ def test_quick_demo_writes_report_and_plots(tmp_path, capsys):
     assert 0 <= overlap["original"]["overlap"] <= 1 and 0 <= overlap["corrected"]["overlap"] <= 1
     assert (out / "train" / "adapter.safetensors").is_file()
     assert_figure({f: out / "overlap" / f"overlap.{f}" for f in ("png", "pdf")}, ("png", "pdf"), 100)
-    assert_figure({f: out / "report" / "plots" / f"gain_task.{f}" for f in ("png", "pdf")}, ("png", "pdf"), 100)
+    gain = out / "report" / "plots" / f"gain_{slug(results['cells'][0]['dataset'])}"  # custom tasks: <folder>-<hash>
+    assert_figure({f: gain.with_suffix(f".{f}") for f in ("png", "pdf")}, ("png", "pdf"), 100)
     cell = results["cells"][0]["methods"]["tipx-imo"]
     assert cell["test_top5"] >= cell["test_acc"] and 0 <= cell["test_mean_per_class_recall"] <= 100
 

@@ -65,7 +65,8 @@ def test_saved_cache_keys_have_both_streams(run_out):
 @pytest.mark.parametrize("method", METHODS)
 def test_cell_results_equal_the_reference_on_the_saved_features(run_out, method):
     _, arrays, cell = run_out
-    assert cell["methods"][method] == ref.method(arrays, method)
+    got = cell["methods"][method]
+    assert {k: got[k] for k in ("test_acc", "val_acc", "hparams")} == ref.method(arrays, method)
 
 
 def test_the_streams_change_the_cells_answer(run_out):

@@ -75,19 +75,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """A JSON file; a missing or damaged file is a ClipimoError naming it and saying what it is."""
-    from .errors import ClipimoError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"{what} file {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ClipimoError(f"{what} file {path} is not valid JSON: {err}") from err
-
-
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML config file that must hold a mapping (safe loader: plain data only)."""
     import yaml
