@@ -129,7 +129,8 @@ def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     A reshape-and-sum when the columns come as ``k`` keys of class 0, then ``k`` of class 1, ...;
     otherwise a gather of each class's columns, padded with zeros to the largest class, and the
     same sum (deterministic on every device, unlike atomic ``index_add``). About ``C`` times less
-    work than the one-hot product; ``labels`` need not be sorted and classes may be empty.
+    work than the one-hot product; ``labels`` need not be sorted, classes may be empty, and it is
+    differentiable in ``values`` (Tip-F trains through it).
     """
     rows, width = values.shape
     k = width // num_classes if num_classes else 0
@@ -166,13 +167,6 @@ def count_hits(logit_chunks: Iterable[tuple[slice, torch.Tensor]], labels: torch
             logits = logits[:, cols]
         hits += int((logits.argmax(1) == labels[rows]).sum())
     return hits
-
-
-def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``values @ one_hot(labels)`` as a segment sum: ``[rows, N] -> [rows, C]`` in O(rows N)
-    instead of O(rows N C); differentiable in ``values``."""
-    out = torch.zeros(values.shape[0], num_classes, dtype=values.dtype, device=values.device)
-    return out.index_add(1, labels, values)
 
 
 def percent(hits: int, n: int) -> float:

@@ -35,13 +35,11 @@ from ..adapter import add_adapters, save_adapters
 from ..backbone import Backbone, load_clip
 from ..data.generic import is_image_file, read_csv_list, read_image_folder
 from ..data.items import LabelledImage
-from ..device import resolve_device
-from ..errors import ClipimoError, Terminated
 from ..distributed import DistEnv, setup_distributed
-from ..errors import ClipimoError
-from ..log import warn_random_init
+from ..errors import ClipimoError, Terminated
 from ..identity import items_digest
 from ..images import load_rgb
+from ..log import warn_random_init
 from ..transforms import seeded_transform
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 
