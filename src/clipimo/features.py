@@ -31,13 +31,13 @@ from .data.templates import format_prompts
 from .distributed import DistEnv, run_sharded
 from .errors import ClipimoError
 from .hub import resolve_adapter
-from .log import tqdm_disable
 from .images import load_rgb
+from .log import tqdm_disable
+from .options import DEFAULT_SHARD_SIZE
 from .transforms import cache_augmentation, seeded_transform
 
 # 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling
 FEATURE_FORMAT_VERSION = 3
-DEFAULT_SHARD_SIZE = 4096
 
 
 def default_cache_dir() -> Path:

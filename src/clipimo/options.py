@@ -13,6 +13,7 @@ METHOD_NAMES = ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo", "p
 CORRECTIONS = ("imo", "isoclip", "textpca", "imagepca")
 IMAGEPCA_DEFAULT = "abtt-2"
 DEFAULT_BINS = 200  # similarity histogram bins over [-1, 1] (clipimo.diagnostics)
+DEFAULT_SHARD_SIZE = 4096  # images per feature-cache shard, the unit torchrun ranks split (clipimo.features)
 
 
 def as_list(value: Any, cast: Callable = str) -> list:

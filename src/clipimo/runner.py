@@ -33,7 +33,7 @@ from .log import logger, tqdm_disable, warn_random_init
 from .methods import MethodOptions, parse_methods
 from .methods.gda import GDA_ALPHAS
 from .aggregate import summarise
-from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, as_list  # noqa: F401  (as_list re-exported)
+from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS
 from .plots import is_imo
 from .report import results_markdown
 from .results import results_csv, write_clip_benchmark

@@ -11,9 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from ..options import CORRECTIONS, IMAGEPCA_DEFAULT
-
-DEFAULT_SHARD_SIZE = 4096  # clipimo.features.DEFAULT_SHARD_SIZE, kept here so --help needs no torch import
+from ..options import CORRECTIONS, DEFAULT_SHARD_SIZE, IMAGEPCA_DEFAULT
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
