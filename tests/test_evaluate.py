@@ -74,8 +74,11 @@ def test_bad_files_give_clear_errors(tmp_path, feats, change, message):
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(ClipimoError, match="not found"):
+    with pytest.raises(ClipimoError, match=r"features file .*nope\.npz does not exist"):
         load_features(tmp_path / "nope.npz")
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(ClipimoError, match=r"features file .*folder\.npz is a folder; expected a file"):
+        load_features(tmp_path / "folder.npz")
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(ClipimoError, match="junk.npz: not a readable .npz"):
         load_features(tmp_path / "junk.npz")

@@ -53,17 +53,37 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """A JSON file the user named; a missing or malformed one is a ClipimoError naming ``what`` and the path."""
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path when it is a file; otherwise a ClipimoError saying ``what`` was expected there
+    (a folder and a missing path are told apart)."""
     from .errors import ClipimoError
 
     path = Path(path)
+    if path.is_dir():
+        raise ClipimoError(f"{what} {path} is a folder; expected a file")
     if not path.is_file():
-        raise ClipimoError(f"{what} file {path} does not exist")
+        raise ClipimoError(f"{what} {path} does not exist")
+    return path
+
+
+def parse_json_object(text: str | bytes, where: str) -> dict:
+    """A JSON object (mapping) from ``text``; anything else is a ClipimoError naming ``where``."""
+    from .errors import ClipimoError
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ClipimoError(f"{what} file {path} is not valid JSON: {err}") from err
+        raise ClipimoError(f"{where} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ClipimoError(f"{where} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object from a file; a missing, malformed or non-object one is a ClipimoError naming
+    ``what`` and the path."""
+    path = require_file(path, f"{what} file")
+    return parse_json_object(path.read_bytes(), f"{what} file {path}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -81,9 +101,7 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
     from .errors import ClipimoError
 
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"config file {path} does not exist")
+    path = require_file(path, "config file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -108,9 +126,7 @@ def read_safetensors(path: str | os.PathLike, meta_key: str, what: str) -> tuple
 
     from .errors import ClipimoError
 
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"{what} {path} does not exist")
+    path = require_file(path, what)
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(meta_key)
@@ -119,4 +135,4 @@ def read_safetensors(path: str | os.PathLike, meta_key: str, what: str) -> tuple
         raise ClipimoError(f"{what} {path} is not a readable safetensors file: {err}") from err
     if raw is None:
         raise ClipimoError(f"{path} is a safetensors file but not a clipimo {what} (no '{meta_key}' metadata)")
-    return tensors, json.loads(raw)
+    return tensors, parse_json_object(raw, f"{what} {path}: its '{meta_key}' metadata")

@@ -16,7 +16,7 @@ from typing import Mapping, NoReturn
 import numpy as np
 from numpy.lib import format as npformat
 
-from ._io import atomic_path
+from ._io import atomic_path, require_file
 from .errors import ClipimoError
 
 FEATURE_KEYS = (
@@ -164,9 +164,7 @@ def _validate_views(arrays: Mapping[str, np.ndarray], keys_shape: tuple[int, ...
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, refusing pickled objects, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"{path}: features file not found")
+    path = require_file(path, "features file")
     try:
         _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as npz:

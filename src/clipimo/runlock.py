@@ -32,15 +32,18 @@ def _alive(pid: int) -> bool:
 
 def _owner(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        owner = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold ``folder/.clipimo.lock`` for the duration of the block."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ClipimoError(f"output folder {folder} is a file; expected a folder")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -60,8 +63,12 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
                 f"{folder} is in use by another clipimo run ({who}); wait for it to finish or use another "
                 f"--out folder (if that process is gone, delete {path})"
             ) from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+        except OSError as err:  # e.g. a full disk: leave no half-written lock that would block every rerun
+            path.unlink(missing_ok=True)
+            raise ClipimoError(f"cannot write the lock file {path}: {err.strerror or err}") from err
         break
     else:
         raise ClipimoError(f"{path}: could not take the lock (another process keeps recreating it)")

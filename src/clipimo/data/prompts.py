@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from .._io import require_file
 from ..errors import ClipimoError
 
 
 def _lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ClipimoError(f"{what} file {path} does not exist")
+    path = require_file(path, f"{what} file")
     text = path.read_text(encoding="utf-8")
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)
             if line.strip() and not line.lstrip().startswith("#")]
