@@ -75,12 +75,14 @@ def split_items(value: Any, item: Callable = str) -> list:
 
 
 class ListAction(argparse.Action):
-    """A list option, repeatable and comma-separated (``--dataset a,b --dataset c``); the first use
-    on the command line replaces the default. ``item`` parses each element, ``allowed`` limits them."""
+    """A comma-separated list option (``--shots 1,2,4``). With ``extend`` it is repeatable too
+    (``--dataset a,b --dataset c``: the first use replaces the default, later ones add); without,
+    a later use replaces an earlier one, like any other flag. ``item`` parses each element,
+    ``allowed`` limits them."""
 
     def __init__(self, option_strings: list[str], dest: str, item: Callable = str,
-                 allowed: tuple | None = None, **kwargs: Any) -> None:
-        self.item, self.allowed = item, allowed
+                 allowed: tuple | None = None, extend: bool = False, **kwargs: Any) -> None:
+        self.item, self.allowed, self.extend = item, allowed, extend
         super().__init__(option_strings, dest, **kwargs)
 
     def parse(self, value: Any) -> list:
@@ -100,13 +102,15 @@ class ListAction(argparse.Action):
         except ValueError as err:
             raise argparse.ArgumentError(self, str(err)) from None
         current = getattr(namespace, self.dest, None)
-        setattr(namespace, self.dest, items if current is None or current is self.default else [*current, *items])
+        fresh = not self.extend or current is None or current is self.default
+        setattr(namespace, self.dest, items if fresh else [*current, *items])
 
 
 def add_list_argument(parser: argparse.ArgumentParser | Any, *flags: str, item: Callable = str,
-                      choices: tuple | None = None, default: Any = None, **kwargs: Any) -> argparse.Action:
+                      choices: tuple | None = None, default: Any = None, extend: bool = False,
+                      **kwargs: Any) -> argparse.Action:
     """A :class:`ListAction` option; ``default`` (a sequence) becomes a list."""
-    return parser.add_argument(*flags, action=ListAction, item=item, allowed=choices,
+    return parser.add_argument(*flags, action=ListAction, item=item, allowed=choices, extend=extend,
                                default=None if default is None else list(default), **kwargs)
 
 
@@ -291,7 +295,8 @@ def apply(args: argparse.Namespace, root: argparse.ArgumentParser, argv: list[st
         parser.error(f"the following arguments are required: {', '.join(missing)} (as flags or in --config)")
     for group, required in parser.clipimo_groups:
         if required and all(getattr(args, a.dest, None) in (None, False, []) for a in group._group_actions):
-            parser.error(f"one of the arguments {' '.join(_name(a) for a in group._group_actions)} is required")
+            shown = [_name(a) for a in group._group_actions if a.help != argparse.SUPPRESS]
+            parser.error(f"one of the arguments {' '.join(shown)} is required")
 
 
 def _name(action: argparse.Action) -> str:

@@ -69,5 +69,5 @@ def parse_xlim(value: str | None) -> tuple[float, float] | None:
 def add_dataset_arg(p: Any, help: str, required: bool = False) -> None:
     """``--dataset``, repeatable and comma-separated, in every command that takes datasets
     (``--datasets``, the older spelling, is accepted too)."""
-    add_list_argument(p, "--dataset", item=source_arg, required=required, metavar="NAME", help=help)
-    add_list_argument(p, "--datasets", dest="dataset", item=source_arg, help=argparse.SUPPRESS)
+    add_list_argument(p, "--dataset", item=source_arg, extend=True, required=required, metavar="NAME", help=help)
+    add_list_argument(p, "--datasets", dest="dataset", item=source_arg, extend=True, help=argparse.SUPPRESS)
