@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,13 @@ def test_print_config_round_trip_from_another_folder(tmp_path, capsys, monkeypat
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert printed_config(capsys, "run", "--config", str(saved)) == first
+    monkeypatch.chdir(here)  # train: the settings its run folder's config.yaml records, paths absolute
+    train = printed_config(capsys, "train", "supervised", "--data", "pool.csv", "--out", "runs/t", "--epochs", "2")
+    assert train["method"] == "supervised" and train["data"] == str(here / "pool.csv")
+    assert train["out"] == str(here / "runs/t") and train["epochs"] == 2 and train["lr"] == 8e-3
+    saved.write_text(yaml.safe_dump(train))
+    monkeypatch.chdir(elsewhere)
+    assert printed_config(capsys, "train", "supervised", "--config", str(saved)) == train
 
 
 def test_run_saves_its_config_and_resumes_from_it_anywhere(tmp_path, capsys, monkeypatch):
@@ -254,6 +262,29 @@ def test_shared_flags_have_one_name_and_one_meaning():
     assert {"run", "features", "overlap", "shift", "report", "demo", "predict", "train dino"} <= out_flags
 
 
-def test_readme_documents_the_config_flags():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert "--print-config" in readme and "--config" in readme
+def readme_commands() -> list[list[str]]:
+    """The argument lists of every clipimo command in the README's code blocks (shell variables
+    such as $M expanded as the README defines them, redirections dropped)."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    variables = dict(re.findall(r'^(\w+)="([^"]*)"', text, re.M))
+    commands = []
+    for block in re.findall(r"```(?:bash|text)\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), line.split(" #")[0])
+            for part in line.split("&&"):
+                words = shlex.split(part.split(">")[0])
+                names = [i for i, w in enumerate(words) if w == "clipimo" or w.endswith("/clipimo")]
+                if names and not part.lstrip().startswith("#"):
+                    commands.append(words[names[0] + 1:])
+    return commands
+
+
+def test_readme_commands_parse_and_document_the_config_flags(capsys):
+    commands = readme_commands()
+    assert len(commands) >= 20 and ["demo"] in commands
+    for argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README command does not parse: clipimo {' '.join(argv)}\n{capsys.readouterr().err}")
+    assert any("--print-config" in argv for argv in commands) and any("--config" in argv for argv in commands)
