@@ -1,7 +1,6 @@
 """Helpers shared by the training tests, and the configuration tests (defaults, YAML, flags)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"clipimo.commands.{name}").register(sub)
-    for child in cliconfig._all_parsers(parser):
+    for child in cliconfig.all_parsers(parser):
         child.formatter_class = cliconfig.HelpFormatter
     for leaf in _leaf_parsers(parser):
         if leaf is not parser:
@@ -96,7 +96,7 @@ def write_json_output(target: str, obj: Any) -> None:
         write_json(target, obj)
 
 
-_results_stream = [sys.stdout]
+_results_stream = [sys.stdout]  # the real stdout of the command running (main sends its prints to stderr under --json -)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,7 +227,7 @@ def coerce(action: argparse.Action, value: Any) -> Any:
 def _explicit(root: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """Destinations given on the command line: parse again with every default suppressed."""
     saved = []
-    for parser in _all_parsers(root):
+    for parser in all_parsers(root):
         for action in parser._actions:
             saved.append((action, action.default))
             action.default = argparse.SUPPRESS
@@ -238,12 +238,13 @@ def _explicit(root: argparse.ArgumentParser, argv: list[str]) -> set[str]:
             action.default = default
 
 
-def _all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every sub-command parser below it."""
     yield parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
-                yield from _all_parsers(child)
+                yield from all_parsers(child)
 
 
 def read_config(path: str, parser: argparse.ArgumentParser, command: str) -> dict[str, Any]:
