@@ -287,6 +287,6 @@ def test_cli_check(tmp_path, capsys):
     assert {r["dataset"]: r["status"] for r in results}["PlantDoc"] == "ok"
     assert len(results) == 18
 
-    args = _cli(["datasets", "check", "--root", str(tmp_path), "--dataset", "plantdoc", "cub"])
+    args = _cli(["datasets", "check", "--root", str(tmp_path), "--dataset", "plantdoc,cub"])
     assert args.func(args) == 1  # CUB asked for but missing
     assert "cub/" in capsys.readouterr().out

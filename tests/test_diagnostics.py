@@ -2,7 +2,6 @@
 figure, and ``clipimo overlap`` on a tiny image folder, a fake benchmark and features files."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -18,8 +17,8 @@ from clipimo import diagnostics as dg
 from clipimo import figures
 from clipimo.backbone import RANDOM_INIT_WARNING
 from clipimo import log
-from clipimo.commands import features as features_cmd
-from clipimo.commands import overlap as overlap_cmd
+from clipimo.cli import build_parser
+from clipimo.cliconfig import apply
 from clipimo.errors import ClipimoError
 
 from conftest import TINY, assert_figure, assert_png, make_images
@@ -198,12 +197,11 @@ def test_overlap_figure_is_a_valid_png(tmp_path):
 # ---- clipimo overlap ---------------------------------------------------------------------------
 
 def cli(argv):
+    """The command line as clipimo.cli.main parses it, with errors raised instead of printed."""
     log.configure()  # as clipimo.cli.main does: messages to this test's stderr
-    parser = argparse.ArgumentParser(prog="clipimo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    overlap_cmd.register(sub)
-    features_cmd.register(sub)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    apply(args, parser, argv)
     return args.func(args)
 
 

@@ -1,7 +1,6 @@
 """``clipimo report``: Markdown tables, banners, IMO gains, shift table, and linked PNG plots."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -15,8 +14,8 @@ import pytest
 from clipimo import diagnostics as dg
 from clipimo import figures, log, plots
 from clipimo.backbone import RANDOM_INIT_WARNING
-from clipimo.commands import overlap as overlap_cmd
-from clipimo.commands import report as report_cmd
+from clipimo.cli import build_parser
+from clipimo.cliconfig import apply
 from clipimo.errors import ClipimoError
 from clipimo.aggregate import imo_gains, summarise
 from clipimo.report import build_report, load_results
@@ -89,12 +88,11 @@ def table_row(text: str, first_cell: str, after: str) -> list[str]:
 
 
 def cli(argv):
+    """The command line as clipimo.cli.main parses it, with errors raised instead of printed."""
     log.configure()  # as clipimo.cli.main does: messages to this test's stderr
-    parser = argparse.ArgumentParser(prog="clipimo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    report_cmd.register(sub)
-    overlap_cmd.register(sub)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    apply(args, parser, argv)
     return args.func(args)
 
 

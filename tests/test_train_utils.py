@@ -1,7 +1,6 @@
 """Helpers shared by the training tests, and the configuration tests (defaults, YAML, flags)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -91,19 +90,26 @@ def test_yaml_then_flags(tmp_path):
 
 
 def test_command_parser(tmp_path):
-    from clipimo.commands.train import config_from_args, register
+    from clipimo.cli import build_parser
+    from clipimo.cliconfig import apply
+    from clipimo.commands.train import config_from_args
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
+    parser = build_parser()
+
+    def parse(argv):
+        args = parser.parse_args(argv)
+        apply(args, parser, argv)
+        return args
+
     y = tmp_path / "c.yaml"
-    y.write_text("model: from-yaml\nepochs: 3\n")
-    args = parser.parse_args(["train", "dino", "--config", str(y), "--no-norm-last-layer", "--batch-size", "7",
-                              "--global-crops-scale", "0.3", "0.9", "--local-size", "48", "--max-steps", "none"])
+    y.write_text("model: from-yaml\nepochs: 3\nbatch_size: 5\n")
+    args = parse(["train", "dino", "--config", str(y), "--no-norm-last-layer", "--batch-size", "7",
+                  "--global-crops-scale", "0.3", "0.9", "--local-size", "48", "--max-steps", "none"])
     cfg = config_from_args(args)
     assert isinstance(cfg, DinoConfig)
     assert cfg.model == "from-yaml" and cfg.epochs == 3 and cfg.batch_size == 7 and cfg.norm_last_layer is False
     assert cfg.global_crops_scale == (0.3, 0.9) and cfg.local_size == 48 and cfg.max_steps is None
     assert cfg.device == "auto" and cfg.lr == 8e-4  # untouched defaults
-    args = parser.parse_args(["train", "supervised", "--model", "M", "--device", "cpu"])
+    args = parse(["train", "supervised", "--model", "M", "--device", "cpu"])
     cfg = config_from_args(args)
     assert isinstance(cfg, SupervisedConfig) and cfg.model == "M" and cfg.device == "cpu" and cfg.lr == 8e-3

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from . import _io
+from .device import resolve_device
 from .errors import ClipimoError
 from .featurefile import FeatureSet
 from .methods import parse_methods
@@ -148,7 +149,8 @@ class Classifier:
         self.check_extractor(extractor)
         feats = extractor.image_features([LabelledImage(p, 0) for p in paths], skip_unreadable=skip_unreadable,
                                          desc="predict")
-        probs = torch.softmax(self.logits(feats.original, feats.corrected_or_original, device), dim=1).cpu()
+        probs = torch.softmax(self.logits(feats.original, feats.corrected_or_original, resolve_device(device)),
+                              dim=1).cpu()
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [{"path": path, "top_k": [{"label": self.classnames[i], "probability": float(v)}
                                          for v, i in zip(vs.tolist(), ix.tolist())]}

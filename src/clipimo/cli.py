@@ -7,10 +7,13 @@ loads neither torch nor open_clip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
 import sys
+from typing import Any
 
-from . import __version__, log
+from . import __version__, cliconfig, log
 from .errors import ClipimoError
 
 # Each module defines ``register(subparsers)`` which adds one (or a group of) subcommand(s)
@@ -39,8 +42,8 @@ def add_output_args(parser: argparse.ArgumentParser, top: bool = False) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=count_default,
                         help="also debug messages on stderr")
     if "--progress" not in parser._option_string_actions:  # train has its own --progress/--no-progress
-        parser.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
-                            help="progress bars even when stderr is not a terminal (default: only on a terminal)")
+        parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help="progress bars on stderr (default: only when stderr is a terminal)")
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser):
@@ -54,9 +57,10 @@ def _leaf_parsers(parser: argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clipimo",
+        prog="clipimo", formatter_class=cliconfig.HelpFormatter,
         description="Few-shot CLIP adaptation with intra-modal overlap correction (IMO): train the adapter once, "
-        "then evaluate training-free methods with original and corrected image features.",
+        "then evaluate training-free methods with original and corrected image features. Every command "
+        "reads its settings from --config FILE.yaml too, and --print-config shows them.",
     )
     parser.add_argument("--version", action="version", version=f"clipimo {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
@@ -64,23 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"clipimo.commands.{name}").register(sub)
+    for child in cliconfig.all_parsers(parser):
+        child.formatter_class = cliconfig.HelpFormatter
     for leaf in _leaf_parsers(parser):
         if leaf is not parser:
             add_output_args(leaf)
+            cliconfig.add_config_args(leaf)
+            leaf.set_defaults(command_parser=leaf)
+            cliconfig.prepare(leaf)
     return parser
 
 
 def progress_setting(args: argparse.Namespace) -> bool | None:
     """True with --progress, False with --no-progress, else None: tqdm decides (bars on a terminal only)."""
-    if getattr(args, "no_progress", False):
-        return False
     return getattr(args, "progress", None)
 
 
+def write_json_output(target: str, obj: Any) -> None:
+    """``--json OUT``: the file, written atomically, or with ``-`` stdout (the command's other output
+    then goes to stderr, see :func:`main`)."""
+    if target == "-":
+        _results_stream[0].write(json.dumps(obj, indent=2) + "\n")
+        _results_stream[0].flush()
+    else:
+        from ._io import write_json
+
+        write_json(target, obj)
+
+
+_results_stream = [sys.stdout]  # the real stdout of the command running (main sends its prints to stderr under --json -)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    log.configure(args.verbose - args.quiet)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _results_stream[0] = sys.stdout
     try:
+        cliconfig.apply(args, parser, argv)
+        log.configure(args.verbose - args.quiet)  # the config file may set them
+        if args.print_config:
+            return cliconfig.print_config(args)
+        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.traceback:

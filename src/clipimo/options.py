@@ -1,7 +1,10 @@
 """Defaults and value parsing that the command line needs before any heavy module is imported."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import argparse
+from typing import Any
+
+from .cliconfig import add_list_argument, path_arg, source_arg
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -13,17 +16,12 @@ METHOD_NAMES = ("zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo", "p
 CORRECTIONS = ("imo", "isoclip", "textpca", "imagepca")
 IMAGEPCA_DEFAULT = "abtt-2"
 DEFAULT_BINS = 200  # similarity histogram bins over [-1, 1] (clipimo.diagnostics)
+PRECISIONS = ("fp32", "bf16")
 DEFAULT_SHARD_SIZE = 4096  # images per feature-cache shard, the unit torchrun ranks split (clipimo.features)
 
 
-def as_list(value: Any, cast: Callable = str) -> list:
-    """'1,2,4' or [1, 2, 4] -> [1, 2, 4]."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
-
-
+DEFAULT_MAX_EXACT_PAIRS = 250_000_000  # ~22k images: beyond that clipimo.overlap samples pairs unless exact
+DEFAULT_AUTO_SAMPLE = 20_000_000
 AUTO_BINS_RANGE = (20, 200)  # what --bins auto may choose (clipimo.diagnostics.auto_bins)
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DEFAULT_DPI = 200
@@ -31,9 +29,26 @@ DEFAULT_DPI = 200
 
 def add_figure_args(p: Any) -> None:
     """``--format`` and ``--dpi`` for every command that writes figures (see clipimo.plots)."""
-    p.add_argument("--format", default="png",
-                   help=f"figure formats, comma-separated from {','.join(FIGURE_FORMATS)} (default png)")
-    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PNG resolution (default {DEFAULT_DPI})")
+    p.add_argument("--format", default="png", help=f"figure formats, comma-separated from {','.join(FIGURE_FORMATS)}")
+    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="PNG resolution")
+
+
+def add_device_arg(p: Any, where: str) -> None:
+    """``--device``, read by :func:`clipimo.device.resolve_device` in every command."""
+    p.add_argument("--device", default="auto",
+                   help=f"auto (CUDA when available, else CPU), cpu or cuda[:index]: {where}")
+
+
+def add_precision_arg(p: Any, note: str) -> None:
+    """``--precision`` of every command that runs a backbone."""
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help=f"fp32 (as the paper) or bf16 autocast (faster on GPUs); {note}")
+
+
+def add_json_arg(p: Any, what: str) -> None:
+    """``--json OUT`` of every command that writes JSON; ``-`` is stdout (see clipimo.cli.write_json_output)."""
+    p.add_argument("--json", metavar="OUT", default=None, type=path_arg,
+                   help=f"write {what} as JSON to OUT ('-': stdout, which then carries nothing else)")
 
 
 def parse_xlim(value: str | None) -> tuple[float, float] | None:
@@ -49,3 +64,10 @@ def parse_xlim(value: str | None) -> tuple[float, float] | None:
     if not -1.0 <= lo < hi <= 1.0:
         raise ClipimoError(f"--xlim must satisfy -1 <= LOW < HIGH <= 1 (cosine similarities), got {value!r}")
     return lo, hi
+
+
+def add_dataset_arg(p: Any, help: str, required: bool = False) -> None:
+    """``--dataset``, repeatable and comma-separated, in every command that takes datasets
+    (``--datasets``, the older spelling, is accepted too)."""
+    add_list_argument(p, "--dataset", item=source_arg, extend=True, required=required, metavar="NAME", help=help)
+    add_list_argument(p, "--datasets", dest="dataset", item=source_arg, extend=True, help=argparse.SUPPRESS)

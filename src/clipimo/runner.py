@@ -247,23 +247,28 @@ def encode_cells(cfg: RunConfig, extractor: FeatureExtractor) -> None:
 
 
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
-                   progress: bool | None = None, save_features: bool = False) -> dict[str, Any]:
+                   progress: bool | None = None, save_features: bool = False,
+                   settings_yaml: str | None = None) -> dict[str, Any]:
     """Run every missing or stale cell, then write results.json/.csv/.md in ``out`` describing every
-    cell the folder holds; returns the results. The folder is locked against a concurrent run."""
+    cell the folder holds; returns the results. The folder is locked against a concurrent run.
+    ``settings_yaml`` (the command's settings) is saved as ``out/config.yaml`` once the folder is
+    known to hold this configuration, so a killed run can be continued from it."""
     out = Path(out)
     if "imo" in cfg.corrections:
         require_adapter(cfg.methods, extractor)
     with folder_lock(out):
-        return _run_locked(cfg, extractor, out, device, progress, save_features)
+        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml)
 
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
-                save_features: bool) -> dict[str, Any]:
+                save_features: bool, settings_yaml: str | None) -> dict[str, Any]:
     maps = {name: build_correction(name, extractor, cfg.textpca_classnames, cfg.imagepca_images, cfg.imagepca)
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
     _check_out_dir(out, fingerprint)
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
+    if settings_yaml is not None:
+        _io.write_text(out / "config.yaml", settings_yaml)
     if extractor.backbone.random_init:
         warn_random_init()
     run_fp = {**fingerprint, "grids": method_grids()}

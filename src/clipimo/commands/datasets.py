@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cliconfig import path_arg
 from ..data.registry import DATASETS, get_spec
 from ..errors import ClipimoError
+from ..options import add_dataset_arg, add_json_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,48 +18,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check", help="per dataset: found or missing, split sizes vs expected, layout hints",
         description="Known datasets: " + ", ".join(DATASETS),
     )
-    check.add_argument("--root", required=True, help="data root holding caltech-101/, imagenet/, ...")
-    check.add_argument("--dataset", nargs="+", metavar="NAME",
-                       help="only these datasets (default: all; missing ones then fail)")
-    check.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    check.add_argument("--root", required=True, type=path_arg, help="data root holding caltech-101/, imagenet/, ...")
+    add_dataset_arg(check, "only these datasets, repeatable and comma-separated (default: all; missing ones then fail)")
+    add_json_arg(check, "the per-dataset results")
     check.set_defaults(func=run_check)
 
     oi = sub.add_parser(
         "openimages", help="write the path,label training CSV from the paper's Open Images list, or pick "
                            "N classes x M images from local Open Images metadata",
     )
-    oi.add_argument("--list", help="the paper's list: CSV with columns ImageID, DisplayName, type "
+    oi.add_argument("--list", type=path_arg, help="the paper's list: CSV with columns ImageID, DisplayName, type "
                                    "(instead of --class-descriptions/--labels/--classes/--per-class)")
     oi.add_argument("--skip-missing", action="store_true",
                     help="with --list: leave out listed images without a file (recorded in the summary) instead of failing")
-    oi.add_argument("--class-descriptions", help="class-descriptions CSV (LabelName,DisplayName; header optional)")
-    oi.add_argument("--labels", help="image-level labels CSV (ImageID,Source,LabelName,Confidence)")
-    oi.add_argument("--images", required=True, help="folder of <ImageID>.jpg files (or <type>/<ImageID>.jpg with --list)")
-    oi.add_argument("--out", required=True, help="CSV to write (path,label)")
+    oi.add_argument("--class-descriptions", type=path_arg, help="class-descriptions CSV (LabelName,DisplayName; header optional)")
+    oi.add_argument("--labels", type=path_arg, help="image-level labels CSV (ImageID,Source,LabelName,Confidence)")
+    oi.add_argument("--images", required=True, type=path_arg, help="folder of <ImageID>.jpg files (or <type>/<ImageID>.jpg with --list)")
+    oi.add_argument("--out", required=True, type=path_arg, help="CSV to write (path,label)")
     oi.add_argument("--classes", type=int, help="number of classes N")
     oi.add_argument("--per-class", type=int, help="images per class M")
-    oi.add_argument("--seed", type=int, default=0)
-    oi.add_argument("--json", metavar="OUT", help="also write the summary (with any skipped images) as JSON")
+    oi.add_argument("--seed", type=int, default=0, help="seed of the random choice of classes and images")
+    add_json_arg(oi, "the summary (with any skipped images)")
     oi.set_defaults(func=run_openimages)
 
 
 def run_check(args: argparse.Namespace) -> int:
     """Exit 1 when any dataset is broken or off-count, or a dataset asked for is missing."""
-    from .._io import write_json
+    from ..cli import write_json_output
     from ..data.check import MISSING, OK, check_datasets, format_report
 
     names = [get_spec(name).name for name in args.dataset] if args.dataset else None
     results = check_datasets(args.root, names)
     print(format_report(results))
     if args.json:
-        write_json(args.json, results)
+        write_json_output(args.json, results)
     bad = [r for r in results
            if r["status"] not in (OK, MISSING) or (names and r["status"] == MISSING)]
     return 1 if bad else 0
 
 
 def run_openimages(args: argparse.Namespace) -> int:
-    from .._io import write_json
+    from ..cli import write_json_output
     from ..data.openimages import build_open_images_subset, convert_paper_list
 
     subset = {"--class-descriptions": args.class_descriptions, "--labels": args.labels,
@@ -77,6 +78,6 @@ def run_openimages(args: argparse.Namespace) -> int:
             n_classes=args.classes, images_per_class=args.per_class, seed=args.seed,
         )
     if args.json:
-        write_json(args.json, summary)
+        write_json_output(args.json, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "classes"}, indent=2))
     return 0

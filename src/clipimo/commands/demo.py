@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import add_figure_args
+from ..cliconfig import path_arg, source_arg
+from ..options import add_device_arg, add_figure_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,13 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Without --pretrained (or $CLIPIMO_PRETRAINED) the backbone is a small random-init ViT and every "
         "number is meaningless: it then only shows that the pipeline works.",
     )
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--model", default=None, help="open_clip model (default ViT-B-16 with weights, clipimo-tiny-vit without; or $CLIPIMO_MODEL)")
-    p.add_argument("--pretrained", default=None, help="pretrained tag or weights file (or $CLIPIMO_PRETRAINED); none: random init")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="demo_out", type=path_arg, help="output folder")
+    p.add_argument("--model", default=None, type=source_arg,
+                   help="open_clip model (default: $CLIPIMO_MODEL, else ViT-B-16 with weights, clipimo-tiny-vit without)")
+    p.add_argument("--pretrained", default=None, type=source_arg,
+                   help="pretrained tag or weights file (default: $CLIPIMO_PRETRAINED, else none: random init)")
+    add_device_arg(p, "where the adapter is trained and images are encoded")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--quick", action="store_true", help="reduced sizes (CI): 1 and 4 shots, 1 seed, 2 augmentation passes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
     add_figure_args(p)
     p.set_defaults(func=run)
 

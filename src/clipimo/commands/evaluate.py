@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEFAULT_METHODS, METHOD_NAMES
+from ..cliconfig import add_list_argument, path_arg
+from ..options import DEFAULT_METHODS, METHOD_NAMES, add_device_arg, add_json_arg
 
 
 def register(subparsers) -> None:
@@ -11,30 +12,29 @@ def register(subparsers) -> None:
         "evaluate", help="evaluate training-free methods on a features .npz",
         description="Search each method's hyper-parameters on val and report val/test top-1 (%%). "
                     f"Methods: {', '.join(METHOD_NAMES)}.")
-    p.add_argument("--features", required=True, metavar="FILE",
+    p.add_argument("--features", required=True, metavar="FILE", type=path_arg,
                    help="features .npz of one few-shot cell ('clipimo features --task' or 'clipimo run --save-features')")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated method names (default: {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--json", metavar="OUT", help="write {method: {test_acc, val_acc, hparams, test_top5, test_mean_per_class_recall}} here")
-    p.add_argument("--device", default="cpu", help="where the search runs: auto, cpu or cuda[:index] (default: cpu)")
+    add_list_argument(p, "--methods", choices=METHOD_NAMES, default=DEFAULT_METHODS, metavar="NAME",
+                      help="methods to evaluate (repeatable, comma-separated)")
+    add_json_arg(p, "{method: {test_acc, val_acc, hparams, test_top5, test_mean_per_class_recall}}")
+    add_device_arg(p, "where the search runs")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--seed", type=int, default=1, help="tip-f: seed of the minibatch order (default 1)")
-    p.add_argument("--tipf-batch", type=int, default=256, help="tip-f: minibatch size (default 256)")
+    p.add_argument("--seed", type=int, default=1, help="tip-f: seed of the minibatch order")
+    p.add_argument("--tipf-batch", type=int, default=256, help="tip-f: minibatch size")
     p.add_argument("--proker-views", choices=["auto", "all", "mean"], default="auto",
                    help="proker: every augmented view (all), the averaged keys (mean), or all while "
-                        "E*N <= 32768 (auto, default)")
+                        "E*N <= 32768 (auto)")
     p.add_argument("--proker-grid", choices=["default", "official"], default="default",
                    help="proker: clipimo's grid, or the official per-dataset grid (needs the dataset "
                         "name in the file's metadata)")
-    p.add_argument("--save-classifier", metavar="FILE", default=None,
+    p.add_argument("--save-classifier", metavar="FILE", default=None, type=path_arg,
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
                         "of several the one with the best val top-1")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from .._io import write_json
-    from ..cli import progress_setting
+    from ..cli import progress_setting, write_json_output
     from ..evaluate import format_table, method_settings, run_methods
     from ..featurefile import read_meta, read_npz, validate_features
     from ..log import logger, warn_random_init
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     results = {name: r.as_dict() for name, r in ran.items()}
     print(format_table(results, markdown=args.markdown, settings=method_settings(ran)), flush=True)  # shown even if --json fails
     if args.json:
-        write_json(args.json, results)
+        write_json_output(args.json, results)
     if args.save_classifier:
         from ..classifier import Classifier, best_method
 

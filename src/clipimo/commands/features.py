@@ -11,48 +11,52 @@ import json
 import os
 from pathlib import Path
 
-from ..options import CORRECTIONS, DEFAULT_SHARD_SIZE, IMAGEPCA_DEFAULT
+from ..cliconfig import path_arg, source_arg
+from ..options import CORRECTIONS, DEFAULT_SHARD_SIZE, IMAGEPCA_DEFAULT, add_device_arg, add_precision_arg
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The options every command that builds a backbone shares."""
-    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json (default ViT-B-16)")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai, webli), weights file or hf-hub:ORG/REPO[/FILE]; omit or 'none' for random init")
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:index]: where images are encoded (run: and the search runs)")
+    parser.add_argument("--model", default="ViT-B-16", type=source_arg,
+                        help="open_clip model name or model-config .json")
+    parser.add_argument("--pretrained", default=None, type=source_arg,
+                        help="pretrained tag (e.g. openai, webli), weights file or hf-hub:ORG/REPO[/FILE]; omit or "
+                             "'none' for random init")
+    add_device_arg(parser, "where images are encoded (and, in run and shift, where the search runs)")
 
 
 def add_extractor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", default=None, help="IMO adapter .safetensors file or hf-hub:ORG/REPO[/FILE] (adds the corrected stream)")
-    parser.add_argument("--cache-dir", default=None, help="feature cache folder (default $CLIPIMO_CACHE or ~/.cache/clipimo)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, cores))")
-    parser.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images (recorded in the output) instead of failing")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="fp32 (default, as the paper) or bf16 autocast (faster on GPUs); part of the cache key and recorded")
+    parser.add_argument("--adapter", default=None, type=source_arg,
+                        help="IMO adapter .safetensors file or hf-hub:ORG/REPO[/FILE] (adds the corrected stream)")
+    parser.add_argument("--cache-dir", default=None, type=path_arg,
+                        help="feature cache folder (default: $CLIPIMO_CACHE or ~/.cache/clipimo)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, cores))")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out unreadable images (recorded in the output) instead of failing")
+    add_precision_arg(parser, "part of the cache key and recorded")
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use an adapter file recorded for another backbone identity (e.g. the same weights as tag vs file)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help=f"images per feature-cache shard, the unit split across torchrun ranks (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+                        help="images per feature-cache shard, the unit split across torchrun ranks")
 
 
-def add_correction_args(parser: argparse.ArgumentParser, imagepca_default: str | None = IMAGEPCA_DEFAULT) -> None:
+def add_correction_args(parser: argparse.ArgumentParser) -> None:
     """Inputs of the training-free corrections (textpca's class names, imagepca's generic images)."""
-    parser.add_argument("--textpca-classnames", metavar="FILE",
+    parser.add_argument("--textpca-classnames", metavar="FILE", type=path_arg,
                         help="textpca: ImageNet class names (one per line, or classnames.txt '<wnid> <name>')")
-    parser.add_argument("--imagepca-images", metavar="PATH",
+    parser.add_argument("--imagepca-images", metavar="PATH", type=path_arg,
                         help="imagepca: generic images (CSV path,label or folder), e.g. the adapter's training set")
-    parser.add_argument("--imagepca", default=imagepca_default, metavar="MODE",
-                        help=f"imagepca (our control): abtt-K removes the top K principal directions, whiten "
-                             f"whitens (default {IMAGEPCA_DEFAULT})")
+    parser.add_argument("--imagepca", default=IMAGEPCA_DEFAULT, metavar="MODE",
+                        help="imagepca (a control): abtt-K removes the top K principal directions, whiten whitens")
 
 
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     """Prompts of custom task folders (benchmarks keep the protocol's)."""
-    parser.add_argument("--templates", metavar="FILE", default=None,
+    parser.add_argument("--templates", metavar="FILE", default=None, type=path_arg,
                         help="custom tasks: prompt templates, one per line with {} for the class name "
                              "(default 'a photo of a {}.')")
-    parser.add_argument("--classnames", metavar="FILE", default=None,
+    parser.add_argument("--classnames", metavar="FILE", default=None, type=path_arg,
                         help="custom tasks: one 'folder_name: readable name' per line; folders not listed keep their name")
 
 
@@ -83,22 +87,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "cache keys, validation and test features, text weights), which 'clipimo evaluate' reads. An "
                     "--images folder holding train/ and test/ is taken as a task.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="CSV list (path,label) or ImageFolder tree: writes feats, feats_corrected, labels, "
+    src.add_argument("--images", type=path_arg, help="CSV list (path,label) or ImageFolder tree: writes feats, feats_corrected, labels, "
                                       "logit_scale, logit_bias, meta, and with --passes the per-pass views, views_corrected [E, N, D]")
-    src.add_argument("--task", help="task folder (train/, test/, optional val/: ImageFolder trees or CSVs) or a benchmark name (with --root)")
-    p.add_argument("--out", required=True, help="output .npz")
+    src.add_argument("--task", type=source_arg, help="task folder (train/, test/, optional val/: ImageFolder trees or CSVs) or a benchmark name (with --root)")
+    p.add_argument("--out", required=True, type=path_arg, help="output .npz")
     p.add_argument("--shots", type=int, default=None, help="with a task: support images per class")
     p.add_argument("--seed", type=int, default=1, help="with a task: few-shot sampling and augmentation seed; "
-                                                       "with --images and --passes: augmentation seed (default 1)")
-    p.add_argument("--root", default=".", help="with a benchmark name: the data root (default .)")
+                                                       "with --images and --passes: augmentation seed")
+    p.add_argument("--root", default=".", type=path_arg, help="with a benchmark name: the data root")
     p.add_argument("--validation", choices=["full", "kshot", "heldout", "test"], default=None,
                    help="with a task: hyper-parameter validation set (default: the val split; held-out train images without one)")
     p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (recorded in the file)")
-    p.add_argument("--augment-passes", type=int, default=10, help="with a task: augmented views averaged per cache key (default 10)")
+    p.add_argument("--augment-passes", type=int, default=10, help="with a task: augmented views averaged per cache key")
     p.add_argument("--passes", type=int, default=0, help="with --images: 0 uses the eval transform; E>0 averages E augmented "
                                                          "views and keeps each")
     p.add_argument("--correction", choices=CORRECTIONS, default="imo",
-                   help="with --images, what fills feats_corrected: the IMO adapter (imo, default) or a training-free "
+                   help="with --images, what fills feats_corrected: the IMO adapter (imo) or a training-free "
                         "map of the original features (isoclip, textpca, imagepca)")
     add_correction_args(p)
     add_prompt_args(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cliconfig import path_arg
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -14,10 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "checked; -imo methods need --adapter) and applies its method at its tuned hyper-parameters. "
                     "Probabilities are the softmax of the method's logits. Tip-X rescales its KL term over the "
                     "images classified together.")
-    p.add_argument("--classifier", required=True, metavar="FILE", help="classifier .safetensors from 'clipimo evaluate --save-classifier'")
-    p.add_argument("--images", required=True, help="an image, a folder of images (searched recursively) or a CSV with a 'path' column")
-    p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
-    p.add_argument("--out", default=None, help="predictions file: .csv or .json (default: CSV on stdout)")
+    p.add_argument("--classifier", required=True, metavar="FILE", type=path_arg, help="classifier .safetensors from 'clipimo evaluate --save-classifier'")
+    p.add_argument("--images", required=True, type=path_arg, help="an image, a folder of images (searched recursively) or a CSV with a 'path' column")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image")
+    p.add_argument("--out", default=None, type=path_arg, help="predictions file: .csv or .json (default: CSV on stdout)")
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)

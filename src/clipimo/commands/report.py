@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cliconfig import path_arg
 from ..options import add_figure_args, parse_xlim
 
 
@@ -16,11 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "figures it links under OUT/plots/ (accuracy grid, accuracy and IMO gain vs shots per "
                     "dataset and averaged).",
     )
-    p.add_argument("--results", required=True, help="results.json written by 'clipimo run'")
-    p.add_argument("--overlap", nargs="+", default=[], metavar="OVERLAP_JSON",
+    p.add_argument("--results", required=True, type=path_arg, help="results.json written by 'clipimo run'")
+    p.add_argument("--overlap", nargs="+", default=[], metavar="OVERLAP_JSON", type=path_arg,
                    help="overlap.json file(s) written by 'clipimo overlap' to include")
-    p.add_argument("--shift", default=None, metavar="SHIFT_JSON", help="shift.json written by 'clipimo shift' to include")
-    p.add_argument("--out", required=True, help="output folder (report.md, plots/)")
+    p.add_argument("--shift", default=None, metavar="SHIFT_JSON", type=path_arg, help="shift.json written by 'clipimo shift' to include")
+    p.add_argument("--out", required=True, type=path_arg, help="output folder (report.md, plots/)")
     p.add_argument("--overlap-xlim", default=None, metavar="LOW,HIGH",
                    help="fixed x-range of every overlap figure, e.g. -0.2,1 (default: each figure's occupied range)")
     add_figure_args(p)

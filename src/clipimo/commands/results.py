@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-
+from ..cliconfig import path_arg
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="merge runs into one CSV table; export cells to CLIP_benchmark JSON")
@@ -12,14 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "merge", help="one CSV of the per-cell rows of several runs",
         description="Rows of every cell and method of each run (metrics in percent, chosen hyper-parameters, "
                     "model, pretrained, adapter), with a 'run' column naming the folder they came from.")
-    merge.add_argument("runs", nargs="+", metavar="RUN_DIR", help="'clipimo run' output folders (or their results.json)")
-    merge.add_argument("--out", required=True, help="CSV file to write")
+    merge.add_argument("runs", nargs="+", metavar="RUN_DIR", type=path_arg, help="'clipimo run' output folders (or their results.json)")
+    merge.add_argument("--out", required=True, type=path_arg, help="CSV file to write")
     merge.set_defaults(func=run_merge)
     export = actions.add_parser(
         "export", help="write RUN_DIR/clip_benchmark/*.json (also written by every 'clipimo run')",
         description="One CLIP_benchmark-shaped JSON per cell and method: dataset, model, pretrained, task, "
                     "metrics {acc1, acc5, mean_per_class_recall} as fractions.")
-    export.add_argument("runs", nargs="+", metavar="RUN_DIR", help="'clipimo run' output folders")
+    export.add_argument("runs", nargs="+", metavar="RUN_DIR", type=path_arg, help="'clipimo run' output folders")
     export.set_defaults(func=run_export)
 
 

@@ -3,23 +3,26 @@ from __future__ import annotations
 
 import argparse
 
+from ..cliconfig import add_list_argument, path_arg
 from ..data.registry import SHIFT_SETS
-from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, as_list
+from ..options import DEFAULT_METHODS, DEFAULT_SEEDS, METHOD_NAMES
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shift", help="distribution shift: ImageNet cache and hyper-parameters on ImageNet-V2/-Sketch/-A/-R")
-    p.add_argument("--root", required=True, help="folder holding imagenet/ and the shift sets (CoOp layout)")
-    p.add_argument("--targets", default=",".join(SHIFT_SETS), help=f"comma-separated (default {','.join(SHIFT_SETS)})")
-    p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--root", required=True, type=path_arg, help="folder holding imagenet/ and the shift sets (CoOp layout)")
+    add_list_argument(p, "--targets", default=SHIFT_SETS, metavar="NAME",
+                      help=f"shifted test sets, from {','.join(SHIFT_SETS)} (repeatable, comma-separated)")
+    p.add_argument("--shots", type=int, default=16, help="ImageNet support images per class")
+    add_list_argument(p, "--seeds", item=int, default=DEFAULT_SEEDS, metavar="S", help="few-shot sampling seeds")
+    add_list_argument(p, "--methods", choices=METHOD_NAMES, default=DEFAULT_METHODS, metavar="NAME",
+                      help=f"methods, from {','.join(METHOD_NAMES)}")
     p.add_argument("--validation", choices=["heldout", "test"], default=None,
-                   help="ImageNet tuning set (default heldout: carved from train, disjoint from the support)")
+                   help="ImageNet tuning set (default: heldout, carved from train, disjoint from the support)")
     p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (what the paper did; recorded)")
-    p.add_argument("--augment-passes", type=int, default=10)
-    p.add_argument("--out", required=True, help="folder for shift.json and shift.md")
+    p.add_argument("--augment-passes", type=int, default=10, help="augmented views averaged per cache key")
+    p.add_argument("--out", required=True, type=path_arg, help="folder for shift.json and shift.md")
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)
@@ -30,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from ..runner import RunConfig
     from ..shift import run_shift, shift_markdown
 
-    cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=as_list(args.seeds, int),
-                    methods=as_list(args.methods), validation=args.validation,
+    cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=args.seeds,
+                    methods=args.methods, validation=args.validation,
                     allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes,
                     skip_unreadable=args.skip_unreadable)
-    result = run_shift(cfg, make_extractor(args), args.out, targets=as_list(args.targets), device=args.device,
+    result = run_shift(cfg, make_extractor(args), args.out, targets=args.targets, device=args.device,
                        progress=progress_setting(args))
     print(shift_markdown(result))
     print(f"wrote {args.out}/shift.json and shift.md (add it to a report: clipimo report --shift {args.out}/shift.json)")

@@ -35,8 +35,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     """Settings shared by both training methods."""
 
-    data: str | None = _f(None, "generic training images: a 'path,label' CSV (e.g. from `clipimo datasets "
-                                "openimages`) or an ImageFolder tree (<root>/<class>/<images>)")
+    data: str | None = _f(None, "generic training images: a 'path,label' CSV (e.g. from 'clipimo datasets "
+                                "openimages') or an ImageFolder tree (<root>/<class>/<images>)")
     out: str = _f("runs/train", "run folder: checkpoints/, metrics.jsonl, config.yaml, adapter.safetensors")
     model: str = _f("ViT-B-16", "open_clip model name or model-config .json")
     pretrained: str | None = _f(None, "pretrained tag (e.g. openai) or weights file; none = random init")
@@ -236,9 +236,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig], sk
             continue
         kind, optional, is_tuple = _type_info(cls, f.name)
         flag = "--" + f.name.replace("_", "-")
-        default_text = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default_text})"
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", ""), "dest": f.name}
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
