@@ -9,9 +9,11 @@ import pytest
 from torch.utils.data import DataLoader
 
 from clipimo.cli import main
+from clipimo import log
 from clipimo.errors import ClipimoError
 from clipimo.train import SupervisedTrainer, read_metrics, train_supervised
-from clipimo.train.loop import ImageDataset, latest_checkpoint
+from clipimo.train.checkpoints import latest_checkpoint
+from clipimo.train.data import ImageDataset
 
 from conftest import make_images
 from test_train_utils import one_torch_thread, tiny_config, write_csv  # noqa: F401 (autouse fixture)
@@ -47,6 +49,7 @@ def test_resume_refuses_other_classes_and_other_images(data, tmp_path):
 
 
 def test_partial_last_metrics_line_and_damaged_latest_checkpoint(data, tmp_path, capsys):
+    log.configure()  # as clipimo.cli.main does: messages to this test's stderr
     out = _stopped_run(data, tmp_path / "run")
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 3, "lo')  # cut off by a crash or a full disk
@@ -71,9 +74,9 @@ def test_sigterm_writes_a_checkpoint_then_exits(data, tmp_path, monkeypatch, cap
 
     step = SupervisedTrainer.train_step
 
-    def step_then_sigterm(self, batch, i, epoch):
-        out = step(self, batch, i, epoch)
-        if i == 0:
+    def step_then_sigterm(self, batch, epoch, values):
+        out = step(self, batch, epoch, values)
+        if self.step == 0:  # the loop counts the step after train_step returns
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
@@ -92,7 +95,7 @@ def test_sigterm_writes_a_checkpoint_then_exits(data, tmp_path, monkeypatch, cap
 
 
 def test_worker_errors_name_the_image_not_a_traceback(tmp_path):
-    from clipimo.train.loop import ImageReadError
+    from clipimo.train.data import ImageReadError
 
     items = make_images(tmp_path, 2)
     bad = tmp_path / "broken.png"

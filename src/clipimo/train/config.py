@@ -62,7 +62,8 @@ class TrainConfig:
     resume: str = _f("auto", "auto: continue from <out>/checkpoints if present; none: start afresh; "
                              "or a checkpoint .safetensors file")
     export: str | None = _f(None, "adapter file to write at the end (default <out>/adapter.safetensors)")
-    progress: bool = _f(True, "show a progress bar (rank 0)")
+    progress: bool | None = _f(None, "progress bar on rank 0: by default only when stderr is a terminal; "
+                                     "true shows it anyway, false never")
 
     method = "base"
 
