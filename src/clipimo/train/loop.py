@@ -40,6 +40,8 @@ from .processes import all_reduce_mean, any_rank, default_workers, sigterm_reque
 
 @dataclass
 class TrainResult:
+    """How a run ended; ``export_path`` is the adapter file written, None when it stopped early."""
+
     status: str  # "finished" or "stopped" (max_steps reached)
     step: int
     total_steps: int
