@@ -62,8 +62,7 @@ class TrainConfig:
     resume: str = _f("auto", "auto: continue from <out>/checkpoints if present; none: start afresh; "
                              "or a checkpoint .safetensors file")
     export: str | None = _f(None, "adapter file to write at the end (default <out>/adapter.safetensors)")
-    progress: bool | None = _f(None, "progress bar on rank 0: by default only when stderr is a terminal; "
-                                     "true shows it anyway, false never")
+    progress: bool | None = _f(None, "progress bar (rank 0); unset: only when stderr is a terminal")
 
     method = "base"
 
@@ -237,8 +236,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig], sk
             continue
         kind, optional, is_tuple = _type_info(cls, f.name)
         flag = "--" + f.name.replace("_", "-")
-        default_text = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default_text})"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        # an unset (None) default is explained by the help text itself
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
