@@ -27,7 +27,7 @@ from PIL import Image
 
 from clipimo.adapter import adapters_enabled
 from clipimo.train import DinoTrainer, SupervisedTrainer, make_config
-from clipimo.train.loop import sample_seed
+from clipimo.train.data import sample_seed
 
 
 def _sync(device: torch.device) -> None:
@@ -120,7 +120,7 @@ def bench(args) -> dict:
 
     def sup_step():
         sup.student.train()
-        sup.train_step((x, y), next(step), 0)
+        sup.train_step((x, y), 0, sup.scheduled(next(step)))
 
     print(f"# {args.model} on {device} (threads {torch.get_num_threads()}, amp {args.amp}), image {size}px, "
           f"DINO crops 2x{g} + {args.local_crops}x{l}", flush=True)
@@ -140,7 +140,7 @@ def bench(args) -> dict:
 
     def dino_step():
         dino.student.train()
-        dino.train_step((crops, labels), next(dstep), 0)
+        dino.train_step((crops, labels), 0, dino.scheduled(next(dstep)))
 
     fns = {"frozen": frozen_forward, "corrected": corrected_forward, "sup": sup_step,
            "dino_frozen": dino_frozen, "dino": dino_step}

@@ -99,21 +99,19 @@ def part_precision(args, tmp: Path) -> None:
             trainer = (SupervisedTrainer if method == "supervised" else DinoTrainer)(make_config(method, **kw))
             # one fixed batch; one step with lr 0 so only loss and gradients matter
             trainer.student.train()
-            for g in trainer.optimizer.param_groups:
-                g["lr"] = 0.0
+            trainer.schedules["lr"][:] = 0.0
             gen.manual_seed(1)
             if method == "supervised":
                 s = trainer.backbone.image_size
                 batch = (torch.randn(4, 3, s, s, generator=gen), torch.arange(4) % 2)
                 if trainer.student.head.out_features < 2:
                     batch = (batch[0], torch.zeros(4, dtype=torch.long))
-                metrics, _ = trainer.train_step(batch, 0, 0)
+                metrics = trainer.train_step(batch, 0, trainer.scheduled(0))
             else:
-                trainer.lr_schedule[:] = 0.0
                 g_, l_ = trainer.global_size, trainer.local_size
                 crops = [torch.randn(4, 3, g_, g_, generator=gen) for _ in range(2)]
                 crops += [torch.randn(4, 3, l_, l_, generator=gen) for _ in range(4)]
-                metrics, _ = trainer.train_step((crops, torch.zeros(4)), 0, 0)
+                metrics = trainer.train_step((crops, torch.zeros(4)), 0, trainer.scheduled(0))
             results[amp] = (float(metrics["loss"]), _grads(trainer))
         (l32, g32), (l16, g16) = results["off"], results["bf16"]
         cos = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from clipimo import log
 from clipimo.errors import ClipimoError
 from clipimo.runlock import LOCK_NAME, folder_lock
 
@@ -23,6 +24,7 @@ def test_second_holder_fails_at_once_and_the_lock_is_released(tmp_path):
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, capsys):
+    log.configure()  # as clipimo.cli.main does: messages to this test's stderr
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))

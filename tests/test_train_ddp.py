@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, runs: list[tuple[str, dict]], out:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from clipimo.train.loop import setup_distributed
+    from clipimo.distributed import setup_distributed
 
     env = setup_distributed("cpu")
     try:

@@ -8,7 +8,7 @@ import torch
 
 from clipimo.adapter import read_adapter_file
 from clipimo.train import DinoTrainer, read_checkpoint, read_metrics, train_dino
-from clipimo.train.loop import latest_checkpoint
+from clipimo.train.checkpoints import latest_checkpoint
 
 from test_train_utils import one_torch_thread, assert_same_tensors, read_tensors, tiny_config, write_csv  # noqa: F401 (autouse fixture)
 
@@ -36,7 +36,7 @@ def test_one_step_trains_adapters_only_and_moves_teacher_by_ema(data, tmp_path):
     student1, teacher1 = trainer.student.state_dict(), trainer.teacher.state_dict()
     changed = {k for k in student0 if not torch.equal(student0[k], student1[k])}
     assert changed and all(".adapter." in k for k in changed)
-    m = trainer.momentum_schedule[0]
+    m = trainer.schedules["momentum"][0]
     assert m == pytest.approx(0.5)
     for k in teacher0:
         if k in changed:  # teacher = m * teacher + (1 - m) * student, for the trained tensors

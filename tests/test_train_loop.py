@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from torch.utils.data import DataLoader
 
 from clipimo.cli import main
+import clipimo
+from clipimo import log
 from clipimo.errors import ClipimoError
 from clipimo.train import SupervisedTrainer, read_metrics, train_supervised
-from clipimo.train.loop import ImageDataset, latest_checkpoint
+from clipimo.train.checkpoints import latest_checkpoint
+from clipimo.train.data import ImageDataset
 
 from conftest import make_images
 from test_train_utils import one_torch_thread, tiny_config, write_csv  # noqa: F401 (autouse fixture)
+
+SRC = str(Path(clipimo.__file__).parent.parent)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +55,7 @@ def test_resume_refuses_other_classes_and_other_images(data, tmp_path):
 
 
 def test_partial_last_metrics_line_and_damaged_latest_checkpoint(data, tmp_path, capsys):
+    log.configure()  # as clipimo.cli.main does: messages to this test's stderr
     out = _stopped_run(data, tmp_path / "run")
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 3, "lo')  # cut off by a crash or a full disk
@@ -71,9 +80,9 @@ def test_sigterm_writes_a_checkpoint_then_exits(data, tmp_path, monkeypatch, cap
 
     step = SupervisedTrainer.train_step
 
-    def step_then_sigterm(self, batch, i, epoch):
-        out = step(self, batch, i, epoch)
-        if i == 0:
+    def step_then_sigterm(self, batch, epoch, values):
+        out = step(self, batch, epoch, values)
+        if self.step == 0:  # the loop counts the step after train_step returns
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
@@ -92,7 +101,7 @@ def test_sigterm_writes_a_checkpoint_then_exits(data, tmp_path, monkeypatch, cap
 
 
 def test_worker_errors_name_the_image_not_a_traceback(tmp_path):
-    from clipimo.train.loop import ImageReadError
+    from clipimo.train.data import ImageReadError
 
     items = make_images(tmp_path, 2)
     bad = tmp_path / "broken.png"
@@ -104,3 +113,38 @@ def test_worker_errors_name_the_image_not_a_traceback(tmp_path):
         next(iter(loader))
     text = str(err.value)
     assert text.startswith(f"cannot read training image {bad}: ") and "Traceback" not in text and "\n" not in text
+
+
+def test_piped_train_keeps_stdout_for_results_and_quiet_drops_info(data, tmp_path, capsys):
+    """`clipimo train` through pipes (as in `clipimo train ... > out.txt 2> log.txt`): messages and
+    the banner on stderr, no progress bar there, nothing but a result path on stdout; -q keeps the
+    warnings and drops the info lines; --progress forces the bar off a terminal."""
+    out = tmp_path / "piped"
+    flags = ["--data", str(data), "--model", "clipimo-tiny-vit", "--device", "cpu", "--batch-size", "12",
+             "--checkpoint-every", "0"]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "clipimo", "train", "supervised", *flags, "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    adapter = out / "adapter.safetensors"
+    assert adapter.is_file()
+    assert proc.stdout.strip() in ("", str(adapter))  # the exported adapter is the only result
+    assert f"wrote {adapter} (supervised, 2 steps)" in proc.stderr
+    assert proc.stderr.count("RANDOM-INIT BACKBONE") == 1
+    assert "train supervised" not in proc.stderr and "step/s" not in proc.stderr  # no bar in a pipe
+
+    # -q: the same run resumed at its last step writes the adapter again, silently but for warnings
+    assert main(["-q", "train", "supervised", *flags, "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "resuming from" not in printed.err and "wrote" not in printed.err
+    assert printed.err.count("WARNING: RANDOM-INIT BACKBONE") == 1
+    assert printed.out.strip() in ("", str(adapter))
+    # without -q the same command says what it did (the control for the assertions above)
+    assert main(["train", "supervised", *flags, "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert f"resuming from {out / 'checkpoints' / 'step_00000002.safetensors'} (step 2/2)" in printed.err
+    assert f"wrote {adapter}" in printed.err and "wrote" not in printed.out
+
+    assert main(["train", "supervised", *flags, "--out", str(tmp_path / "bar"), "--progress"]) == 0
+    printed = capsys.readouterr()
+    assert "train supervised: 100%" in printed.err and "train supervised" not in printed.out

@@ -11,7 +11,7 @@ from clipimo import adapters_enabled, load_adapters, load_clip
 from clipimo.adapter import read_adapter_file
 from clipimo.errors import ClipimoError
 from clipimo.train import SupervisedTrainer, read_checkpoint, read_metrics, train_supervised
-from clipimo.train.loop import latest_checkpoint
+from clipimo.train.checkpoints import latest_checkpoint
 
 from conftest import TINY
 from test_train_utils import one_torch_thread, assert_same_tensors, read_tensors, tiny_config, write_csv  # noqa: F401 (autouse fixture)
@@ -111,10 +111,12 @@ def test_command_line(data, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["train", "supervised", "--config", str(y), "--data", str(data), "--out", str(out),
                  "--max-steps", "1"]) == 0
-    assert "stopped at step 1/2" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "stopped at step 1/2" in printed.err and "stopped" not in printed.out
     # continue with the settings the run recorded
     assert main(["train", "supervised", "--config", str(out / "config.yaml")]) == 0
-    assert "resuming from" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "resuming from" in printed.err and "resuming" not in printed.out
     assert read_adapter_file(out / "adapter.safetensors")[1]["training"]["steps"] == 2
     assert main(["train", "supervised", "--config", str(y), "--data", str(tmp_path / "nope.csv"),
                  "--out", str(tmp_path / "x")]) == 2

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,7 +25,7 @@ from torch import nn
 from . import _io, hub, tiny_timm
 from .device import resolve_device
 from .errors import ClipimoError
-from .log import RANDOM_INIT_WARNING  # noqa: F401  (re-exported: clipimo.backbone.RANDOM_INIT_WARNING)
+from .log import RANDOM_INIT_WARNING, logger  # noqa: F401  (RANDOM_INIT_WARNING re-exported: clipimo.backbone.RANDOM_INIT_WARNING)
 
 RANDOM_INIT_SEED = 0
 _NONE_VALUES = {None, "", "none", "None", "random"}
@@ -240,10 +239,9 @@ def load_clip(
     if torchscript:
         kwargs["force_quick_gelu"] = True
     elif checkpoint and not tag_cfg and _openai_needs_quick_gelu(name):
-        warnings.warn(
-            f"{checkpoint}: loading a weights file into {name}, which uses plain GELU; if these are OpenAI "
-            f"CLIP weights (trained with QuickGELU) use --model {name}-quickgelu, or the features are wrong",
-            stacklevel=2,
+        logger.warning(
+            "%s: loading a weights file into %s, which uses plain GELU; if these are OpenAI CLIP weights "
+            "(trained with QuickGELU) use --model %s-quickgelu, or the features are wrong", checkpoint, name, name,
         )
     identity["config_sha256"] = hashlib.sha256(
         json.dumps(open_clip.get_model_config(name), sort_keys=True).encode()

@@ -159,7 +159,7 @@ def run_demo(
     logger.info(f"[2/5] supervised IMO adapter training on the generic pool ({len(POOL_PHOTOS)} classes)")
     cfg = make_config(
         "supervised", data=str(data["pool"]), out=str(out / "train"), model=model, pretrained=pretrained,
-        device=device, epochs=settings.train_epochs, batch_size=32, workers=workers, progress=progress is not False,
+        device=device, epochs=settings.train_epochs, batch_size=32, workers=workers, progress=progress,
         checkpoint_every=0,
     )
     adapter = train(cfg).export_path

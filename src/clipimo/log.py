@@ -6,6 +6,7 @@ users get Python's default handling of the ``clipimo`` logger.
 from __future__ import annotations
 
 import logging
+import sys
 
 RANDOM_INIT_WARNING = (
     "RANDOM-INIT BACKBONE: no pretrained CLIP weights were loaded, so every number below is "
@@ -16,6 +17,18 @@ logger = logging.getLogger("clipimo")
 _state = {"banner_shown": False}
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each message, so a stream swapped after
+    :func:`configure` (a test's capture, a redirected console) still receives the messages."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
@@ -23,11 +36,11 @@ class _Formatter(logging.Formatter):
 
 
 def configure(verbosity: int = 0) -> None:
-    """Send the ``clipimo`` logger to the current stderr at INFO (``verbosity`` < 0: WARNING,
-    > 0: DEBUG), replacing a handler an earlier call installed, and re-arm the banner."""
+    """Send the ``clipimo`` logger to stderr at INFO (``verbosity`` < 0: WARNING, > 0: DEBUG),
+    replacing a handler an earlier call installed, and re-arm the banner."""
     for handler in [h for h in logger.handlers if getattr(h, "clipimo_cli", False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler()  # binds sys.stderr as it is now
+    handler = _Stderr()
     handler.clipimo_cli = True
     handler.setFormatter(_Formatter())
     logger.addHandler(handler)

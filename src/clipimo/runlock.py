@@ -10,12 +10,12 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 from .errors import ClipimoError
+from .log import logger
 
 LOCK_NAME = ".clipimo.lock"
 
@@ -54,8 +54,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
             owner = _owner(path)
             pid, host = owner.get("pid"), owner.get("host")
             if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-                print(f"{path}: taking over a stale lock of process {pid} on {host} (no longer running)",
-                      file=sys.stderr)
+                logger.warning("%s: taking over a stale lock of process %s on %s (no longer running)", path, pid, host)
                 path.unlink(missing_ok=True)
                 continue
             who = f"process {pid} on {host}, since {owner.get('started', '?')}" if owner else "an unknown process"

@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ..distributed import DistEnv
     from .config import TrainConfig
-    from .loop import DistEnv, TrainResult
+    from .loop import TrainResult
 
 _EXPORTS = {
     **dict.fromkeys(("CONFIGS", "DinoConfig", "SupervisedConfig", "TrainConfig", "make_config"), "config"),
     **dict.fromkeys(("DINOHead", "DINOLoss", "DinoTrainer", "MultiCropModel", "MultiCropTransform",
                      "cosine_schedule", "train_dino"), "dino"),
-    **dict.fromkeys(("DistEnv", "TrainResult", "Trainer", "read_checkpoint", "read_metrics",
-                     "setup_distributed"), "loop"),
+    **dict.fromkeys(("read_checkpoint", "read_metrics"), "checkpoints"),
+    **dict.fromkeys(("TrainResult", "Trainer"), "loop"),
     **dict.fromkeys(("crop_sizes", "enable_any_input_size", "interpolate_pos_embed"), "posembed"),
     **dict.fromkeys(("ClassifierModel", "SupervisedTrainer", "train_supervised"), "supervised"),
 }
@@ -36,9 +37,9 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
 
 
 __all__ = [
-    "CONFIGS", "ClassifierModel", "DINOHead", "DINOLoss", "DinoConfig", "DinoTrainer", "DistEnv",
+    "CONFIGS", "ClassifierModel", "DINOHead", "DINOLoss", "DinoConfig", "DinoTrainer",
     "MultiCropModel", "MultiCropTransform", "SupervisedConfig", "SupervisedTrainer",
     "TrainConfig", "TrainResult", "Trainer", "cosine_schedule", "crop_sizes", "enable_any_input_size",
-    "interpolate_pos_embed", "make_config", "read_checkpoint", "read_metrics", "setup_distributed",
+    "interpolate_pos_embed", "make_config", "read_checkpoint", "read_metrics",
     "train", "train_dino", "train_supervised",
 ]

@@ -62,7 +62,7 @@ class TrainConfig:
     resume: str = _f("auto", "auto: continue from <out>/checkpoints if present; none: start afresh; "
                              "or a checkpoint .safetensors file")
     export: str | None = _f(None, "adapter file to write at the end (default <out>/adapter.safetensors)")
-    progress: bool = _f(True, "show a progress bar (rank 0)")
+    progress: bool | None = _f(None, "progress bar (rank 0); unset: only when stderr is a terminal")
 
     method = "base"
 

@@ -17,9 +17,10 @@ from torch.nn import functional as F
 from torchvision import transforms as T
 
 from ..adapter import image_tower
+from ..distributed import DistEnv, setup_distributed
 from ..errors import ClipimoError
 from .config import DinoConfig
-from .loop import DistEnv, Trainer, TrainResult, setup_distributed
+from .loop import Trainer, TrainResult
 from .posembed import crop_sizes, enable_any_input_size
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ class DinoTrainer(Trainer):
         self.teacher_params = [teacher_named[n] for n in self.trainable_names]
         regularized = [p for n, p in named if not n.endswith(".bias") and p.ndim > 1]
         plain = [p for n, p in named if n.endswith(".bias") or p.ndim <= 1]
-        # lr and weight decay are set every step from the schedules; group 0 carries the decay
+        # lr and weight decay are set every step from the schedules (the loop); group 0 carries the decay
         self.optimizer = torch.optim.AdamW([{"params": regularized}, {"params": plain, "weight_decay": 0.0}],
                                            lr=0.0, weight_decay=cfg.weight_decay)
         self.transform = MultiCropTransform(
@@ -298,21 +299,20 @@ class DinoTrainer(Trainer):
         self.dino_loss = DINOLoss(cfg.out_dim, self.transform.ncrops, temps, cfg.student_temp,
                                   cfg.center_momentum).to(self.device)
 
-    def after_build(self) -> None:
+    def make_schedules(self) -> dict[str, np.ndarray]:
         cfg, spe = self.cfg, self.steps_per_epoch
         self.peak_lr = cfg.lr * self.batches.global_batch / 256.0
-        self.lr_schedule = cosine_schedule(self.peak_lr, cfg.min_lr, cfg.epochs, spe, cfg.warmup_epochs)
-        self.wd_schedule = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, spe)
-        self.momentum_schedule = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, spe)
+        return {
+            "lr": cosine_schedule(self.peak_lr, cfg.min_lr, cfg.epochs, spe, cfg.warmup_epochs),
+            "wd": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, spe),
+            "momentum": cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, spe),
+            # per epoch in DINOLoss; per step here only so that each step logs its value
+            "teacher_temp": np.repeat(self.dino_loss.teacher_temps, spe),
+        }
 
-    def train_step(self, batch: Any, step: int, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def train_step(self, batch: Any, epoch: int, values: dict[str, float]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         crops, _ = batch
-        lr, wd, m = float(self.lr_schedule[step]), float(self.wd_schedule[step]), float(self.momentum_schedule[step])
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = lr
-            if i == 0:
-                group["weight_decay"] = wd
         crops = [c.to(self.device, non_blocking=True) for c in crops]
         with torch.no_grad(), self.autocast():
             teacher_out = self.teacher(crops[:2])
@@ -326,9 +326,8 @@ class DinoTrainer(Trainer):
             for p in self.student.head.last_layer_parameters():
                 p.grad = None
         self.optimizer.step()
-        ema_update(self.teacher_params, self.student_params, m)
-        temp = float(self.dino_loss.teacher_temps[min(epoch, len(self.dino_loss.teacher_temps) - 1)])
-        return {"loss": loss.detach()}, {"lr": lr, "wd": wd, "momentum": m, "teacher_temp": temp}
+        ema_update(self.teacher_params, self.student_params, values["momentum"])
+        return {"loss": loss.detach()}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         out = {f"teacher.{n}": p.detach() for n, p in zip(self.trainable_names, self.teacher_params)}

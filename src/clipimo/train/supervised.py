@@ -13,8 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..adapter import adapter_parameters
+from ..distributed import DistEnv, setup_distributed
 from .config import SupervisedConfig
-from .loop import DistEnv, Trainer, TrainResult, setup_distributed
+from .loop import Trainer, TrainResult
 
 
 class ClassifierModel(nn.Module):
@@ -40,7 +41,7 @@ class SupervisedTrainer(Trainer):
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.transform = self.backbone.preprocess
 
-    def train_step(self, batch: Any, step: int, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def train_step(self, batch: Any, epoch: int, values: dict[str, float]) -> dict[str, torch.Tensor]:
         images, labels = batch
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
@@ -51,7 +52,7 @@ class SupervisedTrainer(Trainer):
         loss.backward()
         self.optimizer.step()
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
-        return {"loss": loss.detach(), "acc": acc}, {"lr": float(self.optimizer.param_groups[0]["lr"])}
+        return {"loss": loss.detach(), "acc": acc}
 
     def export_info(self) -> dict[str, Any]:
         return {"n_classes": len(self.classnames)}
