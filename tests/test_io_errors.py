@@ -13,7 +13,7 @@ from clipimo import _io, runlock
 from clipimo.adapter import read_adapter_file
 from clipimo.errors import ClipimoError
 from clipimo.runlock import LOCK_NAME, folder_lock
-from clipimo.train.loop import latest_checkpoint
+from clipimo.train.checkpoints import latest_checkpoint
 
 
 def _safetensors_with_meta(path, key: str, raw: str) -> None:
@@ -50,7 +50,7 @@ def test_checkpoint_with_damaged_metadata_falls_back_to_the_previous_one(tmp_pat
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     older, newer = folder / "step_00000001.safetensors", folder / "step_00000002.safetensors"
-    from clipimo.train.loop import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    from clipimo.train.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
     _io.write_safetensors(older, {"w": torch.zeros(2)}, "clipimo_checkpoint",
                           {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION})
