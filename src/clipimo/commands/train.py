@@ -70,4 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
 
     result = train(config_from_args(args))
+    if result.export_path is not None:  # the command's result: the adapter file, for the next command
+        print(result.export_path)
     return 0 if result.status in ("finished", "stopped") else 1
