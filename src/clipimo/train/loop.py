@@ -40,7 +40,8 @@ from .processes import all_reduce_mean, any_rank, default_workers, sigterm_reque
 
 @dataclass
 class TrainResult:
-    """How a run ended; ``export_path`` is the adapter file written, None when it stopped early."""
+    """How a run ended; ``export_path`` is the adapter file written, None when it stopped early (and on
+    ranks other than 0, which write nothing)."""
 
     status: str  # "finished" or "stopped" (max_steps reached)
     step: int
@@ -212,12 +213,11 @@ class Trainer:
             if log:
                 log.close()
         export = None
-        if not stopped:
+        if not stopped and env.is_main:
             export = cfg.export_path
-            if env.is_main:
-                self.export(export)
-                logger.info("wrote %s (%s, %d steps)", export, self.method, self.step)
-        elif env.is_main:
+            self.export(export)
+            logger.info("wrote %s (%s, %d steps)", export, self.method, self.step)
+        elif stopped and env.is_main:
             logger.info("stopped at step %d/%d (max_steps); run again to continue", self.step, self.total_steps)
         env.barrier()
         return TrainResult("stopped" if stopped else "finished", self.step, self.total_steps, self.out,
