@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clipimo import load_clip
-from clipimo.backbone import RANDOM_INIT_WARNING
+from clipimo.log import RANDOM_INIT_WARNING
 from clipimo.errors import ClipimoError
 
 from conftest import TINY

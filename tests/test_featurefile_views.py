@@ -1,7 +1,6 @@
 """The optional §8 keys: per-pass cache views and the model's zero-shot logit scale and bias."""
 import numpy as np
 import pytest
-import torch
 
 from clipimo.errors import ClipimoError
 from clipimo.featurefile import feature_arrays, load_features, save_features, synthetic_features, validate_features

@@ -13,7 +13,7 @@ import pytest
 
 from clipimo import diagnostics as dg
 from clipimo import figures, log, plots
-from clipimo.backbone import RANDOM_INIT_WARNING
+from clipimo.log import RANDOM_INIT_WARNING
 from clipimo.cli import build_parser
 from clipimo.cliconfig import apply
 from clipimo.errors import ClipimoError

@@ -25,7 +25,7 @@ from torch import nn
 from . import _io, hub, tiny_timm
 from .device import resolve_device
 from .errors import ClipimoError
-from .log import RANDOM_INIT_WARNING, logger  # noqa: F401  (RANDOM_INIT_WARNING re-exported: clipimo.backbone.RANDOM_INIT_WARNING)
+from .log import logger
 
 RANDOM_INIT_SEED = 0
 _NONE_VALUES = {None, "", "none", "None", "random"}
