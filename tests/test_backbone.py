@@ -23,6 +23,19 @@ def test_random_init_is_flagged_and_reproducible(tiny):
     assert callable(tiny.tokenizer) and tiny.preprocess is not None
 
 
+def test_open_clips_own_random_init_warning_is_left_to_clipimos_banner(caplog):
+    """open_clip logs "No pretrained weights loaded" on the root logger (past -q): clipimo drops
+    that one record, not the rest of the root logger."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        load_clip(TINY, pretrained="none")
+        logging.getLogger().warning("another root warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another root warning" in messages
+    assert not any(m.startswith("No pretrained weights loaded") for m in messages)
+
+
 def test_unreachable_tag_fails_fast_with_advice():
     start = time.perf_counter()
     with pytest.raises(ClipimoError, match=r"not in the local cache.*--pretrained /path/to/weights"):

@@ -7,15 +7,17 @@ download weights, so an unreachable tag fails within seconds and says how to pas
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import open_clip
@@ -211,6 +213,24 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None, cache_dir: 
     )
 
 
+class _OpenClipRandomInitFilter(logging.Filter):
+    """open_clip says "No pretrained weights loaded" on the root logger, outside -q; clipimo's own
+    RANDOM-INIT banner already says it once per command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _without_open_clip_random_init_warning() -> Iterator[None]:
+    root, drop = logging.getLogger(), _OpenClipRandomInitFilter()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def load_clip(
     name: str,
     pretrained: str | os.PathLike | None = None,
@@ -247,7 +267,7 @@ def load_clip(
         json.dumps(open_clip.get_model_config(name), sort_keys=True).encode()
     ).hexdigest()[:16]
     identity["quick_gelu"] = bool(kwargs.get("force_quick_gelu", open_clip.get_model_config(name).get("quick_gelu", False)))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _without_open_clip_random_init_warning():
         torch.manual_seed(RANDOM_INIT_SEED)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
