@@ -2,9 +2,11 @@
 
 Same images, same run, interleaved repetitions (so drift hits all three alike); the median time
 per batch is reported. Targets: original stream within 1% of plain open_clip, corrected within 5%.
-Runs on CUDA when available (bf16 autocast, as feature extraction does), else on CPU.
+Runs on CUDA when available (bf16 autocast there unless ``--precision fp32``, the default of
+``clipimo features``), else on CPU in fp32.
 
-    python benchmarks/bench_encode.py [--model ViT-B-16] [--batch 32] [--reps 7]
+    python benchmarks/bench_encode.py [--model ViT-B-16] [--batch 32] [--reps 7] [--precision fp32|bf16]
+    python benchmarks/bench_encode.py --model clipimo-tiny-vit --reps 3     # quick smoke run
 """
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                    help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
 
     plain = load_clip(args.model, args.pretrained, device=device).model
     adapted = load_clip(args.model, args.pretrained, device=device).model
@@ -39,7 +44,7 @@ def main() -> None:
             block.adapter.up.weight.normal_(0, 0.02)  # a trained-looking adapter; speed is value-independent
     size = plain.visual.image_size[0]
     x = torch.randn(args.batch, 3, size, size, device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
     def timed(model, on):
         ctx = adapters_enabled(model, on) if on is not None else contextlib.nullcontext()
@@ -60,9 +65,9 @@ def main() -> None:
         for name, (model, on) in runs.items():
             times[name].append(timed(model, on))
     base = statistics.median(times["plain open_clip"])
-    print(f"{args.model}, batch {args.batch}, {device.type}"
-          f"{' (' + torch.cuda.get_device_name() + ', bf16 autocast)' if device.type == 'cuda' else f', {torch.get_num_threads()} threads, fp32'}, "
-          f"median of {args.reps} interleaved reps")
+    where = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {torch.get_num_threads()} threads"
+    print(f"{args.model}, batch {args.batch}, {device.type}{where}, "
+          f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}, median of {args.reps} interleaved reps")
     print(f"{'stream':<20}{'s/batch':>10}{'images/s':>11}{'vs plain':>10}")
     for name, ts in times.items():
         t = statistics.median(ts)

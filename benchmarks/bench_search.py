@@ -9,6 +9,7 @@ chosen point and its grid neighbours are checked to give identical hit counts. P
 timings are not asserted.
 
     python benchmarks/bench_search.py [--device cpu|cuda] [--sample 40] [--no-full-tip]
+    python benchmarks/bench_search.py --classes 20 --sample 5 --no-full-tip   # quick smoke run
 """
 from __future__ import annotations
 
@@ -123,11 +124,14 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=40, help="naive points timed per search")
     ap.add_argument("--no-full-tip", action="store_true", help="skip the full 4,000-point naive Tip loop")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", type=int, default=100,
+                    help="classes of the problem (val and test queries scale with it; smaller for a quick run)")
     args = ap.parse_args()
-    feats = synthetic_features(num_classes=100, shots=16, n_val=1649, n_test=2465, dim=512, seed=args.seed)
+    n_val, n_test = round(1649 * args.classes / 100), round(2465 * args.classes / 100)
+    feats = synthetic_features(num_classes=args.classes, shots=16, n_val=n_val, n_test=n_test, dim=512, seed=args.seed)
     p = Problem.from_features(feats, args.device)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"C=100, N={len(feats.cache_labels)}, val {len(feats.val_labels)}, test {len(feats.test_labels)}, D=512")
+          f"C={args.classes}, N={len(feats.cache_labels)}, val {len(feats.val_labels)}, test {len(feats.test_labels)}, D=512")
     rng = np.random.default_rng(args.seed)
     grid_counts(p, False, False, PAPER_GRID)  # warm-up (thread pools, allocator)
     for with_kl in (False, True):

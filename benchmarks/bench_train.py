@@ -7,7 +7,7 @@ loss, backward, clipping, AdamW, teacher EMA) fed synthetic pixels, so data load
 
     python benchmarks/bench_train.py                       # ViT-B-16 on CPU, small batches
     python benchmarks/bench_train.py --model clipimo-tiny-vit --batch 32
-    python benchmarks/bench_train.py --device cuda --batch 128 --dino-batch 40   # see gpu_train_check.py
+    python benchmarks/bench_train.py --device cuda --precision bf16 --batch 128 --dino-batch 40   # see gpu_train_check.py
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def _tiny_dataset(folder: Path, n: int) -> Path:
 
 def make_trainers(args, root: Path):
     csv = _tiny_dataset(root / "data", 2)
-    common = dict(data=str(csv), model=args.model, pretrained=args.pretrained, device=args.device, amp=args.amp,
+    common = dict(data=str(csv), model=args.model, pretrained=args.pretrained, device=args.device,
+                  precision=args.precision,
                   progress=False, epochs=10_000, drop_last=False)
     sup = SupervisedTrainer(make_config("supervised", out=str(root / "sup"), batch_size=args.batch, **common))
     dino = DinoTrainer(make_config("dino", out=str(root / "dino"), batch_size=args.dino_batch,
@@ -84,7 +85,7 @@ def bench(args) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     args.device = str(device)
     results: dict = {"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
-                     "amp": args.amp, "rows": []}
+                     "precision": args.precision, "rows": []}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +123,7 @@ def bench(args) -> dict:
         sup.student.train()
         sup.train_step((x, y), 0, sup.scheduled(next(step)))
 
-    print(f"# {args.model} on {device} (threads {torch.get_num_threads()}, amp {args.amp}), image {size}px, "
+    print(f"# {args.model} on {device} (threads {torch.get_num_threads()}, precision {args.precision}), image {size}px, "
           f"DINO crops 2x{g} + {args.local_crops}x{l}", flush=True)
     D = args.dino_batch
     crops = [torch.randn(D, 3, g, g, generator=gen).to(device) for _ in range(2)]
@@ -182,7 +183,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--pretrained", default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="fp32 (the paper) or bf16 autocast, as `clipimo train --precision`")
     p.add_argument("--batch", type=int, default=8, help="supervised batch (paper: 128)")
     p.add_argument("--dino-batch", type=int, default=2, help="DINO batch per process (paper: 40)")
     p.add_argument("--local-crops", type=int, default=10)

@@ -66,17 +66,20 @@ def write_images(folder: Path, n: int, n_classes: int = 4, size: int = 64) -> Pa
     return csv
 
 
+def throughput_argv(args) -> list[str]:
+    """bench_train.py's command line for part 1: bf16 autocast on CUDA, fp32 on CPU."""
+    return ["--model", args.model, "--device", args.device,
+            "--precision", "bf16" if args.device.startswith("cuda") else "fp32",
+            "--batch", str(args.batch), "--dino-batch", str(args.dino_batch),
+            "--dino-out-dim", str(args.dino_out_dim), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--transform-images", "40"]
+
+
 def part_throughput(args) -> None:
     import bench_train
 
     print("\n== 1. throughput (bf16 autocast when on CUDA)", flush=True)
-    bargs = bench_train.parse_args([
-        "--model", args.model, "--device", args.device, "--amp", "auto",
-        "--batch", str(args.batch), "--dino-batch", str(args.dino_batch),
-        "--dino-out-dim", str(args.dino_out_dim), "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--transform-images", "40",
-    ])
-    REPORT["throughput"] = bench_train.bench(bargs)
+    REPORT["throughput"] = bench_train.bench(bench_train.parse_args(throughput_argv(args)))
 
 
 def _grads(trainer) -> torch.Tensor:
@@ -91,9 +94,10 @@ def part_precision(args, tmp: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     for method in ("supervised", "dino"):
         results = {}
-        for amp in ("off", "bf16"):
-            kw = dict(data=str(csv), out=str(tmp / f"prec_{method}_{amp}"), model=args.model, device=args.device,
-                      amp=amp, progress=False, dropout=0.0, epochs=100, batch_size=4, drop_last=False)
+        for precision in ("fp32", "bf16"):
+            kw = dict(data=str(csv), out=str(tmp / f"prec_{method}_{precision}"), model=args.model,
+                      device=args.device, precision=precision, progress=False, dropout=0.0, epochs=100,
+                      batch_size=4, drop_last=False)
             if method == "dino":
                 kw.update(out_dim=args.dino_out_dim, local_crops_number=4)
             trainer = (SupervisedTrainer if method == "supervised" else DinoTrainer)(make_config(method, **kw))
@@ -112,8 +116,8 @@ def part_precision(args, tmp: Path) -> None:
                 crops = [torch.randn(4, 3, g_, g_, generator=gen) for _ in range(2)]
                 crops += [torch.randn(4, 3, l_, l_, generator=gen) for _ in range(4)]
                 metrics = trainer.train_step((crops, torch.zeros(4)), 0, trainer.scheduled(0))
-            results[amp] = (float(metrics["loss"]), _grads(trainer))
-        (l32, g32), (l16, g16) = results["off"], results["bf16"]
+            results[precision] = (float(metrics["loss"]), _grads(trainer))
+        (l32, g32), (l16, g16) = results["fp32"], results["bf16"]
         cos = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))
         rel = abs(l16 - l32) / max(abs(l32), 1e-8)
         check(f"{method}: bf16 loss close to fp32", rel < 0.05, f"fp32 {l32:.5f} bf16 {l16:.5f} rel {rel:.2e}")

@@ -1,0 +1,72 @@
+"""The training benchmarks run against the current training API (tiny model, one step each).
+
+They are scripts, not part of the package, so nothing else notices when the API they call changes
+(as ``amp`` -> ``precision`` did). Only that they run and report is checked, never their timings.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import TINY
+from test_train_utils import one_torch_thread  # noqa: F401 (autouse fixture)
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_train
+        import gpu_train_check
+
+        yield bench_train, gpu_train_check
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_train_runs_with_tiny_model(scripts, tmp_path, precision, capsys):
+    bench_train, _ = scripts
+    out = tmp_path / "train.json"
+    assert bench_train.main(["--model", TINY, "--precision", precision, "--batch", "4", "--dino-batch", "2",
+                             "--local-crops", "2", "--dino-out-dim", "256", "--steps", "1", "--warmup", "0",
+                             "--skip-transforms", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["precision"] == precision
+    assert [r["name"].split(" B=")[0] for r in report["rows"]] == [
+        "frozen forward (original stream)", "frozen forward (corrected stream)", "supervised train step",
+        "frozen forward, same multi-crop batch", "DINO train step"]
+    assert "DINO train step" in capsys.readouterr().out
+
+
+def test_bench_train_has_no_amp_flag(scripts):
+    bench_train, _ = scripts
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--amp", "auto"])
+
+
+@pytest.mark.parametrize("device,precision", [("cpu", "fp32"), ("cuda", "bf16")])
+def test_gpu_check_throughput_arguments_parse(scripts, device, precision):
+    bench_train, check = scripts
+    args = SimpleNamespace(model=TINY, device=device, batch=16, dino_batch=4, dino_out_dim=4096, steps=3, warmup=1)
+    parsed = bench_train.parse_args(check.throughput_argv(args))
+    assert (parsed.device, parsed.precision, parsed.batch) == (device, precision, 16)
+
+
+def test_gpu_check_precision_part_on_cpu(scripts, tmp_path, monkeypatch):
+    """Part 2 (fp32 vs bf16 on one batch) in its CPU form; parts 1, 3 and 4 are run by hand."""
+    _, check = scripts
+    monkeypatch.setattr(check, "FAILURES", [])
+    monkeypatch.setattr(check, "REPORT", {})
+    out = tmp_path / "check.json"
+    rc = check.main(["--device", "cpu", "--quick", "--skip", "1,3", "--torchrun", "0",
+                     "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0, report["failures"]
+    assert set(report["precision"]) == {"supervised", "dino"}
