@@ -6,7 +6,7 @@ from functools import partial
 from typing import Callable
 
 from ..errors import ClipimoError
-from . import ape, cache, gda, proker, tip, tipf, tipx, zeroshot
+from . import ape, gda, proker, tip, tipf, tipx, zeroshot
 from .common import MethodOptions, MethodResult, Problem
 
 METHODS: dict[str, Callable[[Problem], MethodResult]] = {
