@@ -24,6 +24,7 @@ import dataclasses
 import os
 import resource
 import time
+from functools import partial
 
 import torch
 
@@ -101,11 +102,11 @@ def run_new(p: Problem, methods: list[str]) -> tuple[dict, dict]:
     results, times = {}, {}
     shared = [m for m in methods if m in CACHE_VARIANTS]
     if shared:
-        ran, times[SHARED] = timed(lambda: cache.run_many(p, [CACHE_VARIANTS[m] for m in shared]))
+        ran, times[SHARED] = timed(partial(cache.run_many, p, [CACHE_VARIANTS[m] for m in shared]))
         results.update({m: ran[CACHE_VARIANTS[m]] for m in shared})
     for m in methods:
         if m not in shared:
-            results[m], times[m] = timed(lambda: run_method(m, p))
+            results[m], times[m] = timed(partial(run_method, m, p))
     return results, times
 
 
@@ -158,10 +159,10 @@ def main() -> None:
                   + f" | {total:6.1f}s ({cpu:6.1f}s) {peak_rss_gb():5.2f} GB", flush=True)
             if (name, shots) in baseline:
                 CPU[0] = 0.0
-                old = {m: timed(lambda: run_previous(p, m)) for m in methods}
+                old = {m: timed(partial(run_previous, p, m)) for m in methods}
                 old_total = sum(t for _, t in old.values())
                 differ = [m for m in methods if old[m][0] != results[m]]
-                print(f"  previous, per method: " + ", ".join(f"{m} {old[m][1]:.1f}s" for m in methods)
+                print("  previous, per method: " + ", ".join(f"{m} {old[m][1]:.1f}s" for m in methods)
                       + f" | {old_total:.1f}s ({CPU[0]:.1f}s CPU), speed-up x{old_total / total:.1f}"
                       f" (CPU x{CPU[0] / max(cpu, 1e-9):.1f}); different results: {', '.join(differ) or 'none'}",
                       flush=True)

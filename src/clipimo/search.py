@@ -197,8 +197,8 @@ def _count(f: _Fixed, e: torch.Tensor, alphas: torch.Tensor, budget: int) -> tor
     starts, sizes, qg = starts[keep], sizes[keep], qg[keep]
     if sizes.numel() == 0:
         return hits
-    pt_qg = qg.repeat_interleave(sizes)
-    pt_a = starts.repeat_interleave(sizes) + _ranks_within(sizes)
+    seg, rank = _segments(sizes)
+    pt_qg, pt_a = qg[seg], starts[seg] + rank
     pt_q, pt_g = pt_qg // num_gammas, pt_qg % num_gammas
     first_pair = torch.cumsum(per_query, 0) - per_query
     k = per_query[pt_q]
@@ -215,17 +215,18 @@ def _count(f: _Fixed, e: torch.Tensor, alphas: torch.Tensor, budget: int) -> tor
     return hits
 
 
-def _ranks_within(sizes: torch.Tensor) -> torch.Tensor:
-    """``0, 1, ..., s - 1`` for each size ``s``, concatenated."""
+def _segments(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For segments of ``sizes``, concatenated: each element's segment and its rank in it."""
+    seg = torch.repeat_interleave(sizes)
     offsets = torch.cumsum(sizes, 0) - sizes
-    return torch.arange(int(sizes.sum()), device=sizes.device) - offsets.repeat_interleave(sizes)
+    return seg, torch.arange(len(seg), device=sizes.device) - offsets[seg]
 
 
 def _exact(f: _Fixed, e, todo, cls, q, first_pair, pt_q, pt_g, pt_a, k, alphas) -> torch.Tensor:
     """Whether the label wins at each point (query ``todo[pt_q]``, ``gammas[pt_g]``,
     ``alphas[pt_a]``) against all its threats, computed as :func:`affine_logits` does."""
-    pair = first_pair[pt_q].repeat_interleave(k) + _ranks_within(k)
-    point = torch.arange(len(pt_q), device=e.device).repeat_interleave(k)
+    point, rank = _segments(k)
+    pair = first_pair[pt_q][point] + rank
     row, rival = todo[q[pair]], cls[pair]
     label = f.labels[row]
     gp, ap = f.gammas[pt_g][point], alphas[pt_a][point]
