@@ -16,6 +16,11 @@ method, top-5 / recall in a second test pass) reruns the seven methods one by on
 scores differ (none expected: both count exactly what a per-point loop counts).
 
     python benchmarks/bench_sweep.py [--datasets ImageNet] [--shots 16] [--baseline Caltech101:16,DescribableTextures:1]
+
+On a machine shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that
+spin while their partner waits for a core multiply wall and CPU time of the many small tensor
+operations (measured: x40 on DescribableTextures 1-shot at load 10 on 2 cores); the header says
+which policy was in force.
 """
 from __future__ import annotations
 
@@ -136,7 +141,8 @@ def main() -> None:
     cells.sort(key=lambda c: (c not in baseline, DATASETS[c[0]][0] * c[1] * (DATASETS[c[0]][1] + DATASETS[c[0]][2])))
     load = os.getloadavg()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1/5/15 min); D={DIM}, {VIEWS} views; "
+          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1/5/15 min), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; D={DIM}, {VIEWS} views; "
           f"{SHARED} = {', '.join(m for m in methods if m in CACHE_VARIANTS)} together", flush=True)
     print(f"{'cell':26s} {'C':>5s} {'N':>6s} {'val':>6s} {'test':>6s} | " + " ".join(f"{c:>8s}" for c in columns)
           + " |   total (CPU)  peak RSS")

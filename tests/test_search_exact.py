@@ -114,3 +114,50 @@ def test_float32_rounding_decides_like_the_loop():
     want = [int(affine_logits(z, e, float(np.float32(a))).argmax(1).item() == 0) for a in alphas]
     assert len(set(want)) == 2  # the label loses somewhere on this grid
     assert count_correct(z, e, torch.tensor([0]), alphas)[:, 0].tolist() == want
+
+
+def test_affine_logits_by_hand():
+    z, e, rl = t([[1, -2]]), t([[2, 0.5]]), t([[3, 4]])
+    assert affine_logits(z, e, 4.0).tolist() == [[9, 0]]
+    assert affine_logits(z, e, 4.0, rl, 5.0).tolist() == [[24, 20]]
+    assert affine_logits(z, e, 4.0, rl).tolist() == [[9, 0]]  # gamma defaults to 0
+
+
+def test_rival_ahead_only_at_the_largest_alpha():
+    # logit_1 = a - 3 trails by 1 at alpha 2 and leads at alpha 10 (the box must reach the last alpha).
+    z, e = t([[0, -3]]), t([[0, 1]])
+    assert count_correct(z, e, torch.tensor([0]), [0.0, 1.0, 2.0, 10.0])[:, 0].tolist() == [1, 1, 1, 0]
+    assert count_correct(z, e, torch.tensor([0]), [10.0, 0.0, 1.0, 2.0])[:, 0].tolist() == [0, 1, 1, 1]
+
+
+def test_zero_shot_lead_outweighs_the_gamma_term():
+    # The rival's RL lead is positive for every gamma (1 or 2) but Z keeps the label ahead: hits.
+    z, rl, e = t([[5, 0]]), t([[0, 1]]), t([[0, 0]])
+    assert count_correct(z, e, torch.tensor([0]), [0.0, 1.0], rl, [1.0, 2.0]).tolist() == [[1, 1], [1, 1]]
+    # The rival's RL lead is negative everywhere but its Z lead wins: no hits.
+    z, rl = t([[0, 5]]), t([[1, 0]])
+    assert count_correct(z, e, torch.tensor([0]), [0.0, 1.0], rl, [1.0, 2.0]).tolist() == [[0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("z, rl, e, label, hit", [
+    ([1e6, 1e6], [0, 0.01], [0, 0], 0, 1),   # exact: class 1 leads by 0.01; float32: a tie, label 0 wins
+    ([0, 0.01], [1e6, 1e6], [0, 0], 1, 0),   # exact: label 1 leads by 0.01; float32: a tie, class 0 wins
+    ([0, 0.01], [0, 0], [1e6, 1e6], 1, 0),
+])
+def test_large_terms_absorb_small_ones_like_the_loop(z, rl, e, label, hit):
+    """float32 rounds 1e6 + 0.01 to 1e6, so the loop's decision differs from exact arithmetic:
+    the margins must scale with every term's size (Z's, gamma RL's and alpha E's)."""
+    z, rl, e, y = t([z]), t([rl]), t([e]), torch.tensor([label])
+    assert int(affine_logits(z, e, 1.0, rl, 1.0).argmax(1).item() == label) == hit
+    assert count_correct(z, e, y, [1.0], rl, [1.0]).tolist() == [[hit]]
+
+
+def test_every_query_unrivalled():
+    z, e = t([[9, 0, 0], [0, 0, 7]]), t([[1, 1, 1], [0, 0, 0]])
+    assert count_correct(z, e, torch.tensor([0, 2]), [0.0, 1.0]).tolist() == [[2], [2]]
+
+
+@pytest.mark.parametrize("label, hit", [(0, 1), (2, 0)])
+def test_all_terms_zero_is_a_tie_of_every_class(label, hit):
+    z = e = rl = torch.zeros(1, 3)
+    assert count_correct(z, e, torch.tensor([label]), [0.0, 2.0], rl, [0.0, 1.0]).tolist() == [[hit] * 2] * 2
