@@ -134,6 +134,10 @@ def test_zero_shot_lead_outweighs_the_gamma_term():
     # The rival's RL lead is positive for every gamma (1 or 2) but Z keeps the label ahead: hits.
     z, rl, e = t([[5, 0]]), t([[0, 1]]), t([[0, 0]])
     assert count_correct(z, e, torch.tensor([0]), [0.0, 1.0], rl, [1.0, 2.0]).tolist() == [[1, 1], [1, 1]]
+    # The rival's RL lead (gamma) is positive everywhere, Z's (-1) evens it at gamma 1: a tie the
+    # label wins as the lower class; at gamma 2 the rival leads.
+    z, rl = t([[0, -1]]), t([[0, 1]])
+    assert count_correct(z, e, torch.tensor([0]), [0.0, 1.0], rl, [1.0, 2.0]).tolist() == [[1, 0], [1, 0]]
     # The rival's RL lead is negative everywhere but its Z lead wins: no hits.
     z, rl = t([[0, 5]]), t([[1, 0]])
     assert count_correct(z, e, torch.tensor([0]), [0.0, 1.0], rl, [1.0, 2.0]).tolist() == [[0, 0], [0, 0]]
