@@ -82,11 +82,10 @@ def count_correct(z: torch.Tensor, e: torch.Tensor, labels: torch.Tensor,
     stacked = e.dim() == 3
     terms = e if stacked else e[None]
     counts = torch.zeros(len(terms), len(a), len(g), dtype=torch.long, device=dev)
-    if z.shape[0]:
-        order = torch.argsort(a, stable=True)
-        fixed = _Fixed.of(z, rl, labels, g)
-        for b, term in enumerate(terms):
-            counts[b, order] = _count(fixed, term, a[order], budget).T
+    order = torch.argsort(a, stable=True)
+    fixed = _Fixed.of(z, rl, labels, g)
+    for b, term in enumerate(terms):
+        counts[b, order] = _count(fixed, term, a[order], budget).T
     return counts if stacked else counts[0]
 
 
