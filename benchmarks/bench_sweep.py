@@ -1,33 +1,43 @@
-"""Time of the paper's few-shot sweep from cached features: every method on every (dataset, shots) cell.
+"""Time of the paper's few-shot sweep from cached features: the seven methods on every (dataset, shots) cell.
 
 Synthetic unit-norm features (``clipimo.featurefile.synthetic_features``, D = 512, with 10 augmented
 views per support for GDA) at the real split sizes of the 14 datasets (classes, val, test; ImageNet
 with a 10-per-class held-out val and its 50,000 test images), shots 1, 2, 4, 8, 16. Each cell runs
-every method once in this one process; a seed costs the same, so the 3-seed sweep is projected as
-3 x the sum. Also prints each cell's peak resident memory while its methods run (the features
-included, their generation not).
+the methods as ``clipimo evaluate`` does (:func:`clipimo.evaluate.run_methods`: zs, GDA and GDA-IMO
+one by one, Tip, Tip-IMO, Tip-X and Tip-X-IMO together, sharing their terms; every method's test
+top-1, top-5 and recall) in this one process; a seed costs the same, so the 3-seed sweep is
+projected as 3 x the sum. Prints per cell each timing, the CPU seconds (on a shared machine wall
+time waits for other processes) and the peak resident memory while the methods run (the
+features included, their generation not).
 
-The previous implementation (one-hot products, Tip-X's KL computed twice), kept here only as the
-baseline, reruns Tip and Tip-X on ``--baseline`` cells in the same run and names the methods
-whose choice differs (its terms round differently, which can move a near tie).
+The previous implementation (``previous_search.py``: per-method block-bounded counting, KL per
+method, top-5 / recall in a second test pass) reruns the seven methods one by one on the
+``--baseline`` cells in the same run, per-method times, and names the methods whose choice or
+scores differ (none expected: both count exactly what a per-point loop counts).
 
     python benchmarks/bench_sweep.py [--datasets ImageNet] [--shots 16] [--baseline Caltech101:16,DescribableTextures:1]
+
+On a machine shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that
+spin while their partner waits for a core multiply wall and CPU time of the many small tensor
+operations (measured: x40 on DescribableTextures 1-shot at load 10 on 2 cores); the header says
+which policy was in force.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import time
-from typing import Iterator
+from functools import partial
 
 import torch
 
-from clipimo.device import resolve_device
+import previous_search
+from clipimo.device import full_float32, resolve_device
 from clipimo.featurefile import synthetic_features
-from clipimo.methods import METHODS, Problem
-from clipimo.methods.common import MethodResult, Split, chunks, count_hits, percent, zeroshot_logits
-from clipimo.search import PAPER_GRID, affine_logits, count_correct, first_best
+from clipimo.methods import CACHE_VARIANTS, Problem, cache, run_method
+from clipimo.metrics import classification_metrics
 
 # name: (classes, val, test); CoOp splits, the paper's own for CUB/StanfordDogs/PlantDoc (METHOD.md §5),
 # ImageNet: 10 held-out train images per class as val.
@@ -48,6 +58,8 @@ DATASETS = {
     "PlantDoc": (27, 515, 1546),
 }
 SHOTS = (1, 2, 4, 8, 16)
+METHODS = ("zs", "gda", "gda-imo", "tip", "tip-imo", "tipx", "tipx-imo")
+SHARED = "tip*"  # column of the four cache methods, run together
 VIEWS = 10
 DIM = 512
 
@@ -76,69 +88,11 @@ def cell_problem(name: str, shots: int, device: torch.device, seed: int = 0) -> 
     return Problem.from_features(synthetic_features(classes, shots, n_val, n_test, DIM, seed=seed, views=VIEWS), device)
 
 
-# ---- the previous implementation (baseline only) -------------------------------------------------
-
-def _old_kl(query, keys, w):
-    log_q = torch.log_softmax(keys @ w / 0.5, dim=1)
-    out = torch.empty(query.shape[0], keys.shape[0], dtype=query.dtype, device=query.device)
-    for rows in chunks(query.shape[0], keys.shape[0]):
-        log_p = torch.log_softmax(query[rows] @ w / 0.5, dim=1)
-        p = log_p.exp()
-        out[rows] = (p * log_p).sum(1, keepdim=True) - p @ log_q.T
-    return out
-
-
-def _old_terms(p: Problem, split: Split, corrected: bool, with_kl: bool, onehot) -> Iterator[tuple]:
-    keys, n = p.keys(corrected), split.labels.shape[0]
-
-    def affinity(rows):
-        return split.query(corrected)[rows] @ keys.T
-
-    def kl(rows):
-        return _old_kl(split.feats[rows], p.cache_keys, p.text_weights)
-
-    if with_kl:
-        ext = []
-        for rows in chunks(n, keys.shape[0]):
-            a, d = affinity(rows), kl(rows)
-            ext.append(torch.stack([a.amin(), a.amax(), d.amin(), d.amax()]))
-        ext = torch.stack(ext)
-        a_lo, a_hi, k_lo, k_hi = ext[:, 0].amin(), ext[:, 1].amax(), ext[:, 2].amin(), ext[:, 3].amax()
-    for rows in chunks(n, keys.shape[0]):
-        rl = None
-        if with_kl:
-            unit = (kl(rows) - k_lo) / (k_hi - k_lo)
-            rl = -(unit * (a_hi - a_lo) + a_lo) @ onehot
-        yield rows, zeroshot_logits(p, split.feats[rows]), 1 - affinity(rows), rl
-
-
-def old_run(p: Problem, corrected: bool, with_kl: bool) -> MethodResult:
-    grid, onehot = PAPER_GRID, torch.nn.functional.one_hot(p.cache_labels, p.num_classes).float()
-    gammas = grid.gammas if with_kl else None
-    counts = torch.zeros(len(grid.alphas), len(grid.betas), len(gammas) if with_kl else 1, dtype=torch.long,
-                         device=onehot.device)
-    for rows, z, dist, rl in _old_terms(p, p.val, corrected, with_kl, onehot):
-        for b, beta in enumerate(grid.betas):
-            e = torch.exp(-float(beta) * dist) @ onehot
-            counts[:, b, :] += count_correct(z, e, p.val.labels[rows], grid.alphas, rl, gammas)
-    ia, ib, ig = first_best(counts)
-    hp = {"alpha": float(grid.alphas[ia]), "beta": float(grid.betas[ib])}
-    gamma = float(grid.gammas[ig]) if with_kl else 0.0
-    if with_kl:
-        hp["gamma"] = gamma
-    hits = count_hits(((rows, affine_logits(z, torch.exp(-hp["beta"] * dist) @ onehot, hp["alpha"], rl, gamma))
-                       for rows, z, dist, rl in _old_terms(p, p.test, corrected, with_kl, onehot)), p.test.labels)
-    return MethodResult(percent(int(counts[ia, ib, ig]), len(p.val.labels)), percent(hits, len(p.test.labels)), hp)
-
-
-OLD = {"tip": (False, False), "tip-imo": (True, False), "tipx": (False, True), "tipx-imo": (True, True)}
-
-# --------------------------------------------------------------------------------------------------
+CPU = [0.0]
 
 
 def timed(fn):
-    """``(result, wall seconds)``; adds the process CPU seconds to ``CPU`` (on a shared machine wall
-    time waits for other processes, CPU time much less)."""
+    """``(result, wall seconds)``; adds the process CPU seconds to ``CPU``."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     start, cpu = time.perf_counter(), time.process_time()
@@ -148,7 +102,24 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-CPU = [0.0]
+def run_new(p: Problem, methods: list[str]) -> tuple[dict, dict]:
+    """``run_methods``' work on a built problem: (results, {column: seconds})."""
+    results, times = {}, {}
+    shared = [m for m in methods if m in CACHE_VARIANTS]
+    if shared:
+        ran, times[SHARED] = timed(partial(cache.run_many, p, [CACHE_VARIANTS[m] for m in shared]))
+        results.update({m: ran[CACHE_VARIANTS[m]] for m in shared})
+    for m in methods:
+        if m not in shared:
+            results[m], times[m] = timed(partial(run_method, m, p))
+    return results, times
+
+
+def run_previous(p: Problem, m: str):
+    """The previous run_methods on one method: its run, then metrics at the chosen point."""
+    r = previous_search.RUNS[m](p)
+    extra = classification_metrics(previous_search.logits_at(p, p.test, m, r.hparams), p.test.labels)
+    return dataclasses.replace(r, test_top5=extra["top5"], test_mean_per_class_recall=extra["mean_per_class_recall"])
 
 
 def main() -> None:
@@ -159,54 +130,52 @@ def main() -> None:
     ap.add_argument("--baseline", default="Caltech101:16,DescribableTextures:1,EuroSAT:16",
                     help="dataset:shots cells also run with the previous implementation ('' for none)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--verbose", action="store_true", help="also print each method's time as it ends")
     args = ap.parse_args()
     device = resolve_device(args.device)
     methods = args.methods.split(",")
+    columns = [m for m in methods if m not in CACHE_VARIANTS] + ([SHARED] if set(methods) & set(CACHE_VARIANTS) else [])
     cells = [(d, int(k)) for d in args.datasets.split(",") for k in args.shots.split(",")]
+    in_sweep = set(cells)
     baseline = {(d, int(k)) for d, k in (c.split(":") for c in args.baseline.split(",") if c)}
-    cells += sorted(baseline - set(cells))
+    cells += sorted(baseline - in_sweep)
     cells.sort(key=lambda c: (c not in baseline, DATASETS[c[0]][0] * c[1] * (DATASETS[c[0]][1] + DATASETS[c[0]][2])))
     load = os.getloadavg()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1/5/15 min); D={DIM}, {VIEWS} views")
-    print(f"{'cell':26s} {'C':>5s} {'N':>6s} {'val':>6s} {'test':>6s} | " + " ".join(f"{m:>8s}" for m in methods)
+          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1/5/15 min), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; D={DIM}, {VIEWS} views; "
+          f"{SHARED} = {', '.join(m for m in methods if m in CACHE_VARIANTS)} together", flush=True)
+    print(f"{'cell':26s} {'C':>5s} {'N':>6s} {'val':>6s} {'test':>6s} | " + " ".join(f"{c:>8s}" for c in columns)
           + " |   total (CPU)  peak RSS")
     tiny = Problem.from_features(synthetic_features(5, 1, 8, 8, DIM, views=2), device)
-    for m in methods:  # warm-up: first calls pay for thread pools and lazy initialisation
-        METHODS[m](tiny)
-    sweep, sweep_cpu, in_sweep = 0.0, 0.0, set(c for c in cells if c[0] in args.datasets.split(",")
-                               and str(c[1]) in args.shots.split(","))
-    for name, shots in cells:
-        p = cell_problem(name, shots, device)
-        reset_peak_rss()
-        times, results = {}, {}
-        CPU[0] = 0.0
-        for m in methods:
-            results[m], times[m] = timed(lambda: METHODS[m](p))
-            if args.verbose:
-                print(f"  {name} {shots}-shot {m}: {times[m]:.1f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
-        total, cpu = sum(times.values()), CPU[0]
-        if (name, shots) in in_sweep:
-            sweep += total
-            sweep_cpu += cpu
-        c, n_val, n_test = DATASETS[name]
-        print(f"{name + ' ' + str(shots) + '-shot':26s} {c:5d} {c * shots:6d} {n_val:6d} {n_test:6d} | "
-              + " ".join(f"{times[m]:7.1f}s" for m in methods) + f" | {total:6.1f}s ({cpu:6.1f}s) {peak_rss_gb():5.2f} GB",
-              flush=True)
-        if (name, shots) in baseline:
+    with full_float32():
+        run_new(tiny, methods)  # warm-up: first calls pay for thread pools and lazy initialisation
+        sweep, sweep_cpu = 0.0, 0.0
+        for name, shots in cells:
+            p = cell_problem(name, shots, device)
+            reset_peak_rss()
             CPU[0] = 0.0
-            old = {m: timed(lambda: old_run(p, *OLD[m])) for m in methods if m in OLD}
-            differ = [m for m in old if old[m][0].hparams != results[m].hparams]
-            print(f"{'  previous implementation':26s} {'':27s} | "
-                  + " ".join(f"{old[m][1]:7.1f}s" if m in old else f"{'':8s}" for m in methods)
-                  + f" | {sum(o[1] for o in old.values()):6.1f}s ({CPU[0]:6.1f}s CPU),"
-                  f" speed-up x{sum(o[1] for o in old.values()) / sum(times[m] for m in old):.1f},"
-                  f" other choice (rounding of near ties): {', '.join(differ) or 'none'}", flush=True)
-        del p
+            results, times = run_new(p, methods)
+            total, cpu = sum(times.values()), CPU[0]
+            if (name, shots) in in_sweep:
+                sweep += total
+                sweep_cpu += cpu
+            c, n_val, n_test = DATASETS[name]
+            print(f"{name + ' ' + str(shots) + '-shot':26s} {c:5d} {c * shots:6d} {n_val:6d} {n_test:6d} | "
+                  + " ".join(f"{times[col]:7.1f}s" for col in columns)
+                  + f" | {total:6.1f}s ({cpu:6.1f}s) {peak_rss_gb():5.2f} GB", flush=True)
+            if (name, shots) in baseline:
+                CPU[0] = 0.0
+                old = {m: timed(partial(run_previous, p, m)) for m in methods}
+                old_total = sum(t for _, t in old.values())
+                differ = [m for m in methods if old[m][0] != results[m]]
+                print("  previous, per method: " + ", ".join(f"{m} {old[m][1]:.1f}s" for m in methods)
+                      + f" | {old_total:.1f}s ({CPU[0]:.1f}s CPU), speed-up x{old_total / total:.1f}"
+                      f" (CPU x{CPU[0] / max(cpu, 1e-9):.1f}); different results: {', '.join(differ) or 'none'}",
+                      flush=True)
+            del p
     print(f"sum over {len(in_sweep)} cells {sweep:.0f} s wall ({sweep_cpu:.0f} s CPU); projected 3-seed sweep "
-          f"{3 * sweep / 60:.1f} min wall ({3 * sweep_cpu / 60:.1f} min CPU);"
-          f" load average now {os.getloadavg()[0]:.1f}")
+          f"{3 * sweep / 60:.1f} min wall ({3 * sweep_cpu / 60:.1f} min CPU); load average now "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

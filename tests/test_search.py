@@ -163,6 +163,40 @@ def test_cache_methods_match_naive_loop(method, corrected, make, seed):
     assert res.test_acc == 100.0 * test_hits / len(p.test.labels)
 
 
+def naive_scores(logits, labels):
+    """Top-1, top-5 and mean per-class recall (%), a class ranking above the label when its logit is
+    larger, or equal with a lower index (argmax's rule), written out row by row."""
+    ranks = []
+    for row, y in zip(logits.tolist(), labels.tolist()):
+        ranks.append(sum(1 for c, v in enumerate(row) if v > row[y] or (v == row[y] and c < y)))
+    ranks, labels = np.array(ranks), labels.numpy()
+    recall = [np.mean(ranks[labels == c] == 0) for c in np.unique(labels)]
+    return 100 * np.mean(ranks == 0), 100 * np.mean(ranks < 5), 100 * np.mean(recall)
+
+
+@pytest.mark.parametrize("make", [tie_problem, ragged_problem])
+def test_run_many_matches_the_naive_loop_for_every_variant(make):
+    """The four variants searched together (shared terms, one test pass per stream) choose and
+    score what each one's per-point loop does; 8 classes, so top-5 is not trivially 100%."""
+    p = make(6) if make is ragged_problem else make(6, classes=8)
+    variants = [(True, True), (False, False), (False, True), (True, False)]
+    got = cache.run_many(p, variants, SMALL_GRID)
+    assert list(got) == variants
+    for corrected, with_kl in variants:
+        counts, (i, j, k), _ = naive_cache_search(p, corrected, with_kl, SMALL_GRID)
+        hp = {"alpha": SMALL_GRID.alphas[i], "beta": SMALL_GRID.betas[j]}
+        if with_kl:
+            hp["gamma"] = SMALL_GRID.gammas[k]
+        (t,) = split_terms(p, p.test, Cache.of(p, corrected), corrected, with_kl, [hp["beta"]])
+        top1, top5, recall = naive_scores(affine_logits(t.z, t.e[0], hp["alpha"], t.rl, hp.get("gamma", 0.0)),
+                                          p.test.labels)
+        r = got[(corrected, with_kl)]
+        assert r.hparams == hp
+        assert r.val_acc == 100.0 * counts[i, j, k] / len(p.val.labels)
+        assert (r.test_acc, r.test_top5) == pytest.approx((top1, top5), abs=1e-9)
+        assert r.test_mean_per_class_recall == pytest.approx(recall, abs=1e-9)
+
+
 def test_tip_paper_grid_matches_naive_loop():
     p = tie_problem(2, n_val=9)
     counts, best, _ = naive_cache_search(p, True, False, PAPER_GRID)

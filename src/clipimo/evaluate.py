@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
-from .methods import MethodOptions, MethodResult, Problem, parse_methods, run_method
+from .methods import CACHE_VARIANTS, MethodOptions, MethodResult, Problem, cache, parse_methods, run_method
 from .methods.predict import metrics_at
 from .tables import md_table
 
@@ -21,7 +21,9 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
     """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings.
     Top-1 on val picks each method's point; top-5 and mean per-class recall are then scored on test
-    at that point from the same logits (:func:`clipimo.methods.predict.metrics_at`)."""
+    at that point from the same logits: by the method's own test pass where it has one, else by
+    :func:`clipimo.methods.predict.metrics_at`. Tip, Tip-X and their IMO variants run together
+    (:func:`clipimo.methods.cache.run_many`: they share affinities, KL sums and the test pass)."""
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
@@ -29,12 +31,18 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
     options = options or MethodOptions()
     results = {}
     with full_float32():
-        for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
+        shared = [n for n in names if n in CACHE_VARIANTS]
+        if shared:
+            ran = cache.run_many(problem, [CACHE_VARIANTS[n] for n in shared])
+            results.update({n: ran[CACHE_VARIANTS[n]] for n in shared})
+        for name in tqdm([n for n in names if n not in results], desc="methods", disable=tqdm_disable(progress)):
             r = run_method(name, problem, options)
-            extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
-            results[name] = dataclasses.replace(r, test_top5=extra["top5"],
-                                                test_mean_per_class_recall=extra["mean_per_class_recall"])
-    return results
+            if r.test_top5 is None:
+                extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
+                r = dataclasses.replace(r, test_top5=extra["top5"],
+                                        test_mean_per_class_recall=extra["mean_per_class_recall"])
+            results[name] = r
+    return {name: results[name] for name in names}
 
 
 def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],

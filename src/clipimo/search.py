@@ -7,13 +7,17 @@ every (alpha, gamma) pair at once, the number of top-1 hits that a per-point loo
 
 * Pruning: only whether the label wins matters. Over the box spanned by the grid the difference
   between a class's logit and the label's is affine, so its extremes lie at the box corners. A
-  class trailing the label at every corner (by more than a rounding margin far above float32
-  error) can never tie or beat it anywhere; one leading at every corner always beats it. Most
-  queries are then decided at every point at once; the rest keep a handful of rival classes and
-  are bounded again on blocks of the grid, which decides most (query, block) pairs whole too.
-* Exactness: the label and its rivals are evaluated with the same float32 operations in the same
-  order as :func:`affine_logits`, so every compared logit is the identical float, and the tie rule
-  (first maximum in class order) is applied to them as ``argmax`` would.
+  class trailing the label at every corner by more than a margin ``tol`` can never tie or beat it;
+  one leading at every corner always beats it. Most queries are decided at every point at once.
+* Intervals: for a query with rival classes ("threats") and one gamma, the alphas where the label
+  beats every threat by more than ``tol`` form one interval (an intersection of half-lines), and
+  so do the alphas where no threat leads it by more than ``tol``. Grid alphas in the first are
+  hits, those outside the second are misses: a count per (query, gamma), with no work per alpha.
+* Exactness: only the few alphas between the two intervals (within ``tol`` of a crossing) are
+  evaluated, with the same float32 operations in the same order as :func:`affine_logits`, so every
+  compared logit is the identical float, and the tie rule (first maximum in class order) is
+  applied to them as ``argmax`` would. ``tol`` is far above every rounding error in play (see
+  :data:`PRUNE_RTOL`), so the pruned and interval decisions agree with the float32 comparisons.
 """
 from __future__ import annotations
 
@@ -23,15 +27,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-# Relative margin of the pruning bounds. A float32 logit ``(z + g*r) + a*e`` errs by at most
-# ~3 * 2**-24 * (|z| + |g r| + |a e|); a difference of two, and the float32 bounds on it, by under
-# 1e-6 of S = max|z| + max|g| max|r| + max|a| max|e|. A margin of 1e-4 S is 100 times that.
+# Relative margins of the bounds. A float32 logit ``(z + g*r) + a*e`` errs by at most
+# 2**-24 * (2|z| + 3|g r| + 2|a e|), so a difference of two by under 6 * 2**-24 S < 4e-7 S, with
+# S = max|z| + max|g| max|r| + max|a| max|e| over the row. The pruning bounds are float32 sums of
+# float32 products (errors under 2e-6 S): their margin, 1e-4 S, is 50 times both together. The
+# intervals are float64 (errors ~1e-15 S): their margin, 1e-5 S, is 25 times the logit error.
 PRUNE_RTOL = 1e-4
-# Elements of one [queries, rivals, gammas, alphas] batch evaluated at once (bounds memory only).
+INTERVAL_RTOL = 1e-5
+# Elements of one [points, threats] batch of exact evaluations (bounds memory only).
 EVAL_BUDGET = 1 << 24
-# The exact stage cuts the (alpha, gamma) grid into about this many blocks per axis and bounds
-# each undecided query again per block: most (query, block) pairs are then decided whole.
-BLOCKS = (10, 10)
 
 
 @dataclass(frozen=True)
@@ -67,62 +71,48 @@ def count_correct(z: torch.Tensor, e: torch.Tensor, labels: torch.Tensor,
                   budget: int = EVAL_BUDGET) -> torch.Tensor:
     """Top-1 hits of :func:`affine_logits` at every (alpha, gamma): int64 ``[len(alphas), len(gammas)]``.
 
-    ``z``, ``e`` (and ``rl``) are ``[n, C]`` float tensors on one device, ``labels`` ``[n]``. Without
-    ``rl`` the gamma axis has length 1. Identical to looping over the points (see module doc).
+    ``z`` (and ``rl``) are ``[n, C]`` float tensors on one device, ``labels`` ``[n]``; ``e`` is
+    ``[n, C]``, or ``[B, n, C]`` for B terms sharing ``z`` and ``rl`` (one per beta: the work on
+    those is then done once), which gives ``[B, len(alphas), len(gammas)]``. Without ``rl`` the
+    gamma axis has length 1. Identical to looping over the points (see module doc).
     """
-    n, num_classes = z.shape
     dev, dt = z.device, z.dtype
     a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), device=dev).to(dt)
-    g = torch.as_tensor(np.asarray([0.0] if rl is None else gammas, dtype=np.float64),
-                        device=dev).to(dt)
-    counts = torch.zeros(len(g), len(a), dtype=torch.long, device=dev)
-    if n == 0:
-        return counts.T.contiguous()
+    g = torch.as_tensor(np.asarray([0.0] if rl is None else gammas, dtype=np.float64), device=dev).to(dt)
+    stacked = e.dim() == 3
+    terms = e if stacked else e[None]
+    counts = torch.zeros(len(terms), len(a), len(g), dtype=torch.long, device=dev)
+    order = torch.argsort(a, stable=True)
+    fixed = _Fixed.of(z, rl, labels, g)
+    for b, term in enumerate(terms):
+        counts[b, order] = _count(fixed, term, a[order], budget).T
+    return counts if stacked else counts[0]
 
-    # lead_k = l_k - l_label is affine in (alpha, gamma) and separable, so over the grid's box
-    # (float32 grid values stay inside it: rounding is monotone) its extremes are
-    # dz + extremes of gamma * dr + extremes of alpha * de. A class trailing the label everywhere
-    # by more than tol can never tie or beat it (a "threat" might); one leading everywhere by
-    # more than tol always beats it.
-    a_ends, g_ends = (a.min().item(), a.max().item()), (g.min().item(), g.max().item())
-    lo_lead = _lead(z, labels)
-    hi_lead = lo_lead.clone()
-    scale = torch.linalg.vector_norm(z, float("inf"), dim=1)
-    for x, ends in ((e, a_ends), (rl, g_ends)):
-        if x is not None:
-            lo, hi = _extremes(_lead(x, labels), *ends)
-            lo_lead += lo
-            hi_lead += hi
-            scale += max(map(abs, ends)) * torch.linalg.vector_norm(x, float("inf"), dim=1)
-    tol = PRUNE_RTOL * scale
-    threat = hi_lead >= -tol[:, None]
-    threat.scatter_(1, labels[:, None], False)
-    beaten = (lo_lead > tol[:, None]).any(1)
-    del lo_lead, hi_lead
-    nthreat = threat.sum(1)
-    # No threat: the label wins at every point. Beaten: it never does. Otherwise: evaluate exactly.
-    counts += (nthreat == 0).sum()
-    todo = torch.nonzero((nthreat > 0) & ~beaten).squeeze(1)
-    if todo.numel() == 0:
-        return counts.T.contiguous()
-    todo = todo[torch.argsort(nthreat[todo], stable=True)]
-    ks = nthreat[todo].cpu().numpy()
-    a_blk, g_blk = _blocks(a, BLOCKS[0]), _blocks(g, BLOCKS[1])
-    hits = torch.zeros(len(g_blk) * len(a_blk), g_blk.shape[1], a_blk.shape[1], dtype=torch.long,
-                       device=dev)
-    # Groups of queries with similar threat counts, each within the element budget.
-    per_query = a_blk.numel() * g_blk.numel()
-    pos = np.arange(len(todo))
-    start = 0
-    while start < len(todo):
-        fits = (pos[start:] - start + 1) * ks[start:] * per_query <= budget
-        stop = start + max(1, int(fits.sum()))
-        _block_hits(z, e, rl, labels, threat, tol, todo[start:stop], int(ks[stop - 1]),
-                    a_blk, g_blk, hits)
-        start = stop
-    blocked = hits.view(len(g_blk), len(a_blk), g_blk.shape[1], a_blk.shape[1]).permute(0, 2, 1, 3)
-    counts += blocked.reshape(g_blk.numel(), a_blk.numel())[: len(g), : len(a)]
-    return counts.T.contiguous()
+
+@dataclass(frozen=True)
+class _Fixed:
+    """What does not depend on ``e``: the terms, ``Z + gamma * RL`` leads' extremes over the gammas
+    (``lo``, ``hi``, ``[n, C]``) and their part of the error scale (``scale``, ``[n]``)."""
+
+    z: torch.Tensor
+    rl: torch.Tensor | None
+    labels: torch.Tensor
+    gammas: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, z, rl, labels, gammas) -> "_Fixed":
+        lo = _lead(z, labels)
+        hi = lo.clone()
+        scale = torch.linalg.vector_norm(z, float("inf"), dim=1)
+        if rl is not None:
+            r_lo, r_hi = _extremes(_lead(rl, labels), gammas.min().item(), gammas.max().item())
+            lo += r_lo
+            hi += r_hi
+            scale += gammas.abs().max() * torch.linalg.vector_norm(rl, float("inf"), dim=1)
+        return cls(z, rl, labels, gammas, lo, hi, scale)
 
 
 def _lead(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -131,58 +121,122 @@ def _lead(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _extremes(x: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise min and max of ``t * x`` over ``t`` in ``[lo, hi]`` (floats or broadcast tensors)."""
+    """Elementwise min and max of ``t * x`` over ``t`` in ``[lo, hi]`` (floats)."""
     at_lo, at_hi = x * lo, x * hi
     return torch.minimum(at_lo, at_hi), torch.maximum(at_lo, at_hi)
 
 
-def _blocks(values: torch.Tensor, parts: int) -> torch.Tensor:
-    """``values`` in order as ``[blocks, size]``, the last block padded with the final value."""
-    size = -(-len(values) // parts)
-    nblocks = -(-len(values) // size)
-    return torch.cat([values, values[-1:].expand(nblocks * size - len(values))]).view(nblocks, size)
+def _count(f: _Fixed, e: torch.Tensor, alphas: torch.Tensor, budget: int) -> torch.Tensor:
+    """Hits ``[len(gammas), len(alphas)]`` for one ``e``; ``alphas`` sorted ascending (float32)."""
+    labels, num_gammas, num_alphas = f.labels, len(f.gammas), len(alphas)
+    lo_e, hi_e = _extremes(_lead(e, labels), alphas[0].item(), alphas[-1].item())
+    tol = PRUNE_RTOL * (f.scale + alphas.abs().max() * torch.linalg.vector_norm(e, float("inf"), dim=1))
+    # lead_k = l_k - l_label is affine in (alpha, gamma) and separable, so over the grid's box
+    # (float32 grid values stay inside it: rounding is monotone) its extremes are the sums of
+    # extremes. A class trailing everywhere by more than tol can never tie or beat the label (a
+    # "threat" might); one leading everywhere by more than tol always beats it.
+    threat = hi_e.add_(f.hi) >= -tol[:, None]
+    threat.scatter_(1, labels[:, None], False)
+    beaten = (lo_e.add_(f.lo) > tol[:, None]).any(1)
+    del lo_e, hi_e
+    nthreat = threat.sum(1)
+    unrivalled = (nthreat == 0).sum()  # the label wins at every point
+    todo = torch.nonzero((nthreat > 0) & ~beaten).squeeze(1)
+    if todo.numel() == 0:
+        return unrivalled.expand(num_gammas, num_alphas).clone()
+    # Threat pairs, grouped by query (q indexes todo) in class order.
+    q, cls = torch.nonzero(threat[todo], as_tuple=True)
+    rows = todo[q]
+    y = labels[rows]
+
+    def diff(x: torch.Tensor | None) -> torch.Tensor:
+        return torch.zeros_like(q, dtype=torch.float64) if x is None else x[rows, cls].double() - x[rows, y].double()
+
+    de = diff(e)
+    lead0 = diff(f.z)[:, None] + f.gammas.double()[None] * diff(f.rl)[:, None]  # [P, G]: lead at alpha 0
+    margin = tol[rows].double()[:, None] * (INTERVAL_RTOL / PRUNE_RTOL)
+    a64 = alphas.double()
+    m = len(todo)
+    per_query = torch.bincount(q, minlength=m)
+    rising, falling = de >= 0, de <= 0  # no upper / no lower bound from this threat
+
+    def interval(offset: torch.Tensor, strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (query, gamma), the sorted-alpha index range where every threat's ``lead + offset``
+        is < 0 (``strict``) or <= 0: the intersection of each threat's half-line."""
+        c0 = lead0 + offset
+        cut = c0.div_(de[:, None]).neg_()
+        never = (de == 0)[:, None] & ((lead0 >= -offset) if strict else (lead0 > -offset))
+        lo = torch.where(rising[:, None], -torch.inf, cut).masked_fill_(never, torch.inf)
+        hi = torch.where(falling[:, None], torch.inf, cut).masked_fill_(never, -torch.inf)
+        lo = torch.segment_reduce(lo, "max", lengths=per_query, axis=0, unsafe=True)
+        hi = torch.segment_reduce(hi, "min", lengths=per_query, axis=0, unsafe=True)
+        # Strict: alphas in (lo, hi); otherwise in [lo, hi].
+        start = torch.searchsorted(a64, lo, right=strict)
+        stop = torch.searchsorted(a64, hi, right=not strict)
+        return start, torch.maximum(stop, start)
+
+    w0, w1 = interval(margin, True)     # the label wins for sure
+    j0, j1 = interval(-margin, False)   # outside: it loses for sure
+    sure = w1 > w0
+    w0, w1 = torch.maximum(w0, j0), torch.minimum(w1, j1)
+    gi = torch.arange(num_gammas, device=e.device).expand(m, num_gammas)
+    ones = torch.ones_like(w0[sure])
+    hits = torch.zeros(num_gammas, num_alphas + 1, dtype=torch.long, device=e.device)
+    hits.index_put_((gi[sure], w0[sure]), ones, accumulate=True)
+    hits.index_put_((gi[sure], w1[sure]), -ones, accumulate=True)
+    hits = hits.cumsum(1)[:, :num_alphas] + unrivalled
+    # The rest of [j0, j1) is evaluated point by point: [j0, w0) and [w1, j1) (all of it when
+    # no alpha is sure).
+    first_stop = torch.where(sure, w0, j1)
+    second_start = torch.where(sure, w1, j1)
+    starts = torch.cat([j0.flatten(), second_start.flatten()])
+    sizes = torch.cat([(first_stop - j0).flatten(), (j1 - second_start).flatten()])
+    qg = torch.arange(m * num_gammas, device=e.device).repeat(2)
+    keep = sizes > 0
+    starts, sizes, qg = starts[keep], sizes[keep], qg[keep]
+    if sizes.numel() == 0:
+        return hits
+    seg, rank = _segments(sizes)
+    pt_qg, pt_a = qg[seg], starts[seg] + rank
+    pt_q, pt_g = pt_qg // num_gammas, pt_qg % num_gammas
+    first_pair = torch.cumsum(per_query, 0) - per_query
+    k = per_query[pt_q]
+    ends = torch.cumsum(k, 0)
+    start = 0
+    while start < len(pt_q):
+        # Points whose [point, threat] entries fit the budget (at least one point).
+        limit = (ends[start - 1] if start else 0) + budget
+        stop = max(start + 1, int(torch.searchsorted(ends, limit, right=True)))
+        sl = slice(start, stop)
+        wins = _exact(f, e, todo, cls, q, first_pair, pt_q[sl], pt_g[sl], pt_a[sl], k[sl], alphas)
+        hits.index_put_((pt_g[sl], pt_a[sl]), wins.long(), accumulate=True)
+        start = stop
+    return hits
 
 
-def _block_hits(z, e, rl, labels, threat, tol, q, k, a_blk, g_blk, hits) -> None:
-    """Add to ``hits`` ``[Bg * Ba, sg, sa]`` the exact hits of queries ``q`` (at most ``k`` threats).
+def _segments(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For segments of ``sizes``, concatenated: each element's segment and its rank in it."""
+    seg = torch.repeat_interleave(sizes)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    return seg, torch.arange(len(seg), device=sizes.device) - offsets[seg]
 
-    The bounds are recomputed per grid block against the query's threats only: most
-    (query, block) pairs are then decided whole, and the rest are evaluated point by point.
-    """
-    num_classes = z.shape[1]
-    ar = torch.arange(num_classes, device=z.device)
-    idx = torch.where(threat[q], ar, num_classes).topk(k, 1, largest=False, sorted=True).values
-    pad = idx == num_classes  # fewer than k threats: padding has -inf logits and never wins
-    rows, y, cols = q[:, None], labels[q][:, None], idx.clamp(max=num_classes - 1)
-    # The label's terms [m, 1] and its rivals' [m, k].
-    zt, et = z[rows, y], e[rows, y]
-    zr, er = z[rows, cols].masked_fill(pad, -torch.inf), e[rows, cols].masked_fill(pad, 0.0)
-    rt, rr = (None, None) if rl is None else (rl[rows, y], rl[rows, cols].masked_fill(pad, 0.0))
 
-    lo_a, hi_a = _extremes((er - et)[..., None], a_blk.amin(1), a_blk.amax(1))  # [m, k, Ba]
-    lo = (zr - zt)[..., None, None] + lo_a[:, :, None, :]  # [m, k, Bg, Ba]
-    hi = (zr - zt)[..., None, None] + hi_a[:, :, None, :]
-    if rl is not None:
-        lo_g, hi_g = _extremes((rr - rt)[..., None], g_blk.amin(1), g_blk.amax(1))  # [m, k, Bg]
-        lo = lo + lo_g[..., None]
-        hi = hi + hi_g[..., None]
-    t = tol[q].view(-1, 1, 1, 1)
-    live = (hi >= -t).any(1)  # [m, Bg, Ba]: some rival may tie or beat the label in the block
-    beaten = (lo > t).any(1)  # some rival beats it throughout the block
-    hits += (~live).sum(0).view(-1, 1, 1)
-    qi, bg, ba = torch.nonzero(live & ~beaten, as_tuple=True)
-    if qi.numel() == 0:
-        return
-    ap, gp = a_blk[ba], g_blk[bg]  # [P, sa], [P, sg]
+def _exact(f: _Fixed, e, todo, cls, q, first_pair, pt_q, pt_g, pt_a, k, alphas) -> torch.Tensor:
+    """Whether the label wins at each point (query ``todo[pt_q]``, ``gammas[pt_g]``,
+    ``alphas[pt_a]``) against all its threats, computed as :func:`affine_logits` does."""
+    point, rank = _segments(k)
+    pair = first_pair[pt_q][point] + rank
+    row, rival = todo[q[pair]], cls[pair]
+    label = f.labels[row]
+    gp, ap = f.gammas[pt_g][point], alphas[pt_a][point]
 
-    def logits(zc, ec, rc) -> torch.Tensor:
-        """``[P, sg, sa, j]`` from ``[P, j]`` terms, as :func:`affine_logits` computes them."""
-        base = zc[:, None] if rc is None else zc[:, None] + gp[:, :, None] * rc[:, None]
-        return base[:, :, None] + (ap[:, :, None] * ec[:, None])[:, None]
+    def logit(c: torch.Tensor) -> torch.Tensor:
+        base = f.z[row, c] if f.rl is None else f.z[row, c] + gp * f.rl[row, c]
+        return base + ap * e[row, c]
 
-    target = logits(zt[qi], et[qi], None if rl is None else rt[qi])
-    other = logits(zr[qi], er[qi], None if rl is None else rr[qi])
+    target, other = logit(label), logit(rival)
     # argmax takes the first maximum: the label must beat lower classes strictly and at least
     # tie higher ones.
-    wins = torch.where((idx < y)[qi][:, None, None], target > other, target >= other).all(-1)
-    hits.index_add_(0, bg * len(a_blk) + ba, wins.long())
+    beats = torch.where(rival < label, target > other, target >= other)
+    losses = torch.zeros(len(pt_q), dtype=torch.long, device=e.device).index_add_(0, point, (~beats).long())
+    return losses == 0

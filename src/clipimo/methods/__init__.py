@@ -24,6 +24,8 @@ METHODS: dict[str, Callable[[Problem], MethodResult]] = {
     "tip-f": partial(tipf.run, corrected=False),
     "tip-f-imo": partial(tipf.run, corrected=True),
 }
+# The methods :func:`cache.run_many` runs together: name -> (corrected, with_kl).
+CACHE_VARIANTS = {"tip": (False, False), "tip-imo": (True, False), "tipx": (False, True), "tipx-imo": (True, True)}
 # Methods whose results depend on MethodOptions (seed, batch, views mode, grid choice).
 TAKES_OPTIONS = frozenset({"proker", "proker-imo", "tip-f", "tip-f-imo"})
 
@@ -45,4 +47,4 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["METHODS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS", "parse_methods", "run_method"]
+__all__ = ["CACHE_VARIANTS", "METHODS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS", "parse_methods", "run_method"]

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import ClipimoError
+from ..metrics import classification_metrics
 from ..search import affine_logits, count_correct, first_best
-from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
+from .common import MethodResult, Problem, Split, chunks, percent, zeroshot_logits
 
 # The official search values: 1e-4 ... 100.
 GDA_ALPHAS = np.array([1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0])
@@ -80,8 +81,8 @@ def run(problem: Problem, corrected: bool = False, alphas: np.ndarray = GDA_ALPH
         counts += count_correct(z, g, problem.val.labels[rows], alphas)[:, 0]
     (best,) = first_best(counts)
     alpha = float(alphas[best])
-    test_hits = count_hits(logits(problem, problem.test, corrected, alpha, (weight, bias), chunk_rows),
-                           problem.test.labels)
-    return MethodResult(val_acc=percent(int(counts[best]), problem.val.labels.shape[0]),
-                        test_acc=percent(test_hits, problem.test.labels.shape[0]),
-                        hparams={"alpha": alpha})
+    test = classification_metrics(logits(problem, problem.test, corrected, alpha, (weight, bias), chunk_rows),
+                                  problem.test.labels)
+    return MethodResult(val_acc=percent(int(counts[best]), problem.val.labels.shape[0]), test_acc=test["top1"],
+                        hparams={"alpha": alpha}, test_top5=test["top5"],
+                        test_mean_per_class_recall=test["mean_per_class_recall"])

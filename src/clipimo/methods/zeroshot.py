@@ -5,6 +5,7 @@ from typing import Iterator
 
 import torch
 
+from ..metrics import classification_metrics
 from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
 
 
@@ -14,13 +15,9 @@ def logits(problem: Problem, split: Split, chunk_rows: int | None = None) -> Ite
         yield rows, zeroshot_logits(problem, split.feats[rows])
 
 
-def _hits(problem: Problem, split: Split, chunk_rows: int | None) -> int:
-    return count_hits(logits(problem, split, chunk_rows), split.labels)
-
-
 def run(problem: Problem, chunk_rows: int | None = None) -> MethodResult:
-    """Accuracy on val and test; hparams ``{}``."""
-    return MethodResult(
-        val_acc=percent(_hits(problem, problem.val, chunk_rows), problem.val.labels.shape[0]),
-        test_acc=percent(_hits(problem, problem.test, chunk_rows), problem.test.labels.shape[0]),
-    )
+    """Accuracy on val, top-1 / top-5 / mean per-class recall on test; hparams ``{}``."""
+    val_hits = count_hits(logits(problem, problem.val, chunk_rows), problem.val.labels)
+    test = classification_metrics(logits(problem, problem.test, chunk_rows), problem.test.labels)
+    return MethodResult(val_acc=percent(val_hits, problem.val.labels.shape[0]), test_acc=test["top1"],
+                        test_top5=test["top5"], test_mean_per_class_recall=test["mean_per_class_recall"])
