@@ -99,7 +99,7 @@ def test_official_grid_by_dataset_name():
     betas, lmbdas = proker.grid_for(MethodOptions(proker_grid="official", dataset="DescribableTextures"))
     assert (len(betas), betas[0], len(lmbdas), lmbdas[-1]) == (20, pytest.approx(0.1), 100, pytest.approx(10))
     assert len(proker.grid_for(MethodOptions(proker_grid="official", dataset="ImageNetV2"))[0]) == 10
-    with pytest.raises(ClipimoError, match="no official ProKeR grid for dataset 'task'"):
+    with pytest.raises(ClipimoError, match="--proker-grid official: no official configuration for dataset .task."):
         proker.grid_for(MethodOptions(proker_grid="official", dataset="task"))
     with pytest.raises(ClipimoError, match="proker-views"):
         MethodOptions(proker_views="some")

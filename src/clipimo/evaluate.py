@@ -12,6 +12,7 @@ from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
 from .methods import MethodOptions, MethodResult, Problem, parse_methods, run_method
+from .methods.official import beyond
 from .methods.predict import metrics_at
 from .tables import md_table
 
@@ -19,21 +20,24 @@ from .tables import md_table
 def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
                 device: str | torch.device = "cpu", progress: bool | None = False,
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
-    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings.
+    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` (:class:`MethodOptions` or
+    :class:`~clipimo.methods.official.BeyondOptions`) set ProKeR's, APE's and Tip-F's settings.
     Top-1 on val picks each method's point; top-5 and mean per-class recall are then scored on test
     at that point from the same logits (:func:`clipimo.methods.predict.metrics_at`)."""
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
-    options = options or MethodOptions()
+    options = beyond(options)
     results = {}
     with full_float32():
         for name in tqdm(names, desc="methods", disable=tqdm_disable(progress)):
             r = run_method(name, problem, options)
-            extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
-            results[name] = dataclasses.replace(r, test_top5=extra["top5"],
-                                                test_mean_per_class_recall=extra["mean_per_class_recall"])
+            if r.test_top5 is None:  # Tip-F scores them itself, on the keys it trained
+                extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
+                r = dataclasses.replace(r, test_top5=extra["top5"],
+                                        test_mean_per_class_recall=extra["mean_per_class_recall"])
+            results[name] = r
     return results
 
 

@@ -10,6 +10,7 @@ folder, and a lock file keeps a second run out of it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +31,8 @@ from .featurefile import FeatureSet, feature_arrays, save_features as save_featu
 from .features import FeatureExtractor
 from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_label, fingerprint_changes
 from .log import logger, tqdm_disable, warn_random_init
-from .methods import MethodOptions, parse_methods
+from .methods import BeyondOptions, MethodOptions, parse_methods
+from .methods import official, proker
 from .methods.gda import GDA_ALPHAS
 from .aggregate import summarise
 from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS
@@ -64,8 +66,15 @@ class RunConfig:
     imagepca: str = IMAGEPCA_DEFAULT
     templates: list[str] | None = None      # custom tasks only: prompt templates, one "{}" each
     classnames: dict[str, str] | None = None  # custom tasks only: folder name -> readable name
+    # Settings of the methods beyond the paper (BeyondOptions; the cell's seed orders Tip-F's batches).
+    proker_views: str = "auto"
+    proker_grid: str = "default"
+    ape_config: str = "default"
+    tipf_config: str = "default"
+    tipf_batch: int = 256
 
     def __post_init__(self) -> None:
+        self.method_options(seed=1, dataset=None)  # checks the values
         self.methods = parse_methods(self.methods)
         self.corrections = parse_corrections(self.corrections)
         parse_imagepca(self.imagepca)
@@ -78,6 +87,17 @@ class RunConfig:
                                "to confirm (the results then record tuned_on_test=true)")
         if self.augment_passes < 1:
             raise ClipimoError(f"cache keys need >= 1 augmentation pass, got {self.augment_passes}")
+
+
+    def method_options(self, seed: int, dataset: str | None) -> BeyondOptions:
+        """The methods' options in the cell of ``seed`` on ``dataset`` (official configs look it up)."""
+        return BeyondOptions(seed=seed, tipf_batch=self.tipf_batch, proker_views=self.proker_views,
+                             proker_grid=self.proker_grid, ape_config=self.ape_config,
+                             tipf_config=self.tipf_config, dataset=dataset)
+
+    def method_fingerprint(self) -> dict[str, Any]:
+        """The method settings every cell's result depends on (besides its seed and dataset)."""
+        return {k: getattr(self, k) for k in ("proker_views", "proker_grid", "ape_config", "tipf_config", "tipf_batch")}
 
 
 def cell_name(dataset: str, shots: int, seed: int) -> str:
@@ -212,9 +232,15 @@ def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
 
 
 def method_grids() -> dict[str, str]:
-    """Digests of the searched hyper-parameter grids: a changed grid recomputes every cell."""
+    """Digests of the searched hyper-parameter grids and the per-dataset configuration tables: a
+    changed grid or table recomputes every cell."""
+    tables = json.dumps([proker.DEFAULT_GRID, proker.OFFICIAL_GRIDS, proker.MAX_ALL_VIEWS,
+                         *(dataclasses.asdict(c) for c in (official.APE_DEFAULT, official.TIPF_DEFAULT)),
+                         {k: dataclasses.asdict(v) for k, v in official.APE_OFFICIAL.items()},
+                         {k: dataclasses.asdict(v) for k, v in official.TIPF_OFFICIAL.items()}], sort_keys=True)
     return {"paper_grid": array_digest(PAPER_GRID.alphas, PAPER_GRID.betas, PAPER_GRID.gammas),
-            "gda_alphas": array_digest(GDA_ALPHAS)}
+            "gda_alphas": array_digest(GDA_ALPHAS),
+            "beyond_configs": hashlib.sha256(tables.encode()).hexdigest()}
 
 
 def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
@@ -266,7 +292,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
     _io.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if extractor.backbone.random_init:
         warn_random_init()
-    run_fp = {**fingerprint, "grids": method_grids()}
+    run_fp = {**fingerprint, "grids": method_grids(), "method_options": cfg.method_fingerprint()}
 
     opened: dict[str, OpenedDataset] = {}
 
@@ -279,6 +305,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
     todo = {}
     for source in cfg.datasets:
         data = dataset(source)
+        official.check_configs(cfg.method_options(1, data.splits.name), cfg.methods)
         todo.update({(data.source, k, s): cfg.methods for k in cfg.shots for s in cfg.seeds})
     stored = {p.stem: _io.read_json(p, "cell") for p in sorted((out / "cells").glob("*.json"))}
     for name, done in stored.items():
@@ -334,7 +361,7 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
     if save_features:
         save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,
                            correction=corrections[0])
-    options = MethodOptions(seed=cell.seed, dataset=cell.dataset.splits.name)  # the cell's seed orders Tip-F's batches
+    options = cfg.method_options(cell.seed, cell.dataset.splits.name)
     evaluated = _evaluate(primary, todo, device, options)
     result = {
         "dataset": cell.dataset.label,

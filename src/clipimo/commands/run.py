@@ -36,6 +36,11 @@ _GRID_OPTIONS = {
     "imagepca": (IMAGEPCA_DEFAULT, str),
     "templates": (None, _templates),
     "classnames": (None, _classnames),
+    "proker_views": ("auto", str),
+    "proker_grid": ("default", str),
+    "ape_config": ("default", str),
+    "tipf_config": ("default", str),
+    "tipf_batch": (256, int),
 }
 
 
@@ -56,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corrections", help="comma-separated corrected streams: imo (the adapter, default), isoclip, "
                                         "textpca, imagepca; the first fills the -imo columns, every one is "
                                         "compared in the report (original features encoded once)")
+    p.add_argument("--proker-views", choices=["auto", "all", "mean"], help="proker: every augmented view (all), the averaged keys (mean), or all while E*N <= 32768 (auto, default)")
+    p.add_argument("--proker-grid", choices=["default", "official"], help="proker: clipimo's grid (default) or the official per-dataset grid")
+    p.add_argument("--ape-config", choices=["default", "official"], help="ape: clipimo's channels/weights/grid (default) or the official per-dataset config")
+    p.add_argument("--tipf-config", choices=["default", "official"], help="tip-f: clipimo's training alpha/epochs (default) or the official per-dataset config")
+    p.add_argument("--tipf-batch", help="tip-f: minibatch size (default 256; each cell's seed orders the batches)")
     add_correction_args(p, imagepca_default=None)
     add_prompt_args(p)
     add_backbone_args(p)

@@ -23,19 +23,28 @@ import torch
 from torch.nn import functional as F
 
 from ..search import EVAL_BUDGET, count_correct, first_best
-from .common import (MethodResult, Problem, Split, chunks, class_sums, count_hits, percent,
+from .common import (MethodOptions, MethodResult, Problem, Split, chunks, class_sums, count_hits, percent,
                      zeroshot_logits)
+from .official import APE_DEFAULT, ApeConfig, ape_config, beyond
 
-CRITERION_WEIGHTS = (0.5, 0.5)
+CRITERION_WEIGHTS = APE_DEFAULT.weights
 # Search: beta_i = i (s0 - 0.1) / n0 + 0.1 (i < n0), alpha likewise, gamma_l = l s2 / n2: endpoints excluded.
-SEARCH_SCALE = (7.0, 7.0, 1.0)
-SEARCH_STEP = (200, 20, 20)
+SEARCH_SCALE = APE_DEFAULT.scale
+SEARCH_STEP = APE_DEFAULT.step
 NO_CUPL = "templates, no CuPL"
 
 
-def default_feat_num(dim: int) -> int:
-    """700 of 1024 channels (the median official value), scaled to the feature width."""
-    return max(1, min(dim, round(dim * 700 / 1024)))
+def default_feat_num(dim: int, feat_num_1024: int = APE_DEFAULT.feat_num_1024) -> int:
+    """``feat_num_1024`` of 1024 channels (default 700, the median official value), scaled to the
+    feature width (the official configs are for RN50's D = 1024)."""
+    return max(1, min(dim, round(dim * feat_num_1024 / 1024)))
+
+
+def settings(problem: Problem, options: MethodOptions | None = None) -> tuple[ApeConfig, int]:
+    """The configuration ``options`` choose (clipimo's or the dataset's official one) and its
+    channel count at this feature width."""
+    cfg = ape_config(beyond(options))
+    return cfg, default_feat_num(problem.text_weights.shape[0], cfg.feat_num_1024)
 
 
 def search_grid(scale=SEARCH_SCALE, step=SEARCH_STEP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,8 +83,10 @@ class Refined:
     corrected: bool
 
 
-def refine(problem: Problem, corrected: bool, feat_num: int) -> Refined:
-    idx = channel_criterion(problem.text_weights, problem.cache_keys, problem.cache_labels).topk(feat_num).indices
+def refine(problem: Problem, corrected: bool, feat_num: int,
+           weights: tuple[float, float] = CRITERION_WEIGHTS) -> Refined:
+    crit = channel_criterion(problem.text_weights, problem.cache_keys, problem.cache_labels, weights)
+    idx = crit.topk(feat_num).indices
     text = F.normalize(problem.text_weights[idx], dim=0)
     keys = F.normalize(problem.cache_keys[:, idx], dim=1)
     p = torch.softmax(keys @ text, dim=1)  # raw cosines, no logit scale
@@ -118,14 +129,17 @@ def _count(z: torch.Tensor, terms: list[torch.Tensor], labels: torch.Tensor, alp
     return (points.argmax(-1) == labels).sum(-1).T
 
 
-def run(problem: Problem, corrected: bool = False, feat_num: int | None = None,
-        grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+def run(problem: Problem, corrected: bool = False, options: MethodOptions | None = None,
+        feat_num: int | None = None, grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         chunk_rows: int | None = None) -> MethodResult:
     """Search beta -> alpha -> gamma on val (ties to the first in that order); hparams
-    ``{"alpha", "beta", "gamma"}``. ``grid`` is (betas, alphas, gammas), default :func:`search_grid`."""
-    feat_num = feat_num or default_feat_num(problem.text_weights.shape[0])
-    ref = refine(problem, corrected, feat_num)
-    betas, alphas, gammas = search_grid() if grid is None else grid
+    ``{"alpha", "beta", "gamma"}``. ``options`` choose clipimo's or the dataset's official
+    configuration (channels, criterion weights, grid); ``feat_num`` and ``grid`` (betas, alphas,
+    gammas) override it."""
+    cfg, cfg_feat_num = settings(problem, options)
+    feat_num = feat_num or cfg_feat_num
+    ref = refine(problem, corrected, feat_num, cfg.weights)
+    betas, alphas, gammas = search_grid(cfg.scale, cfg.step) if grid is None else grid
     key_weights = [torch.exp(float(gamma) * ref.div) for gamma in gammas]
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
@@ -141,5 +155,6 @@ def run(problem: Problem, corrected: bool = False, feat_num: int | None = None,
         val_acc=percent(int(counts[ib, ia, ig]), problem.val.labels.shape[0]),
         test_acc=percent(test_hits, problem.test.labels.shape[0]),
         hparams=hp,
-        meta={"feat_num": feat_num, "criterion_weights": list(CRITERION_WEIGHTS), "text": NO_CUPL},
+        meta={"config": beyond(options).ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
+              "search_scale": list(cfg.scale), "search_step": list(cfg.step), "text": NO_CUPL},
     )

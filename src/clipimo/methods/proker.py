@@ -13,16 +13,15 @@ kernel argument and nothing else: the residual and ``Z0`` stay on original featu
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..errors import ClipimoError
 from ..search import first_best
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent
+from .official import lookup
 
 # ``auto`` concatenates every view while the kernel has at most this many rows (K_SS: 8 GiB in
 # float64), and falls back to the averaged cache keys beyond it (ImageNet 16-shot: 160,000 rows).
@@ -31,17 +30,16 @@ MAX_ALL_VIEWS = 32768
 DEFAULT_GRID = ((0.1, 10.0, 20), (0.001, 1.0, 10))
 _CLASSIC = ((0.5, 3.0, 20), (0.001, 1.0, 10))
 _TEXTURE = ((0.1, 10.0, 20), (0.001, 10.0, 100))
-_IMAGENET = ((1.5, 3.0, 10), (0.05, 0.25, 10))
-# The released RN50 configs (configs/RN50/configs_proker/*.yaml), keyed by lower-case alphanumeric
-# dataset name (clipimo's names and the official ones); ImageNet's shift sets use ImageNet's.
+# The released RN50 configs (configs/RN50/configs_proker/*.yaml) by official dataset name
+# (:func:`clipimo.methods.official.official_name`; ImageNet's shift sets use ImageNet's).
 OFFICIAL_GRIDS = {
-    **dict.fromkeys(("caltech101", "fgvcaircraft", "fgvc", "food101", "ucf101"), _CLASSIC),
+    **dict.fromkeys(("caltech101", "fgvc", "food101", "ucf101"), _CLASSIC),
     "eurosat": ((0.5, 3.0, 20), (0.001, 1.0, 100)),
-    **dict.fromkeys(("describabletextures", "dtd", "oxfordflowers"), _TEXTURE),
+    **dict.fromkeys(("dtd", "oxford_flowers"), _TEXTURE),
     "sun397": ((0.1, 10.0, 20), (0.01, 10.0, 10)),
-    "oxfordpets": ((0.01, 5.0, 40), (0.01, 0.3, 20)),
-    "stanfordcars": ((0.1, 10.0, 5), (0.01, 1.0, 5)),
-    **dict.fromkeys(("imagenet", "imagenetv2", "imagenetsketch", "imageneta", "imagenetr"), _IMAGENET),
+    "oxford_pets": ((0.01, 5.0, 40), (0.01, 0.3, 20)),
+    "stanford_cars": ((0.1, 10.0, 5), (0.01, 1.0, 5)),
+    "imagenet": ((1.5, 3.0, 10), (0.05, 0.25, 10)),
 }
 
 
@@ -52,14 +50,8 @@ def linspace(start: float, stop: float, num: int) -> np.ndarray:
 
 def grid_for(options: MethodOptions) -> tuple[np.ndarray, np.ndarray]:
     """(betas, lmbdas): the clipimo default, or the official per-dataset grid."""
-    spec = DEFAULT_GRID
-    if options.proker_grid == "official":
-        key = re.sub(r"[^a-z0-9]", "", (options.dataset or "").lower())
-        if key not in OFFICIAL_GRIDS:
-            raise ClipimoError(f"--proker-grid official: no official ProKeR grid for dataset "
-                               f"{options.dataset!r} (the features metadata must name one of "
-                               f"{', '.join(sorted(OFFICIAL_GRIDS))}); use --proker-grid default")
-        spec = OFFICIAL_GRIDS[key]
+    spec = DEFAULT_GRID if options.proker_grid == "default" else lookup(OFFICIAL_GRIDS, options.dataset,
+                                                                        "--proker-grid")
     return linspace(*spec[0]), linspace(*spec[1])
 
 
