@@ -106,6 +106,10 @@ def textpca(text_embeddings: np.ndarray, keep: int | None = None) -> LinearCorre
     keep = t.shape[1] // 2 if keep is None else keep
     if not 0 < keep <= t.shape[1]:
         raise ClipimoError(f"textpca keeps 1..{t.shape[1]} directions, got {keep}")
+    if t.shape[0] <= keep:  # the centred embeddings span at most C - 1 directions: the rest would be arbitrary
+        raise ClipimoError(f"textpca keeps the top {keep} principal directions of the class-name text embeddings, "
+                           f"but {t.shape[0]} names span at most {t.shape[0] - 1}: give more than {keep} class "
+                           "names (the paper uses ImageNet's 1,000)")
     _, vecs = np.linalg.eigh(np.cov(t.T))
     u = vecs[:, ::-1][:, :keep]
     return LinearCorrection("textpca", u @ u.T, meta={"keep": keep, "classes": int(t.shape[0])})
