@@ -18,7 +18,7 @@ GRID = Grid(np.linspace(0, 20, 9), np.linspace(0, 20, 5), np.zeros(1))
 EPOCHS, BATCH = 4, 6
 
 
-def reference(feats, corrected: bool, seed: int, epochs: int = EPOCHS, a0: float = 1.17):
+def reference(feats, corrected: bool, seed: int, epochs: int = EPOCHS, a0: float = 1.17, batch: int = BATCH):
     t = {k: torch.from_numpy(getattr(feats, k)) for k in (
         "text_weights", "cache_keys", "cache_keys_corrected", "cache_labels", "cache_views",
         "cache_views_corrected", "val_feats", "val_feats_corrected", "val_labels")}
@@ -33,13 +33,13 @@ def reference(feats, corrected: bool, seed: int, epochs: int = EPOCHS, a0: float
     theta = torch.nn.Parameter(t["cache_keys_corrected" if corrected else "cache_keys"].clone())
     opt = torch.optim.AdamW([theta], lr=1e-3, eps=1e-4)  # default weight_decay = 0.01
     n = len(y)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(n / BATCH))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(n / batch))
     g = torch.Generator().manual_seed(seed)
     best, best_keys, best_epoch = 0, None, 0
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         e = epoch % len(views)
-        for rows in perm.split(BATCH):
+        for rows in perm.split(batch):
             loss = torch.nn.functional.cross_entropy(forward(views[e][rows], aff_views[e][rows], theta), y[rows])
             opt.zero_grad()
             loss.backward()

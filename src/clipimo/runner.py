@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
-from .corrections import IMAGEPCA_DEFAULT, build_correction, corrected_features, parse_corrections, parse_imagepca
+from .corrections import (IMAGEPCA_DEFAULT, LinearCorrection, build_correction, corrected_features, map_arrays,
+                          parse_corrections, parse_imagepca)
 from .corrections import fingerprint as correction_fingerprint
 from .data import few_shot_support, open_dataset, save_support_index, validation_set
 from .data.benchmarks import DatasetSplits
@@ -205,14 +206,15 @@ def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig,
 
 
 def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, cell: Cell,
-                       record: dict, correction: dict | None = None) -> None:
+                       record: dict, correction: LinearCorrection | None = None) -> None:
     """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts, and
-    the correction filling the corrected stream: ``corrections.fingerprint``)."""
+    the correction filling the corrected stream: ``corrections.fingerprint``, and its map, so a
+    classifier saved from the file corrects new images alike)."""
     splits = cell.dataset.splits
     meta = {**feature_meta(extractor), "dataset": cell.dataset.label, "shots": cell.shots, "seed": cell.seed,
             "validation": record, "classnames": splits.classnames, "templates": splits.templates,
-            "correction": correction or {"name": "imo"}}
-    save_feature_file(path, {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+            "correction": correction_fingerprint(correction)}
+    save_feature_file(path, {**feature_arrays(feats), **map_arrays(correction), "meta": np.array(json.dumps(meta))})
 
 
 def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
@@ -326,7 +328,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         cell = plan_cell(data, shots, seed, cfg, run_fp)
         bar.set_postfix_str(cell.name)
         cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features,
-                               maps, fingerprint["corrections"]))
+                               maps))
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
     results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},
@@ -336,7 +338,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
 
 
 def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: FeatureExtractor, cfg: RunConfig,
-              out: Path, device: str, save_features: bool, maps: dict, corrections: list[dict]) -> dict:
+              out: Path, device: str, save_features: bool, maps: dict) -> dict:
     """Reuse a stored cell whose fingerprint matches; otherwise compute it (saying why). With
     several corrections every ``-imo`` method also runs on each of them (original features encoded once)."""
     todo = list(methods)
@@ -360,7 +362,7 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
     primary = corrected_features(feats, maps[cfg.corrections[0]])
     if save_features:
         save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,
-                           correction=corrections[0])
+                           correction=maps[cfg.corrections[0]])
     options = cfg.method_options(cell.seed, cell.dataset.splits.name)
     evaluated = _evaluate(primary, todo, device, options)
     result = {

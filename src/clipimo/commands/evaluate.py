@@ -69,7 +69,12 @@ def main(args: argparse.Namespace) -> int:
         method = best_method(results)
         provenance = {"features": str(args.features), **{k: meta[k] for k in ("dataset", "shots", "seed") if k in meta},
                       "templates": meta.get("templates"), **results[method]}
-        Classifier.from_features(feats, method, results[method]["hparams"], meta, provenance).save(args.save_classifier)
+        from ..corrections import saved_map
+
+        correction = saved_map(arrays, meta.get("correction"), str(args.features)) if method.endswith("-imo") else None
+        Classifier.from_features(feats, method, results[method]["hparams"], meta, provenance, options=options,
+                                 settings=ran[method].meta, correction=correction,
+                                 device=args.device).save(args.save_classifier)
         logger.info(f"wrote {args.save_classifier}: {method} classifier ({feats.num_classes} classes)")
     return 0
 
