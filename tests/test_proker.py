@@ -49,8 +49,10 @@ def feats():
     return views_task(n_val=7, n_test=40, seed=3)
 
 
+@pytest.mark.parametrize("route", ["cholesky", "eigh"])
 @pytest.mark.parametrize("corrected", [False, True])
-def test_matches_a_solve_per_grid_point(feats, corrected):
+def test_matches_a_solve_per_grid_point(feats, corrected, route, monkeypatch):
+    monkeypatch.setattr(proker, "EIGH_MIN_LMBDAS", 1 if route == "eigh" else 10**6)
     want = reference(feats, corrected)
     assert want["ties"] > 1  # the tie rule is exercised
     got = proker.run(Problem.from_features(feats), corrected=corrected)

@@ -8,7 +8,8 @@ channels, renormalised" and ``div`` is the per-key KL(one-hot || softmax(K' W'))
 
 The criterion's mean over all cross-class pairs is computed in closed form (the official code
 loops over every pair: days at ImageNet size), valid for any cache order and any shots per class.
-The cache term is a per-class segment sum, never a product with the one-hot matrix. The text
+The cache term is a per-class sum, never a product with the one-hot matrix: at each beta one
+batched product gives it for every gamma. The text
 weights are the features file's own (the project templates), not the paper's CuPL prompts, so the
 results are labelled "no CuPL". The IMO variant changes only ``f' K'^T``; the channels, ``div`` and
 ``Z`` stay on original features.
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..search import EVAL_BUDGET, count_correct, first_best
-from .common import (MethodOptions, MethodResult, Problem, Split, chunks, class_sums, count_hits, percent,
-                     zeroshot_logits)
+from ..search import EVAL_BUDGET, first_best
+from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
 from .official import APE_DEFAULT, ApeConfig, ape_config, beyond
 
 CRITERION_WEIGHTS = APE_DEFAULT.weights
@@ -75,12 +75,26 @@ def channel_criterion(text_weights: torch.Tensor, keys: torch.Tensor, labels: to
 
 @dataclass(frozen=True)
 class Refined:
-    """Selected channels ``idx``, refined keys for the affinity, and each key's weight exponent ``div``."""
+    """Selected channels ``idx``, refined keys for the affinity, each key's weight exponent ``div``,
+    and ``slots`` ``[C, kmax]``: the keys of each class, padded with ``N`` (a zero column)."""
 
     idx: torch.Tensor
     keys: torch.Tensor
     div: torch.Tensor
     corrected: bool
+    slots: torch.Tensor
+
+
+def class_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, kmax]`` key indices per class in cache order, padded with ``N``: any cache order and
+    any number of shots per class (an empty class is all padding)."""
+    n = labels.shape[0]
+    counts = torch.bincount(labels, minlength=num_classes)
+    order = torch.argsort(labels, stable=True)
+    slot = torch.arange(n, device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[order]]
+    index = torch.full((num_classes, max(int(counts.max()), 1) if n else 1), n, dtype=torch.long, device=labels.device)
+    index[labels[order], slot] = order
+    return index
 
 
 def refine(problem: Problem, corrected: bool, feat_num: int,
@@ -93,7 +107,7 @@ def refine(problem: Problem, corrected: bool, feat_num: int,
     p_label = p.gather(1, problem.cache_labels[:, None]).squeeze(1)
     div = torch.log2((1 + 1e-6) / (p_label + 1e-6))
     affinity_keys = F.normalize(problem.keys(corrected)[:, idx], dim=1) if corrected else keys
-    return Refined(idx, affinity_keys, div, corrected)
+    return Refined(idx, affinity_keys, div, corrected, class_slots(problem.cache_labels, problem.num_classes))
 
 
 def _terms(problem: Problem, split: Split, ref: Refined, chunk_rows: int | None):
@@ -103,30 +117,40 @@ def _terms(problem: Problem, split: Split, ref: Refined, chunk_rows: int | None)
         yield rows, zeroshot_logits(problem, split.feats[rows]), 1 - query @ ref.keys.T
 
 
-def cache_term(affinity: torch.Tensor, key_weights: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """``exp(-beta (1 - A)) @ (L * w)`` as a per-class sum, from ``affinity = exp(-beta (1 - A))``
-    and the per-key weights ``w = exp(gamma * div)``."""
-    return class_sums(affinity * key_weights, problem.cache_labels, problem.num_classes)
+def slot_weights(ref: Refined, gammas) -> torch.Tensor:
+    """``[G, C, kmax]`` per-key weights ``exp(gamma * div)`` in class slots (0 on padding)."""
+    w = torch.stack([torch.exp(float(g) * ref.div) for g in gammas])
+    return torch.cat([w, w.new_zeros(len(w), 1)], 1)[:, ref.slots]
+
+
+def cache_terms(affinity: torch.Tensor, weights: torch.Tensor, ref: Refined) -> torch.Tensor:
+    """``exp(-beta (1 - A)) @ (L * w_g)`` for every weight vector at once, ``[G, rows, C]``, from
+    ``affinity = exp(-beta (1 - A))`` and :func:`slot_weights`: one batched product over classes
+    (each class's keys against the G weight vectors), not G passes over the affinities."""
+    padded = torch.cat([affinity, affinity.new_zeros(affinity.shape[0], 1)], 1)[:, ref.slots]  # [rows, C, kmax]
+    return torch.einsum("rck,gck->grc", padded, weights)
 
 
 def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: float, gamma: float,
            chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    weights = torch.exp(gamma * ref.div)
+    weights = slot_weights(ref, [gamma])
     for rows, z, distance in _terms(problem, split, ref, chunk_rows):
-        yield rows, z + alpha * cache_term(torch.exp(-beta * distance), weights, problem)
+        yield rows, z + alpha * cache_terms(torch.exp(-beta * distance), weights, ref)[0]
 
 
-def _count(z: torch.Tensor, terms: list[torch.Tensor], labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
-    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms``: ``[alphas, len(terms)]``.
-
-    Small problems evaluate every point at once (the float ops of :func:`affine_logits`); large
-    ones go through the pruned exact :func:`count_correct`, one term at a time.
-    """
-    if len(terms) * len(alphas) * z.numel() > EVAL_BUDGET:
-        return torch.cat([count_correct(z, e, labels, alphas) for e in terms], dim=1)
-    a = torch.as_tensor(alphas, device=z.device).to(z.dtype)[None, :, None, None]
-    points = z + a * torch.stack(terms)[:, None]  # [terms, alphas, rows, C]
-    return (points.argmax(-1) == labels).sum(-1).T
+def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
+    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``:
+    ``[alphas, G]``. Every point is evaluated with the float ops of :func:`affine_logits`, as
+    many alphas at once as :data:`EVAL_BUDGET` allows (with one weight, here one alpha per
+    class logit is cheaper than bounding the grid: the pruned counter pays off on 2-D grids)."""
+    a = torch.as_tensor(alphas, device=z.device).to(z.dtype)
+    counts = torch.zeros(len(a), len(terms), dtype=torch.long, device=z.device)
+    per = max(1, EVAL_BUDGET // max(z.numel(), 1))
+    for g, e in enumerate(terms):
+        for start in range(0, len(a), per):
+            points = z + a[start:start + per, None, None] * e  # [alphas, rows, C]
+            counts[start:start + per, g] = (points.argmax(-1) == labels).sum(-1)
+    return counts
 
 
 def run(problem: Problem, corrected: bool = False, options: MethodOptions | None = None,
@@ -140,13 +164,12 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
     feat_num = feat_num or cfg_feat_num
     ref = refine(problem, corrected, feat_num, cfg.weights)
     betas, alphas, gammas = search_grid(cfg.scale, cfg.step) if grid is None else grid
-    key_weights = [torch.exp(float(gamma) * ref.div) for gamma in gammas]
+    weights = slot_weights(ref, gammas)
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
         labels = problem.val.labels[rows]
         for b, beta in enumerate(betas):
-            affinity = torch.exp(-float(beta) * distance)
-            terms = [cache_term(affinity, weights, problem) for weights in key_weights]
+            terms = cache_terms(torch.exp(-float(beta) * distance), weights, ref)
             counts[b] += _count(z, terms, labels, alphas).cpu()
     ib, ia, ig = first_best(counts)
     hp = {"alpha": float(alphas[ia]), "beta": float(betas[ib]), "gamma": float(gammas[ig])}
