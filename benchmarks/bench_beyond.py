@@ -4,12 +4,13 @@ Defaults are the ImageNet 16-shot size: C = 1,000 classes x 16 shots (N = 16,000
 views, D = 512, 10,000 val and 50,000 test queries (synthetic features with class structure; the
 corrected stream is a second noisy copy). Each method runs in its own fresh process, so the peak
 resident memory printed is that method's. ProKeR prints the views mode ``auto`` picked and the
-kernel size. ``--proker-betas K`` / ``--ape-betas K`` search only the first K betas (of 20 / 200)
-and extrapolate the search time linearly (every beta costs the same), plus the measured test
-refit, printed as an ESTIMATE.
+kernel size. ``--proker-betas K``, ``--proker-lmbdas K`` and ``--ape-betas K`` search only the
+first K values (of 20, 10 and 200) and ``--epochs K`` trains Tip-F K of its 20 epochs; the full
+time is then extrapolated linearly (every grid point / epoch costs the same), plus the measured
+test refit or search, and printed as an ESTIMATE.
 
     python benchmarks/bench_beyond.py                                  # ImageNet size (slow on CPU)
-    python benchmarks/bench_beyond.py --proker-betas 1 --ape-betas 4   # ImageNet size, estimated
+    python benchmarks/bench_beyond.py --proker-betas 1 --proker-lmbdas 1 --ape-betas 2 --epochs 2  # estimated
     python benchmarks/bench_beyond.py --classes 100 --val 1000 --test 5000 --proker-betas 1
 """
 from __future__ import annotations
@@ -61,17 +62,19 @@ def worker(args, path: str, method: str, queue) -> None:
         options = BeyondOptions(proker_views=args.proker_views)
         sup = proker.support_set(problem, corrected, views=args.proker_views)
         betas, lmbdas = proker.grid_for(options)
-        used = betas[: args.proker_betas or len(betas)]
-        counts = proker.grid_counts(problem, sup, used, lmbdas)
+        used, used_l = betas[: args.proker_betas or len(betas)], lmbdas[: args.proker_lmbdas or len(lmbdas)]
+        counts = proker.grid_counts(problem, sup, used, used_l)
         search = time.perf_counter() - start
         ib, il = divmod(int(np.argmax(counts)), counts.shape[1])
         count_hits(proker.logits(problem, problem.test, sup, float(used[ib]), float(lmbdas[il])), problem.test.labels)
         elapsed = time.perf_counter() - start
-        extra = (f"views mode {sup.mode} (--proker-views {args.proker_views}), kernel rows n = {sup.feats.shape[0]:,}; "
-                 f"search {search:.0f} s, test refit {elapsed - search:.0f} s")
-        if len(used) < len(betas):
-            elapsed = search * len(betas) / len(used) + elapsed - search
-            extra += f"; searched {len(used)} of {len(betas)} betas: ESTIMATED full run"
+        route = "eigh per beta" if len(lmbdas) >= proker.EIGH_MIN_LMBDAS else "Cholesky per point"
+        extra = (f"views mode {sup.mode} (--proker-views {args.proker_views}), kernel rows n = {sup.feats.shape[0]:,}, "
+                 f"{route}; search {search:.0f} s for {len(used)} x {len(used_l)} points, test refit "
+                 f"{elapsed - search:.0f} s")
+        if counts.size < len(betas) * len(lmbdas):
+            elapsed = search * len(betas) * len(lmbdas) / counts.size + elapsed - search
+            extra += f"; ESTIMATED full run ({len(betas)} x {len(lmbdas)} points)"
     elif method.startswith("ape"):
         betas, alphas, gammas = ape.search_grid()
         used = betas[: args.ape_betas or len(betas)]
@@ -82,9 +85,20 @@ def worker(args, path: str, method: str, queue) -> None:
             elapsed *= len(betas) / len(used)
             extra += f"; searched {len(used)} of {len(betas)} betas: ESTIMATED full run (test scoring scaled too)"
     elif method.startswith("tip-f"):
-        result = tipf.run(problem, corrected, BeyondOptions(tipf_batch=args.tipf_batch), epochs=args.epochs)
+        from clipimo.methods import tip
+        from clipimo.methods.predict import metrics_at
+
+        trained, meta = tipf.trained_problem(problem, corrected, BeyondOptions(tipf_batch=args.tipf_batch),
+                                             epochs=args.epochs)
+        train = time.perf_counter() - start
+        result = tip.run(trained, corrected)
+        metrics_at(trained, trained.test, "tip-imo" if corrected else "tip", result.hparams)
         elapsed = time.perf_counter() - start
-        extra = f"{args.epochs} epochs, chosen epoch {result.meta['epoch']}, {result.hparams}"
+        extra = (f"{args.epochs} epochs {train:.0f} s (chosen epoch {meta['epoch']}), Tip search + test "
+                 f"{elapsed - train:.0f} s")
+        if args.epochs < tipf.EPOCHS:
+            elapsed = train * tipf.EPOCHS / args.epochs + elapsed - train
+            extra += f"; ESTIMATED full run ({tipf.EPOCHS} epochs)"
     else:
         raise SystemExit(f"unknown method {method}")
     queue.put((method, elapsed, base, peak_rss_gb(), extra))
@@ -101,8 +115,9 @@ def main() -> None:
     ap.add_argument("--methods", default="proker,proker-imo,ape,ape-imo,tip-f,tip-f-imo")
     ap.add_argument("--proker-views", default="auto", choices=["auto", "all", "mean"])
     ap.add_argument("--proker-betas", type=int, default=0, help="search only the first K betas (0: all 20)")
+    ap.add_argument("--proker-lmbdas", type=int, default=0, help="search only the first K lmbdas (0: all 10)")
     ap.add_argument("--ape-betas", type=int, default=0, help="search only the first K betas (0: all 200)")
-    ap.add_argument("--epochs", type=int, default=20, help="tip-f epochs")
+    ap.add_argument("--epochs", type=int, default=20, help="tip-f epochs (fewer: the time of 20 is ESTIMATED)")
     ap.add_argument("--tipf-batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")

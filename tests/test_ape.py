@@ -97,7 +97,7 @@ def test_imo_changes_the_answer_and_defaults_follow_the_spec():
     assert betas[0] == pytest.approx(0.1) and betas[-1] < 7 and gammas[0] == 0 and gammas[-1] < 1
 
 
-def test_a_small_evaluation_budget_gives_the_same_search(feats, monkeypatch):
+def test_large_problems_use_the_pruned_exact_counter(feats, monkeypatch):
     problem = Problem.from_features(feats)
     grid = ape.search_grid(SCALE, STEP)
     direct = ape.run(problem, feat_num=8, grid=grid)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..search import EVAL_BUDGET, first_best
+from ..search import EVAL_BUDGET, count_correct, first_best
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
 from .official import APE_DEFAULT, ApeConfig, ape_config, beyond
 
@@ -139,18 +139,16 @@ def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: flo
 
 
 def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
-    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``:
-    ``[alphas, G]``. Every point is evaluated with the float ops of :func:`affine_logits`, as
-    many alphas at once as :data:`EVAL_BUDGET` allows (with one weight, here one alpha per
-    class logit is cheaper than bounding the grid: the pruned counter pays off on 2-D grids)."""
-    a = torch.as_tensor(alphas, device=z.device).to(z.dtype)
-    counts = torch.zeros(len(a), len(terms), dtype=torch.long, device=z.device)
-    per = max(1, EVAL_BUDGET // max(z.numel(), 1))
-    for g, e in enumerate(terms):
-        for start in range(0, len(a), per):
-            points = z + a[start:start + per, None, None] * e  # [alphas, rows, C]
-            counts[start:start + per, g] = (points.argmax(-1) == labels).sum(-1)
-    return counts
+    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``: ``[alphas, G]``.
+
+    Small problems evaluate every point at once (the float ops of :func:`affine_logits`); large
+    ones go through the pruned exact :func:`count_correct`, one term at a time.
+    """
+    if terms.shape[0] * len(alphas) * z.numel() > EVAL_BUDGET:
+        return torch.cat([count_correct(z, e, labels, alphas) for e in terms], dim=1)
+    a = torch.as_tensor(alphas, device=z.device).to(z.dtype)[None, :, None, None]
+    points = z + a * terms[:, None]  # [terms, alphas, rows, C]
+    return (points.argmax(-1) == labels).sum(-1).T
 
 
 def run(problem: Problem, corrected: bool = False, options: MethodOptions | None = None,
