@@ -157,3 +157,12 @@ def test_every_correction_is_scored_on_its_own_corrected_stream(task, tmp_path, 
     assert "changed: method_options" in capsys.readouterr().err
     again = json.loads((out / "results.json").read_text())["cells"][0]
     assert again["settings"]["proker"]["views"] == "all"
+
+
+def test_an_official_config_the_task_lacks_stops_the_run_before_any_work(task, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "res"
+    for flag, method in (("--ape-config", "ape"), ("--tipf-config", "tip-f-imo"), ("--proker-grid", "proker")):
+        assert main(_args(task, out, "--methods", f"zs,{method}", flag, "official")) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} official: no official configuration for dataset 'task'" in err and "Traceback" not in err
+        assert not out.exists() or not any(out.iterdir())

@@ -287,6 +287,16 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
                 save_features: bool) -> dict[str, Any]:
+    opened: dict[str, OpenedDataset] = {}
+
+    def dataset(source: str) -> OpenedDataset:
+        if source not in opened:
+            data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
+            opened[source] = opened.setdefault(data.source, data)
+        return opened[source]
+
+    for source in cfg.datasets:  # before anything is encoded or written
+        official.check_configs(cfg.method_options(1, dataset(source).splits.name), cfg.methods)
     maps = {name: build_correction(name, extractor, cfg.textpca_classnames, cfg.imagepca_images, cfg.imagepca)
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
@@ -296,18 +306,9 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         warn_random_init()
     run_fp = {**fingerprint, "grids": method_grids(), "method_options": cfg.method_fingerprint()}
 
-    opened: dict[str, OpenedDataset] = {}
-
-    def dataset(source: str) -> OpenedDataset:
-        if source not in opened:
-            data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
-            opened[source] = opened.setdefault(data.source, data)
-        return opened[source]
-
     todo = {}
     for source in cfg.datasets:
         data = dataset(source)
-        official.check_configs(cfg.method_options(1, data.splits.name), cfg.methods)
         todo.update({(data.source, k, s): cfg.methods for k in cfg.shots for s in cfg.seeds})
     stored = {p.stem: _io.read_json(p, "cell") for p in sorted((out / "cells").glob("*.json"))}
     for name, done in stored.items():
