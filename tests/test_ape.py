@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from beyond_features import accuracy, first_best_loop, views_task
-from clipimo.methods import Problem, ape
+from clipimo.errors import ClipimoError
+from clipimo.methods import BeyondOptions, Problem, ape
 
 SCALE, STEP = (7.0, 7.0, 1.0), (8, 5, 4)
 
@@ -25,10 +26,10 @@ def pairwise_criterion(w, keys, labels, w0=0.5, w1=0.5):
     return -w0 * total / pairs + w1 * w.var(axis=1, ddof=1)
 
 
-def reference(feats, corrected: bool, feat_num: int):
+def reference(feats, corrected: bool, feat_num: int, weights=(0.5, 0.5), scale=SCALE, step=STEP):
     w = feats.text_weights.astype(np.float64)
     keys = feats.cache_keys.astype(np.float64)
-    idx = np.argsort(-pairwise_criterion(w, keys, feats.cache_labels))[:feat_num]
+    idx = np.argsort(-pairwise_criterion(w, keys, feats.cache_labels, *weights))[:feat_num]
 
     def norm(x, axis=1):
         return x / np.linalg.norm(x, axis=axis, keepdims=True)
@@ -47,12 +48,12 @@ def reference(feats, corrected: bool, feat_num: int):
         return 100 * f @ w + alpha * np.exp(-beta * (1 - affinity)) @ (onehot * np.exp(gamma * div)[:, None])
 
     scores = []
-    for i in range(STEP[0]):
-        beta = i * (SCALE[0] - 0.1) / STEP[0] + 0.1
-        for j in range(STEP[1]):
-            alpha = j * (SCALE[1] - 0.1) / STEP[1] + 0.1
-            for k in range(STEP[2]):
-                gamma = k * SCALE[2] / STEP[2]
+    for i in range(step[0]):
+        beta = i * (scale[0] - 0.1) / step[0] + 0.1
+        for j in range(step[1]):
+            alpha = j * (scale[1] - 0.1) / step[1] + 0.1
+            for k in range(step[2]):
+                gamma = k * scale[2] / step[2]
                 scores.append(((alpha, beta, gamma), accuracy(predict("val", alpha, beta, gamma), feats.val_labels)))
     best, point = first_best_loop(scores)
     return {"val": best, "test": accuracy(predict("test", *point), feats.test_labels), "point": point,
@@ -102,3 +103,21 @@ def test_large_problems_use_the_pruned_exact_counter(feats, monkeypatch):
     direct = ape.run(problem, feat_num=8, grid=grid)
     monkeypatch.setattr(ape, "EVAL_BUDGET", 0)
     assert ape.run(problem, feat_num=8, grid=grid) == direct
+
+
+def test_official_config_by_dataset_name(feats):
+    """FGVCAircraft's released config: 800 of 1024 channels (here round(12 * 800 / 1024) = 9),
+    weights (0.1, 0.9), scales [20, 10, 1], steps [200, 20, 20]."""
+    problem = Problem.from_features(feats)
+    got = ape.run(problem, options=BeyondOptions(ape_config="official", dataset="FGVCAircraft"))
+    want = reference(feats, False, feat_num=9, weights=(0.1, 0.9), scale=(20.0, 10.0, 1.0), step=(200, 20, 20))
+    assert (got.hparams["alpha"], got.hparams["beta"], got.hparams["gamma"]) == pytest.approx(want["point"])
+    assert (got.val_acc, got.test_acc) == (pytest.approx(want["val"]), pytest.approx(want["test"]))
+    assert got.meta == {"config": "official", "feat_num": 9, "criterion_weights": [0.1, 0.9],
+                        "search_scale": [20.0, 10.0, 1.0], "search_step": [200, 20, 20], "text": "templates, no CuPL"}
+    # ImageNet's own steps (5 gammas) and the default are recorded as such
+    imagenet = ape.settings(problem, BeyondOptions(ape_config="official", dataset="imagenet"))
+    assert imagenet[0].step == (200, 20, 5) and imagenet[1] == round(12 * 500 / 1024)
+    assert ape.run(problem, feat_num=8, grid=ape.search_grid(SCALE, STEP)).meta["config"] == "default"
+    with pytest.raises(ClipimoError, match="--ape-config official: no official configuration for dataset 'CUB'"):
+        ape.run(problem, options=BeyondOptions(ape_config="official", dataset="CUB"))

@@ -53,6 +53,9 @@ def test_textpca_is_the_projector_on_the_top_half_text_subspace():
     evals, vecs = torch.linalg.eigh(torch.cov(centred.T))  # fit_pca: torch.cov of T^T
     top = vecs[:, torch.argsort(evals, descending=True)[:8]].numpy()
     np.testing.assert_allclose(p, top @ top.T, atol=1e-10)
+    # fewer names than kept directions leave part of the subspace arbitrary: refused
+    with pytest.raises(ClipimoError, match="give more than 8 class names"):
+        corr.textpca(text[:8])
 
 
 def test_imagepca_removes_the_top_directions_or_whitens():
@@ -90,9 +93,9 @@ def test_corrected_features_replace_only_the_corrected_arrays():
 def test_build_from_a_backbone(tiny, tmp_path):
     extractor = FeatureExtractor(tiny, cache_dir=tmp_path / "cache", num_workers=0, progress=False)
     names = tmp_path / "classnames.txt"
-    names.write_text("n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\nn01491361 tiger shark\n")
+    names.write_text("n01440764 tench\nn01443537 goldfish\n" + "".join(f"thing {i}\n" for i in range(38)))
     text = corr.build_correction("textpca", extractor, classnames_file=names)
-    assert text.meta["classes"] == 4 and round(np.trace(text.matrix)) == tiny.model.visual.proj.shape[1] // 2
+    assert text.meta["classes"] == 40 and round(np.trace(text.matrix)) == tiny.model.visual.proj.shape[1] // 2
     items = make_images(tmp_path / "generic" / "a", 6)
     pca = corr.build_correction("imagepca", extractor, generic_images=tmp_path / "generic", imagepca_mode="abtt-1")
     assert pca.meta["images"] == len(items)

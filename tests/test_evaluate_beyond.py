@@ -39,4 +39,8 @@ def test_cli_names_a_bad_option(tmp_path, capsys):
     path = tmp_path / "f.npz"
     save_features(path, feature_arrays(views_task(seed=1)))
     assert cli.main(["evaluate", "--features", str(path), "--methods", "proker", "--proker-grid", "official"]) != 0
-    assert "no official ProKeR grid for dataset None" in capsys.readouterr().err
+    assert "--proker-grid official: no official configuration for dataset None" in capsys.readouterr().err
+    for method, flag in (("ape", "--ape-config"), ("tip-f", "--tipf-config")):
+        assert cli.main(["evaluate", "--features", str(path), "--methods", method, flag, "official"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} official: no official configuration for dataset None" in err and "Traceback" not in err

@@ -49,8 +49,10 @@ def feats():
     return views_task(n_val=7, n_test=40, seed=3)
 
 
+@pytest.mark.parametrize("route", ["cholesky", "eigh"])
 @pytest.mark.parametrize("corrected", [False, True])
-def test_matches_a_solve_per_grid_point(feats, corrected):
+def test_matches_a_solve_per_grid_point(feats, corrected, route, monkeypatch):
+    monkeypatch.setattr(proker, "EIGH_MIN_LMBDAS", 1 if route == "eigh" else 10**6)
     want = reference(feats, corrected)
     assert want["ties"] > 1  # the tie rule is exercised
     got = proker.run(Problem.from_features(feats), corrected=corrected)
@@ -99,7 +101,7 @@ def test_official_grid_by_dataset_name():
     betas, lmbdas = proker.grid_for(MethodOptions(proker_grid="official", dataset="DescribableTextures"))
     assert (len(betas), betas[0], len(lmbdas), lmbdas[-1]) == (20, pytest.approx(0.1), 100, pytest.approx(10))
     assert len(proker.grid_for(MethodOptions(proker_grid="official", dataset="ImageNetV2"))[0]) == 10
-    with pytest.raises(ClipimoError, match="no official ProKeR grid for dataset 'task'"):
+    with pytest.raises(ClipimoError, match="--proker-grid official: no official configuration for dataset .task."):
         proker.grid_for(MethodOptions(proker_grid="official", dataset="task"))
     with pytest.raises(ClipimoError, match="proker-views"):
         MethodOptions(proker_views="some")

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from beyond_features import accuracy, first_best_loop, views_task
-from clipimo.methods import MethodOptions, Problem, run_method, tipf
+from clipimo.errors import ClipimoError
+from clipimo.methods import BeyondOptions, MethodOptions, Problem, run_method, tipf
+from clipimo.methods.official import TipfConfig, tipf_config
 from clipimo.search import Grid
 
 GRID = Grid(np.linspace(0, 20, 9), np.linspace(0, 20, 5), np.zeros(1))
 EPOCHS, BATCH = 4, 6
 
 
-def reference(feats, corrected: bool, seed: int):
+def reference(feats, corrected: bool, seed: int, epochs: int = EPOCHS, a0: float = 1.17, batch: int = BATCH):
     t = {k: torch.from_numpy(getattr(feats, k)) for k in (
         "text_weights", "cache_keys", "cache_keys_corrected", "cache_labels", "cache_views",
         "cache_views_corrected", "val_feats", "val_feats_corrected", "val_labels")}
@@ -25,19 +27,19 @@ def reference(feats, corrected: bool, seed: int):
     views, aff_views = t["cache_views"], t["cache_views_corrected" if corrected else "cache_views"]
     val_q = t["val_feats_corrected" if corrected else "val_feats"]
 
-    def forward(zs, aff, keys, a=1.17, b=1.0):
+    def forward(zs, aff, keys, a=a0, b=1.0):
         return 100 * zs @ w + a * torch.exp(-b * (1 - aff @ keys.T)) @ onehot
 
     theta = torch.nn.Parameter(t["cache_keys_corrected" if corrected else "cache_keys"].clone())
     opt = torch.optim.AdamW([theta], lr=1e-3, eps=1e-4)  # default weight_decay = 0.01
     n = len(y)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, EPOCHS * math.ceil(n / BATCH))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(n / batch))
     g = torch.Generator().manual_seed(seed)
     best, best_keys, best_epoch = 0, None, 0
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         e = epoch % len(views)
-        for rows in perm.split(BATCH):
+        for rows in perm.split(batch):
             loss = torch.nn.functional.cross_entropy(forward(views[e][rows], aff_views[e][rows], theta), y[rows])
             opt.zero_grad()
             loss.backward()
@@ -95,3 +97,17 @@ def test_imo_changes_the_answer(feats):
     imo = run_method("tip-f-imo", problem, opts)
     assert (plain.val_acc, plain.test_acc, plain.hparams) != (imo.val_acc, imo.test_acc, imo.hparams)
     assert set(plain.hparams) == {"alpha", "beta"} and plain.meta["batch"] == BATCH
+
+
+def test_official_config_takes_the_datasets_training_alpha_and_epochs(feats):
+    """DTD's released config: init_alpha 2, 20 epochs (EuroSAT: 100); the search grid stays the project's."""
+    want = reference(feats, False, seed=2, epochs=20, a0=2.0)
+    opts = BeyondOptions(seed=2, tipf_batch=BATCH, tipf_config="official", dataset="DescribableTextures")
+    got = tipf.run(Problem.from_features(feats), False, opts, grid=GRID)
+    assert (got.hparams["alpha"], got.hparams["beta"]) == pytest.approx(want["point"])
+    assert (got.val_acc, got.test_acc) == (pytest.approx(want["val"]), pytest.approx(want["test"]))
+    assert got.meta == {"epoch": want["epoch"], "epochs": 20, "seed": 2, "batch": BATCH, "config": "official",
+                        "train_alpha": 2.0, "train_beta": 1.0}
+    assert tipf_config(BeyondOptions(tipf_config="official", dataset="eurosat")) == TipfConfig(2.0, 100)
+    with pytest.raises(ClipimoError, match="--tipf-config official: no official configuration for dataset 'task'"):
+        tipf.run(Problem.from_features(feats), False, BeyondOptions(tipf_config="official", dataset="task"))

@@ -1,15 +1,19 @@
 """A tuned few-shot classifier in one file, to classify new images with a method chosen on a task.
 
-The file is safetensors (text weights, cache keys of both streams, cache labels; for GDA, which fits
-on every augmented view, the per-pass views of both streams too) with one JSON
-metadata entry: method, chosen hyper-parameters, class names, the backbone identity and adapter
-hash the features came from, the zero-shot logit scale and bias, and provenance. No pickle.
-Logits come from :func:`clipimo.methods.predict.logits_at`, the one place a method's logits are
-computed; Tip-X rescales its KL term over the images classified together, as in evaluation.
+The file is safetensors (text weights, cache keys of both streams, cache labels; for the methods
+that fit on every augmented view, GDA and ProKeR, the per-pass views of both streams too; for Tip-F
+its trained keys, so predicting never trains; for a corrected stream other than the IMO adapter,
+that correction's map) with one JSON metadata entry: method, chosen hyper-parameters, the method
+settings that shaped its logits (ProKeR's views mode, APE's configuration, Tip-F's training),
+class names, the backbone identity and adapter hash the features came from, the correction, the
+zero-shot logit scale and bias, and provenance. No pickle. Logits come from
+:func:`clipimo.methods.predict.logits_at`, the one place a method's logits are computed; Tip-X
+rescales its KL term over the images classified together, as in evaluation.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -20,18 +24,23 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from . import _io
+from .corrections import MAP_KEYS, LinearCorrection, fingerprint, map_arrays, saved_map
 from .device import resolve_device
 from .errors import ClipimoError
 from .featurefile import FeatureSet
-from .methods import parse_methods
+from .methods import BeyondOptions, MethodOptions, parse_methods
 from .methods.common import Problem, Split
+from .methods.official import beyond
 from .methods.predict import logits_at
 
 if TYPE_CHECKING:
     from .features import FeatureExtractor
 
 FORMAT = "clipimo-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 files record no method options, correction or trained keys: still read for the
+# methods whose logits they determine.
+_V1_METHODS = frozenset({"zs", "tip", "tipx", "gda"})
 META_KEY = "clipimo_classifier"
 _TENSORS = ("text_weights", "cache_keys", "cache_keys_corrected", "cache_labels")
 _VIEWS = ("cache_views", "cache_views_corrected")  # [E, N, D]: stored for the methods that fit on them
@@ -57,50 +66,89 @@ class Classifier:
     provenance: dict[str, Any] = field(default_factory=dict)
     cache_views: torch.Tensor | None = None
     cache_views_corrected: torch.Tensor | None = None
+    # ProKeR's views mode (as resolved), APE's config and dataset: what logits_at needs beyond hparams.
+    options: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(BeyondOptions()))
+    correction: LinearCorrection | None = None  # the corrected stream's map; None: the IMO adapter
+    trained_keys: bool = False  # Tip-F: the keys of its stream are the trained ones (scored as Tip)
 
     @property
     def needs_adapter(self) -> bool:
-        return self.method.endswith("-imo")
+        return self.method.endswith("-imo") and self.correction is None
+
+    @property
+    def scored_as(self) -> str:
+        """The method whose logits are computed: Tip-F with its trained keys is Tip-Adapter."""
+        return self.method.replace("tip-f", "tip") if self.trained_keys else self.method
 
     @classmethod
     def from_features(cls, feats: FeatureSet, method: str, hparams: Mapping[str, float], meta: Mapping[str, Any],
-                      provenance: Mapping[str, Any] | None = None) -> "Classifier":
+                      provenance: Mapping[str, Any] | None = None, options: MethodOptions | None = None,
+                      settings: Mapping[str, Any] | None = None, correction: LinearCorrection | None = None,
+                      device: str | torch.device = "cpu") -> "Classifier":
         """The classifier of ``method`` at ``hparams`` on a features file's cache; ``meta`` is the
-        file's metadata (backbone identity, adapter, class names), which predictions are checked against."""
+        file's metadata (backbone identity, adapter, class names, correction), which predictions are
+        checked against. ``options`` and ``settings`` (the method's result ``meta``) are those of the
+        evaluation: Tip-F's keys are trained here with them, on ``device``, and must reach the
+        evaluated epoch. ``correction`` is the map of a non-IMO corrected stream
+        (:func:`clipimo.corrections.saved_map`)."""
         (method,) = parse_methods([method])
+        base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
         backbone = meta.get("backbone")
         if not isinstance(backbone, dict) or not backbone.get("model"):
             raise ClipimoError("the features file records no backbone identity, so a classifier made from it could "
                                "not check the model it is used with; write the features with `clipimo features "
                                "--task DIR --shots K --seed S` or `clipimo run --save-features`")
+        recorded = dict(meta.get("correction") or {"name": "imo"})
+        if not corrected:  # only the -imo methods see the corrected stream
+            correction = None
+        elif fingerprint(correction) != recorded:
+            raise ClipimoError(f"the features file's corrected stream is {recorded.get('name')}, but the classifier "
+                               f"was given the map of {fingerprint(correction)['name']}")
         adapter = meta.get("adapter")
         adapter_sha = adapter.get("sha256") if isinstance(adapter, dict) else meta.get("adapter_sha256")
-        if method.endswith("-imo") and not adapter_sha:
+        if corrected and correction is None and not adapter_sha:
             raise ClipimoError(f"{method} uses the corrected stream, but the features file records no adapter")
-        fits_views = method.removesuffix("-imo") in ("gda", "proker", "tip-f")
+        fits_views = base in ("gda", "proker", "tip-f")
         if fits_views and not feats.has_views:
             raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
                                "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
+        opts, settings = beyond(options), dict(settings or {})
+        if base == "proker" and "views" in settings:  # "auto" resolved as in the evaluation
+            opts = dataclasses.replace(opts, proker_views=settings["views"])
+        tensors = {k: torch.from_numpy(getattr(feats, k)) for k in _TENSORS}
+        if base == "tip-f":
+            from .methods.tipf import trained_problem
+
+            from .device import resolve_device
+
+            problem = Problem.from_features(feats, resolve_device(device))
+            trained, training = trained_problem(problem, corrected, opts)
+            if "epoch" in settings and training["epoch"] != settings["epoch"]:
+                raise ClipimoError(f"retraining {method} for the classifier chose epoch {training['epoch']}, the "
+                                   f"evaluation epoch {settings['epoch']}: save the classifier on the device the "
+                                   "method was evaluated on")
+            key = "cache_keys_corrected" if corrected else "cache_keys"
+            tensors[key] = trained.keys(corrected).detach().cpu()
+            fits_views = False  # the trained keys are all that is needed
         views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if fits_views else {}
         classnames = list(meta.get("classnames") or [str(i) for i in range(feats.num_classes)])
         if len(classnames) != feats.num_classes:
             raise ClipimoError(f"the features file names {len(classnames)} classes but its text weights have "
                                f"{feats.num_classes}")
-        return cls(method=method, hparams={k: float(v) for k, v in hparams.items()},
-                   text_weights=torch.from_numpy(feats.text_weights),
-                   cache_keys=torch.from_numpy(feats.cache_keys),
-                   cache_keys_corrected=torch.from_numpy(feats.cache_keys_corrected),
-                   cache_labels=torch.from_numpy(feats.cache_labels),
+        return cls(method=method, hparams={k: float(v) for k, v in hparams.items()}, **tensors,
                    classnames=classnames, backbone=dict(backbone), adapter_sha256=adapter_sha,
-                   logit_scale=feats.logit_scale, logit_bias=feats.logit_bias, provenance=dict(provenance or {}),
-                   **views)
+                   logit_scale=feats.logit_scale, logit_bias=feats.logit_bias,
+                   provenance={**(provenance or {}), "settings": settings}, options=dataclasses.asdict(opts),
+                   correction=correction, trained_keys=base == "tip-f", **views)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically as safetensors + JSON metadata."""
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "hparams": self.hparams,
                 "classnames": self.classnames, "backbone": self.backbone, "adapter_sha256": self.adapter_sha256,
-                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance}
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance,
+                "options": self.options, "correction": fingerprint(self.correction), "trained_keys": self.trained_keys}
         tensors = {k: getattr(self, k) for k in _TENSORS + _VIEWS if getattr(self, k) is not None}
+        tensors.update({k: torch.from_numpy(v) for k, v in map_arrays(self.correction).items()})
         _io.write_safetensors(path, tensors, META_KEY, meta)
 
     def check_extractor(self, extractor: FeatureExtractor) -> None:
@@ -124,7 +172,10 @@ class Classifier:
     def logits(self, original: torch.Tensor, corrected: torch.Tensor | None = None,
                device: str | torch.device = "cpu") -> torch.Tensor:
         """``[n, C]`` logits of the classifier's method for query features of both streams
-        (``corrected`` defaults to ``original``, right for methods that only use the original one)."""
+        (``corrected`` defaults to ``original``, right for methods that only use the original one;
+        with a training-free correction it is that map of ``original``, whatever is given)."""
+        if self.correction is not None:  # a training-free correction: its map of the original features
+            corrected = torch.from_numpy(self.correction.apply(original.cpu().numpy()))
         original = original.to(device, torch.float32)
         corrected = original if corrected is None else corrected.to(device, torch.float32)
         query = Split(original, corrected, torch.zeros(len(original), dtype=torch.int64, device=device))
@@ -134,7 +185,8 @@ class Classifier:
             val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
             **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
         out = torch.empty(len(original), len(self.classnames), device=device)
-        for rows, chunk in logits_at(problem, query, self.method, self.hparams):
+        for rows, chunk in logits_at(problem, query, self.scored_as, self.hparams,
+                                     options=BeyondOptions(**self.options)):
             out[rows] = chunk
         return out
 
@@ -160,16 +212,25 @@ class Classifier:
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """Read a classifier file written by :meth:`Classifier.save` (``clipimo evaluate --save-classifier``)."""
     tensors, meta = _io.read_safetensors(path, META_KEY, "classifier file")
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise ClipimoError(f"classifier file {path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+    version = meta.get("version")
+    if meta.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
+        raise ClipimoError(f"classifier file {path}: format {meta.get('format')!r} version {version!r}, "
                            f"expected {FORMAT!r} version {FORMAT_VERSION}")
+    if version == 1 and meta.get("method") not in _V1_METHODS:
+        raise ClipimoError(f"classifier file {path}: a {meta.get('method')} classifier from an older clipimo, which "
+                           "did not record its method settings or correction; save it again with `clipimo evaluate "
+                           "--save-classifier`")
     missing = [k for k in _TENSORS if k not in tensors]
     if missing:
         raise ClipimoError(f"classifier file {path}: missing tensor(s) {', '.join(missing)}")
+    correction = saved_map({k: tensors[k].numpy() for k in MAP_KEYS if k in tensors}, meta.get("correction"),
+                           f"classifier file {path}")
     return Classifier(method=meta["method"], hparams=meta["hparams"], classnames=meta["classnames"],
                       backbone=meta["backbone"], adapter_sha256=meta["adapter_sha256"],
                       logit_scale=meta["logit_scale"], logit_bias=meta["logit_bias"],
                       provenance=meta.get("provenance", {}),
+                      options=meta.get("options") or dataclasses.asdict(BeyondOptions()),
+                      correction=correction, trained_keys=bool(meta.get("trained_keys")),
                       **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
 
 

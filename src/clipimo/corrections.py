@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -106,6 +106,10 @@ def textpca(text_embeddings: np.ndarray, keep: int | None = None) -> LinearCorre
     keep = t.shape[1] // 2 if keep is None else keep
     if not 0 < keep <= t.shape[1]:
         raise ClipimoError(f"textpca keeps 1..{t.shape[1]} directions, got {keep}")
+    if t.shape[0] <= keep:  # the centred embeddings span at most C - 1 directions: the rest would be arbitrary
+        raise ClipimoError(f"textpca keeps the top {keep} principal directions of the class-name text embeddings, "
+                           f"but {t.shape[0]} names span at most {t.shape[0] - 1}: give more than {keep} class "
+                           "names (the paper uses ImageNet's 1,000)")
     _, vecs = np.linalg.eigh(np.cov(t.T))
     u = vecs[:, ::-1][:, :keep]
     return LinearCorrection("textpca", u @ u.T, meta={"keep": keep, "classes": int(t.shape[0])})
@@ -206,6 +210,40 @@ def fingerprint(corr: LinearCorrection | None) -> dict[str, Any]:
     if corr.mean is not None:
         digest.update(corr.mean.astype(np.float64).tobytes())
     return {"name": corr.name, **corr.meta, "sha256": digest.hexdigest()}
+
+
+MAP_KEYS = ("correction_matrix", "correction_mean")  # a features file's map of its corrected stream
+
+
+def map_arrays(corr: LinearCorrection | None) -> dict[str, np.ndarray]:
+    """The arrays a features file stores so its corrected stream can be reproduced on new images
+    (``{}`` for imo: that is the adapter file)."""
+    if corr is None:
+        return {}
+    arrays = {"correction_matrix": corr.matrix.astype(np.float64)}
+    if corr.mean is not None:
+        arrays["correction_mean"] = corr.mean.astype(np.float64)
+    return arrays
+
+
+def saved_map(arrays: Mapping[str, Any], recorded: Mapping[str, Any] | None, source: str) -> LinearCorrection | None:
+    """The map of a saved corrected stream (``None`` for imo), from ``arrays`` (a features or
+    classifier file's) and the ``recorded`` :func:`fingerprint`; its digest must match the record."""
+    recorded = dict(recorded or {"name": "imo"})
+    name = recorded.get("name")
+    if name == "imo":
+        return None
+    if "correction_matrix" not in arrays:
+        raise ClipimoError(f"{source}: its corrected stream is the {name} correction, but the file does not store its "
+                           "map (correction_matrix), so new images could not be corrected alike; write the features "
+                           "again with `clipimo run --save-features`")
+    mean = arrays.get("correction_mean")
+    corr = LinearCorrection(str(name), np.asarray(arrays["correction_matrix"], np.float64),
+                            None if mean is None else np.asarray(mean, np.float64),
+                            {k: v for k, v in recorded.items() if k not in ("name", "sha256")})
+    if fingerprint(corr) != recorded:
+        raise ClipimoError(f"{source}: the stored {name} map does not match the correction recorded in its metadata")
+    return corr
 
 
 def corrected_features(feats: FeatureSet, corr: LinearCorrection | None) -> FeatureSet:

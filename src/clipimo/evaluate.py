@@ -12,6 +12,7 @@ from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
 from .methods import CACHE_VARIANTS, MethodOptions, MethodResult, Problem, cache, parse_methods, run_method
+from .methods.official import beyond
 from .methods.predict import metrics_at
 from .tables import md_table
 
@@ -19,7 +20,8 @@ from .tables import md_table
 def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
                 device: str | torch.device = "cpu", progress: bool | None = False,
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
-    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` sets ProKeR's and Tip-F's settings.
+    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` (:class:`MethodOptions` or
+    :class:`~clipimo.methods.official.BeyondOptions`) set ProKeR's, APE's and Tip-F's settings.
     Top-1 on val picks each method's point; top-5 and mean per-class recall are then scored on test
     at that point from the same logits: by the method's own test pass where it has one, else by
     :func:`clipimo.methods.predict.metrics_at`. Tip, Tip-X and their IMO variants run together
@@ -28,7 +30,7 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
-    options = options or MethodOptions()
+    options = beyond(options)
     results = {}
     with full_float32():
         shared = [n for n in names if n in CACHE_VARIANTS]
@@ -37,7 +39,7 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
             results.update({n: ran[CACHE_VARIANTS[n]] for n in shared})
         for name in tqdm([n for n in names if n not in results], desc="methods", disable=tqdm_disable(progress)):
             r = run_method(name, problem, options)
-            if r.test_top5 is None:
+            if r.test_top5 is None:  # ProKeR and APE: a second pass at the chosen point
                 extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
                 r = dataclasses.replace(r, test_top5=extra["top5"],
                                         test_mean_per_class_recall=extra["mean_per_class_recall"])

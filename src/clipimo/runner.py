@@ -10,6 +10,7 @@ folder, and a lock file keeps a second run out of it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, _io
-from .corrections import IMAGEPCA_DEFAULT, build_correction, corrected_features, parse_corrections, parse_imagepca
+from .corrections import (IMAGEPCA_DEFAULT, LinearCorrection, build_correction, corrected_features, map_arrays,
+                          parse_corrections, parse_imagepca)
 from .corrections import fingerprint as correction_fingerprint
 from .data import few_shot_support, open_dataset, save_support_index, validation_set
 from .data.benchmarks import DatasetSplits
@@ -30,7 +32,8 @@ from .featurefile import FeatureSet, feature_arrays, save_features as save_featu
 from .features import FeatureExtractor
 from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_label, fingerprint_changes
 from .log import logger, tqdm_disable, warn_random_init
-from .methods import MethodOptions, parse_methods
+from .methods import BeyondOptions, MethodOptions, parse_methods
+from .methods import official, proker
 from .methods.gda import GDA_ALPHAS
 from .aggregate import summarise
 from .options import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS
@@ -64,8 +67,15 @@ class RunConfig:
     imagepca: str = IMAGEPCA_DEFAULT
     templates: list[str] | None = None      # custom tasks only: prompt templates, one "{}" each
     classnames: dict[str, str] | None = None  # custom tasks only: folder name -> readable name
+    # Settings of the methods beyond the paper (BeyondOptions; the cell's seed orders Tip-F's batches).
+    proker_views: str = "auto"
+    proker_grid: str = "default"
+    ape_config: str = "default"
+    tipf_config: str = "default"
+    tipf_batch: int = 256
 
     def __post_init__(self) -> None:
+        self.method_options(seed=1, dataset=None)  # checks the values
         self.methods = parse_methods(self.methods)
         self.corrections = parse_corrections(self.corrections)
         parse_imagepca(self.imagepca)
@@ -78,6 +88,17 @@ class RunConfig:
                                "to confirm (the results then record tuned_on_test=true)")
         if self.augment_passes < 1:
             raise ClipimoError(f"cache keys need >= 1 augmentation pass, got {self.augment_passes}")
+
+
+    def method_options(self, seed: int, dataset: str | None) -> BeyondOptions:
+        """The methods' options in the cell of ``seed`` on ``dataset`` (official configs look it up)."""
+        return BeyondOptions(seed=seed, tipf_batch=self.tipf_batch, proker_views=self.proker_views,
+                             proker_grid=self.proker_grid, ape_config=self.ape_config,
+                             tipf_config=self.tipf_config, dataset=dataset)
+
+    def method_fingerprint(self) -> dict[str, Any]:
+        """The method settings every cell's result depends on (besides its seed and dataset)."""
+        return {k: getattr(self, k) for k in ("proker_views", "proker_grid", "ape_config", "tipf_config", "tipf_batch")}
 
 
 def cell_name(dataset: str, shots: int, seed: int) -> str:
@@ -185,14 +206,15 @@ def cell_features(extractor: FeatureExtractor, cell: Cell, cfg: RunConfig,
 
 
 def save_cell_features(path: str | Path, feats: FeatureSet, extractor: FeatureExtractor, cell: Cell,
-                       record: dict, correction: dict | None = None) -> None:
+                       record: dict, correction: LinearCorrection | None = None) -> None:
     """One cell's §8 features file, with where it came from (backbone, adapter, task, prompts, and
-    the correction filling the corrected stream: ``corrections.fingerprint``)."""
+    the correction filling the corrected stream: ``corrections.fingerprint``, and its map, so a
+    classifier saved from the file corrects new images alike)."""
     splits = cell.dataset.splits
     meta = {**feature_meta(extractor), "dataset": cell.dataset.label, "shots": cell.shots, "seed": cell.seed,
             "validation": record, "classnames": splits.classnames, "templates": splits.templates,
-            "correction": correction or {"name": "imo"}}
-    save_feature_file(path, {**feature_arrays(feats), "meta": np.array(json.dumps(meta))})
+            "correction": correction_fingerprint(correction)}
+    save_feature_file(path, {**feature_arrays(feats), **map_arrays(correction), "meta": np.array(json.dumps(meta))})
 
 
 def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
@@ -212,9 +234,15 @@ def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
 
 
 def method_grids() -> dict[str, str]:
-    """Digests of the searched hyper-parameter grids: a changed grid recomputes every cell."""
+    """Digests of the searched hyper-parameter grids and the per-dataset configuration tables: a
+    changed grid or table recomputes every cell."""
+    tables = json.dumps([proker.DEFAULT_GRID, proker.OFFICIAL_GRIDS, proker.MAX_ALL_VIEWS,
+                         *(dataclasses.asdict(c) for c in (official.APE_DEFAULT, official.TIPF_DEFAULT)),
+                         {k: dataclasses.asdict(v) for k, v in official.APE_OFFICIAL.items()},
+                         {k: dataclasses.asdict(v) for k, v in official.TIPF_OFFICIAL.items()}], sort_keys=True)
     return {"paper_grid": array_digest(PAPER_GRID.alphas, PAPER_GRID.betas, PAPER_GRID.gammas),
-            "gda_alphas": array_digest(GDA_ALPHAS)}
+            "gda_alphas": array_digest(GDA_ALPHAS),
+            "beyond_configs": hashlib.sha256(tables.encode()).hexdigest()}
 
 
 def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
@@ -262,6 +290,16 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
                 save_features: bool, settings_yaml: str | None) -> dict[str, Any]:
+    opened: dict[str, OpenedDataset] = {}
+
+    def dataset(source: str) -> OpenedDataset:
+        if source not in opened:
+            data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
+            opened[source] = opened.setdefault(data.source, data)
+        return opened[source]
+
+    for source in cfg.datasets:  # before anything is encoded or written
+        official.check_configs(cfg.method_options(1, dataset(source).splits.name), cfg.methods)
     maps = {name: build_correction(name, extractor, cfg.textpca_classnames, cfg.imagepca_images, cfg.imagepca)
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
@@ -271,15 +309,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         _io.write_text(out / "config.yaml", settings_yaml)
     if extractor.backbone.random_init:
         warn_random_init()
-    run_fp = {**fingerprint, "grids": method_grids()}
-
-    opened: dict[str, OpenedDataset] = {}
-
-    def dataset(source: str) -> OpenedDataset:
-        if source not in opened:
-            data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
-            opened[source] = opened.setdefault(data.source, data)
-        return opened[source]
+    run_fp = {**fingerprint, "grids": method_grids(), "method_options": cfg.method_fingerprint()}
 
     todo = {}
     for source in cfg.datasets:
@@ -304,7 +334,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         cell = plan_cell(data, shots, seed, cfg, run_fp)
         bar.set_postfix_str(cell.name)
         cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features,
-                               maps, fingerprint["corrections"]))
+                               maps))
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
     results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},
@@ -314,7 +344,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
 
 
 def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: FeatureExtractor, cfg: RunConfig,
-              out: Path, device: str, save_features: bool, maps: dict, corrections: list[dict]) -> dict:
+              out: Path, device: str, save_features: bool, maps: dict) -> dict:
     """Reuse a stored cell whose fingerprint matches; otherwise compute it (saying why). With
     several corrections every ``-imo`` method also runs on each of them (original features encoded once)."""
     todo = list(methods)
@@ -338,8 +368,8 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
     primary = corrected_features(feats, maps[cfg.corrections[0]])
     if save_features:
         save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,
-                           correction=corrections[0])
-    options = MethodOptions(seed=cell.seed, dataset=cell.dataset.splits.name)  # the cell's seed orders Tip-F's batches
+                           correction=maps[cfg.corrections[0]])
+    options = cfg.method_options(cell.seed, cell.dataset.splits.name)
     evaluated = _evaluate(primary, todo, device, options)
     result = {
         "dataset": cell.dataset.label,

@@ -50,7 +50,8 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
     for seed in tqdm(cfg.seeds, desc="seeds", disable=tqdm_disable(progress)):
         feats, record = cell_features(extractor, plan_cell(source, cfg.shots[0], seed, cfg, {}), cfg, out / "supports")
         records.append(record)
-        tuned = evaluate_features(feats, cfg.methods, device=dev)
+        options = cfg.method_options(seed, source.splits.name)  # the cell's seed orders Tip-F's batches
+        tuned = evaluate_features(feats, cfg.methods, device=dev, options=options)
         problem = Problem.from_features(feats, dev)
         per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
                      for m, r in tuned.items()]
@@ -58,7 +59,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
             tf = extractor.image_features(target.test, skip_unreadable=cfg.skip_unreadable, desc=f"{target.name} test")
             split = Split(tf.original.to(dev), tf.corrected_or_original.to(dev), tf.labels.to(dev))
             for m, r in tuned.items():
-                acc = accuracy_at(problem, split, m, r["hparams"], classes=target.imagenet_classes)
+                acc = accuracy_at(problem, split, m, r["hparams"], classes=target.imagenet_classes, options=options)
                 per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc, "hparams": r["hparams"]})
     rows = []
     for target in [SOURCE] + [t.name for t in shifted]:

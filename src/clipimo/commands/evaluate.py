@@ -27,6 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("--proker-grid", choices=["default", "official"], default="default",
                    help="proker: clipimo's grid, or the official per-dataset grid (needs the dataset "
                         "name in the file's metadata)")
+    p.add_argument("--ape-config", choices=["default", "official"], default="default",
+                   help="ape: clipimo's channels/weights/grid, or the official per-dataset config (needs the "
+                        "dataset name in the file's metadata)")
+    p.add_argument("--tipf-config", choices=["default", "official"], default="default",
+                   help="tip-f: clipimo's training alpha and epochs, or the official per-dataset ones")
     p.add_argument("--save-classifier", metavar="FILE", default=None, type=path_arg,
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
                         "of several the one with the best val top-1")
@@ -38,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from ..evaluate import format_table, method_settings, run_methods
     from ..featurefile import read_meta, read_npz, validate_features
     from ..log import logger, warn_random_init
-    from ..methods import MethodOptions
+    from ..methods import BeyondOptions
 
     arrays = read_npz(args.features)
     meta = read_meta(arrays, args.features)
@@ -50,8 +55,9 @@ def main(args: argparse.Namespace) -> int:
     correction = (meta.get("correction") or {}).get("name")
     if correction:
         logger.info(f"corrected stream of the -imo methods: {correction}")
-    options = MethodOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
-                            proker_grid=args.proker_grid, dataset=meta.get("dataset"))
+    options = BeyondOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
+                            proker_grid=args.proker_grid, ape_config=args.ape_config, tipf_config=args.tipf_config,
+                            dataset=meta.get("dataset"))
     ran = run_methods(feats, args.methods, device=args.device, progress=progress_setting(args), options=options)
     results = {name: r.as_dict() for name, r in ran.items()}
     print(format_table(results, markdown=args.markdown, settings=method_settings(ran)), flush=True)  # shown even if --json fails
@@ -63,7 +69,12 @@ def main(args: argparse.Namespace) -> int:
         method = best_method(results)
         provenance = {"features": str(args.features), **{k: meta[k] for k in ("dataset", "shots", "seed") if k in meta},
                       "templates": meta.get("templates"), **results[method]}
-        Classifier.from_features(feats, method, results[method]["hparams"], meta, provenance).save(args.save_classifier)
+        from ..corrections import saved_map
+
+        correction = saved_map(arrays, meta.get("correction"), str(args.features)) if method.endswith("-imo") else None
+        Classifier.from_features(feats, method, results[method]["hparams"], meta, provenance, options=options,
+                                 settings=ran[method].meta, correction=correction,
+                                 device=args.device).save(args.save_classifier)
         logger.info(f"wrote {args.save_classifier}: {method} classifier ({feats.num_classes} classes)")
     return 0
 

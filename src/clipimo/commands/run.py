@@ -32,6 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_list_argument(p, "--corrections", choices=CORRECTIONS, default=["imo"], metavar="NAME",
                       help="corrected streams, from imo (the adapter), isoclip, textpca, imagepca; the first fills "
                            "the -imo columns, every one is compared in the report (original features encoded once)")
+    p.add_argument("--proker-views", choices=["auto", "all", "mean"], default="auto",
+                   help="proker: every augmented view (all), the averaged keys (mean), or all while E*N <= 32768 (auto)")
+    p.add_argument("--proker-grid", choices=["default", "official"], default="default",
+                   help="proker: clipimo's grid or the official per-dataset grid")
+    p.add_argument("--ape-config", choices=["default", "official"], default="default",
+                   help="ape: clipimo's channels/weights/grid or the official per-dataset config")
+    p.add_argument("--tipf-config", choices=["default", "official"], default="default",
+                   help="tip-f: clipimo's training alpha/epochs or the official per-dataset config")
+    p.add_argument("--tipf-batch", type=int, default=256, help="tip-f: minibatch size (each cell's seed orders the batches)")
     add_correction_args(p)
     add_prompt_args(p)
     add_backbone_args(p)
@@ -51,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                     augment_passes=args.augment_passes, skip_unreadable=args.skip_unreadable,
                     corrections=args.corrections, textpca_classnames=args.textpca_classnames,
                     imagepca_images=args.imagepca_images, imagepca=args.imagepca, templates=templates,
-                    classnames=classnames)
+                    classnames=classnames, proker_views=args.proker_views, proker_grid=args.proker_grid,
+                    ape_config=args.ape_config, tipf_config=args.tipf_config, tipf_batch=args.tipf_batch)
     extractor = make_extractor(args, distributed=True)
     if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
         from ..distributed import DistEnv

@@ -8,6 +8,7 @@ from typing import Callable
 from ..errors import ClipimoError
 from . import ape, gda, proker, tip, tipf, tipx, zeroshot
 from .common import MethodOptions, MethodResult, Problem
+from .official import BeyondOptions
 
 METHODS: dict[str, Callable[[Problem], MethodResult]] = {
     "zs": zeroshot.run,
@@ -26,8 +27,8 @@ METHODS: dict[str, Callable[[Problem], MethodResult]] = {
 }
 # The methods :func:`cache.run_many` runs together: name -> (corrected, with_kl).
 CACHE_VARIANTS = {"tip": (False, False), "tip-imo": (True, False), "tipx": (False, True), "tipx-imo": (True, True)}
-# Methods whose results depend on MethodOptions (seed, batch, views mode, grid choice).
-TAKES_OPTIONS = frozenset({"proker", "proker-imo", "tip-f", "tip-f-imo"})
+# Methods whose results depend on MethodOptions (seed, batch, views mode, grid and config choice).
+TAKES_OPTIONS = frozenset({"proker", "proker-imo", "ape", "ape-imo", "tip-f", "tip-f-imo"})
 
 
 def run_method(name: str, problem: Problem, options: MethodOptions | None = None) -> MethodResult:
@@ -47,4 +48,5 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["CACHE_VARIANTS", "METHODS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS", "parse_methods", "run_method"]
+__all__ = ["CACHE_VARIANTS", "METHODS", "BeyondOptions", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS",
+           "parse_methods", "run_method"]

@@ -8,7 +8,8 @@ channels, renormalised" and ``div`` is the per-key KL(one-hot || softmax(K' W'))
 
 The criterion's mean over all cross-class pairs is computed in closed form (the official code
 loops over every pair: days at ImageNet size), valid for any cache order and any shots per class.
-The cache term is a per-class segment sum, never a product with the one-hot matrix. The text
+The cache term is a per-class sum, never a product with the one-hot matrix: at each beta one
+batched product gives it for every gamma. The text
 weights are the features file's own (the project templates), not the paper's CuPL prompts, so the
 results are labelled "no CuPL". The IMO variant changes only ``f' K'^T``; the channels, ``div`` and
 ``Z`` stay on original features.
@@ -23,19 +24,27 @@ import torch
 from torch.nn import functional as F
 
 from ..search import EVAL_BUDGET, count_correct, first_best
-from .common import (MethodResult, Problem, Split, chunks, class_sums, count_hits, percent,
-                     zeroshot_logits)
+from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
+from .official import APE_DEFAULT, ApeConfig, ape_config, beyond
 
-CRITERION_WEIGHTS = (0.5, 0.5)
+CRITERION_WEIGHTS = APE_DEFAULT.weights
 # Search: beta_i = i (s0 - 0.1) / n0 + 0.1 (i < n0), alpha likewise, gamma_l = l s2 / n2: endpoints excluded.
-SEARCH_SCALE = (7.0, 7.0, 1.0)
-SEARCH_STEP = (200, 20, 20)
+SEARCH_SCALE = APE_DEFAULT.scale
+SEARCH_STEP = APE_DEFAULT.step
 NO_CUPL = "templates, no CuPL"
 
 
-def default_feat_num(dim: int) -> int:
-    """700 of 1024 channels (the median official value), scaled to the feature width."""
-    return max(1, min(dim, round(dim * 700 / 1024)))
+def default_feat_num(dim: int, feat_num_1024: int = APE_DEFAULT.feat_num_1024) -> int:
+    """``feat_num_1024`` of 1024 channels (default 700, the median official value), scaled to the
+    feature width (the official configs are for RN50's D = 1024)."""
+    return max(1, min(dim, round(dim * feat_num_1024 / 1024)))
+
+
+def settings(problem: Problem, options: MethodOptions | None = None) -> tuple[ApeConfig, int]:
+    """The configuration ``options`` choose (clipimo's or the dataset's official one) and its
+    channel count at this feature width."""
+    cfg = ape_config(beyond(options))
+    return cfg, default_feat_num(problem.text_weights.shape[0], cfg.feat_num_1024)
 
 
 def search_grid(scale=SEARCH_SCALE, step=SEARCH_STEP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,23 +75,39 @@ def channel_criterion(text_weights: torch.Tensor, keys: torch.Tensor, labels: to
 
 @dataclass(frozen=True)
 class Refined:
-    """Selected channels ``idx``, refined keys for the affinity, and each key's weight exponent ``div``."""
+    """Selected channels ``idx``, refined keys for the affinity, each key's weight exponent ``div``,
+    and ``slots`` ``[C, kmax]``: the keys of each class, padded with ``N`` (a zero column)."""
 
     idx: torch.Tensor
     keys: torch.Tensor
     div: torch.Tensor
     corrected: bool
+    slots: torch.Tensor
 
 
-def refine(problem: Problem, corrected: bool, feat_num: int) -> Refined:
-    idx = channel_criterion(problem.text_weights, problem.cache_keys, problem.cache_labels).topk(feat_num).indices
+def class_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, kmax]`` key indices per class in cache order, padded with ``N``: any cache order and
+    any number of shots per class (an empty class is all padding)."""
+    n = labels.shape[0]
+    counts = torch.bincount(labels, minlength=num_classes)
+    order = torch.argsort(labels, stable=True)
+    slot = torch.arange(n, device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[order]]
+    index = torch.full((num_classes, max(int(counts.max()), 1) if n else 1), n, dtype=torch.long, device=labels.device)
+    index[labels[order], slot] = order
+    return index
+
+
+def refine(problem: Problem, corrected: bool, feat_num: int,
+           weights: tuple[float, float] = CRITERION_WEIGHTS) -> Refined:
+    crit = channel_criterion(problem.text_weights, problem.cache_keys, problem.cache_labels, weights)
+    idx = crit.topk(feat_num).indices
     text = F.normalize(problem.text_weights[idx], dim=0)
     keys = F.normalize(problem.cache_keys[:, idx], dim=1)
     p = torch.softmax(keys @ text, dim=1)  # raw cosines, no logit scale
     p_label = p.gather(1, problem.cache_labels[:, None]).squeeze(1)
     div = torch.log2((1 + 1e-6) / (p_label + 1e-6))
     affinity_keys = F.normalize(problem.keys(corrected)[:, idx], dim=1) if corrected else keys
-    return Refined(idx, affinity_keys, div, corrected)
+    return Refined(idx, affinity_keys, div, corrected, class_slots(problem.cache_labels, problem.num_classes))
 
 
 def _terms(problem: Problem, split: Split, ref: Refined, chunk_rows: int | None):
@@ -92,47 +117,57 @@ def _terms(problem: Problem, split: Split, ref: Refined, chunk_rows: int | None)
         yield rows, zeroshot_logits(problem, split.feats[rows]), 1 - query @ ref.keys.T
 
 
-def cache_term(affinity: torch.Tensor, key_weights: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """``exp(-beta (1 - A)) @ (L * w)`` as a per-class sum, from ``affinity = exp(-beta (1 - A))``
-    and the per-key weights ``w = exp(gamma * div)``."""
-    return class_sums(affinity * key_weights, problem.cache_labels, problem.num_classes)
+def slot_weights(ref: Refined, gammas) -> torch.Tensor:
+    """``[G, C, kmax]`` per-key weights ``exp(gamma * div)`` in class slots (0 on padding)."""
+    w = torch.stack([torch.exp(float(g) * ref.div) for g in gammas])
+    return torch.cat([w, w.new_zeros(len(w), 1)], 1)[:, ref.slots]
+
+
+def cache_terms(affinity: torch.Tensor, weights: torch.Tensor, ref: Refined) -> torch.Tensor:
+    """``exp(-beta (1 - A)) @ (L * w_g)`` for every weight vector at once, ``[G, rows, C]``, from
+    ``affinity = exp(-beta (1 - A))`` and :func:`slot_weights`: one batched product over classes
+    (each class's keys against the G weight vectors), not G passes over the affinities."""
+    padded = torch.cat([affinity, affinity.new_zeros(affinity.shape[0], 1)], 1)[:, ref.slots]  # [rows, C, kmax]
+    return torch.einsum("rck,gck->grc", padded, weights)
 
 
 def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: float, gamma: float,
            chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    weights = torch.exp(gamma * ref.div)
+    weights = slot_weights(ref, [gamma])
     for rows, z, distance in _terms(problem, split, ref, chunk_rows):
-        yield rows, z + alpha * cache_term(torch.exp(-beta * distance), weights, problem)
+        yield rows, z + alpha * cache_terms(torch.exp(-beta * distance), weights, ref)[0]
 
 
-def _count(z: torch.Tensor, terms: list[torch.Tensor], labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
-    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms``: ``[alphas, len(terms)]``.
+def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
+    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``: ``[alphas, G]``.
 
     Small problems evaluate every point at once (the float ops of :func:`affine_logits`); large
     ones go through the pruned exact :func:`count_correct`, one term at a time.
     """
-    if len(terms) * len(alphas) * z.numel() > EVAL_BUDGET:
+    if terms.shape[0] * len(alphas) * z.numel() > EVAL_BUDGET:
         return torch.cat([count_correct(z, e, labels, alphas) for e in terms], dim=1)
     a = torch.as_tensor(alphas, device=z.device).to(z.dtype)[None, :, None, None]
-    points = z + a * torch.stack(terms)[:, None]  # [terms, alphas, rows, C]
+    points = z + a * terms[:, None]  # [terms, alphas, rows, C]
     return (points.argmax(-1) == labels).sum(-1).T
 
 
-def run(problem: Problem, corrected: bool = False, feat_num: int | None = None,
-        grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+def run(problem: Problem, corrected: bool = False, options: MethodOptions | None = None,
+        feat_num: int | None = None, grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         chunk_rows: int | None = None) -> MethodResult:
     """Search beta -> alpha -> gamma on val (ties to the first in that order); hparams
-    ``{"alpha", "beta", "gamma"}``. ``grid`` is (betas, alphas, gammas), default :func:`search_grid`."""
-    feat_num = feat_num or default_feat_num(problem.text_weights.shape[0])
-    ref = refine(problem, corrected, feat_num)
-    betas, alphas, gammas = search_grid() if grid is None else grid
-    key_weights = [torch.exp(float(gamma) * ref.div) for gamma in gammas]
+    ``{"alpha", "beta", "gamma"}``. ``options`` choose clipimo's or the dataset's official
+    configuration (channels, criterion weights, grid); ``feat_num`` and ``grid`` (betas, alphas,
+    gammas) override it."""
+    cfg, cfg_feat_num = settings(problem, options)
+    feat_num = feat_num or cfg_feat_num
+    ref = refine(problem, corrected, feat_num, cfg.weights)
+    betas, alphas, gammas = search_grid(cfg.scale, cfg.step) if grid is None else grid
+    weights = slot_weights(ref, gammas)
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
         labels = problem.val.labels[rows]
         for b, beta in enumerate(betas):
-            affinity = torch.exp(-float(beta) * distance)
-            terms = [cache_term(affinity, weights, problem) for weights in key_weights]
+            terms = cache_terms(torch.exp(-float(beta) * distance), weights, ref)
             counts[b] += _count(z, terms, labels, alphas).cpu()
     ib, ia, ig = first_best(counts)
     hp = {"alpha": float(alphas[ia]), "beta": float(betas[ib]), "gamma": float(gammas[ig])}
@@ -141,5 +176,6 @@ def run(problem: Problem, corrected: bool = False, feat_num: int | None = None,
         val_acc=percent(int(counts[ib, ia, ig]), problem.val.labels.shape[0]),
         test_acc=percent(test_hits, problem.test.labels.shape[0]),
         hparams=hp,
-        meta={"feat_num": feat_num, "criterion_weights": list(CRITERION_WEIGHTS), "text": NO_CUPL},
+        meta={"config": beyond(options).ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
+              "search_scale": list(cfg.scale), "search_step": list(cfg.step), "text": NO_CUPL},
     )

@@ -1,7 +1,6 @@
 """Any method at fixed hyper-parameters: apply a method tuned on one task to other data (§7 shift)."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterator, Sequence
 
 import torch
@@ -17,18 +16,19 @@ def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, fl
     """``(rows, logits)`` chunks of ``method`` (e.g. "tipx-imo") on ``split`` with the cache of ``problem``.
 
     Tip-F's trained keys are not hyper-parameters: they are trained again (deterministic given
-    ``options``' seed and batch), as its search did.
+    ``options``' seed, batch and configuration), as its search did. APE's channels follow
+    ``options``' configuration.
     """
     base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
     if base == "tip-f":
-        keys, _ = tipf.train_keys(problem, corrected, options.seed, options.tipf_batch, chunk_rows=chunk_rows)
-        field = "cache_keys_corrected" if corrected else "cache_keys"
-        problem, base = dataclasses.replace(problem, **{field: keys}), "tip"
+        problem, _ = tipf.trained_problem(problem, corrected, options, chunk_rows=chunk_rows)
+        base = "tip"
     if base == "proker":
         sup = proker.support_set(problem, corrected, options.proker_views, method)
         return proker.logits(problem, split, sup, hparams["beta"], hparams["lmbda"], chunk_rows)
     if base == "ape":
-        ref = ape.refine(problem, corrected, ape.default_feat_num(problem.text_weights.shape[0]))
+        cfg, feat_num = ape.settings(problem, options)
+        ref = ape.refine(problem, corrected, feat_num, cfg.weights)
         return ape.logits(problem, split, ref, hparams["alpha"], hparams["beta"], hparams["gamma"], chunk_rows)
     if base == "zs":
         return zeroshot.logits(problem, split, chunk_rows)

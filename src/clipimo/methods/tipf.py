@@ -20,12 +20,13 @@ from torch.nn import functional as F
 
 from . import tip
 from .common import MethodOptions, MethodResult, Problem, chunks, class_sums, zeroshot_logits
+from .official import TIPF_DEFAULT, beyond, tipf_config
 
-EPOCHS = 20
+EPOCHS = TIPF_DEFAULT.epochs
 LR = 1e-3
 EPS = 1e-4
 WEIGHT_DECAY = 0.01
-INIT_ALPHA = 1.17
+INIT_ALPHA = TIPF_DEFAULT.init_alpha
 INIT_BETA = 1.0
 
 
@@ -36,18 +37,19 @@ def adapter_logits(problem: Problem, zs_feats: torch.Tensor, affinity_feats: tor
     return zeroshot_logits(problem, zs_feats) + alpha * cache
 
 
-def val_hits(problem: Problem, keys: torch.Tensor, corrected: bool, chunk_rows: int | None = None) -> int:
+def val_hits(problem: Problem, keys: torch.Tensor, corrected: bool, chunk_rows: int | None = None,
+             alpha: float = INIT_ALPHA) -> int:
     val = problem.val
     hits = 0
     with torch.no_grad():
         for rows in chunks(val.labels.shape[0], keys.shape[0], chunk_rows):
-            out = adapter_logits(problem, val.feats[rows], val.query(corrected)[rows], keys)
+            out = adapter_logits(problem, val.feats[rows], val.query(corrected)[rows], keys, alpha)
             hits += int((out.argmax(1) == val.labels[rows]).sum())
     return hits
 
 
 def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 256, epochs: int = EPOCHS,
-               chunk_rows: int | None = None) -> tuple[torch.Tensor, int]:
+               chunk_rows: int | None = None, init_alpha: float = INIT_ALPHA) -> tuple[torch.Tensor, int]:
     """The trained keys of the epoch with the most val hits (first on ties), and that epoch (1-based)."""
     name = "tip-f-imo" if corrected else "tip-f"
     views, affinity_views = problem.views(False, name), problem.views(corrected, name)
@@ -64,27 +66,43 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
         for rows in order.split(batch):
             for group in optimiser.param_groups:
                 group["lr"] = LR * (1 + math.cos(math.pi * step / total)) / 2
-            out = adapter_logits(problem, view[rows], affinity_view[rows], theta)
+            out = adapter_logits(problem, view[rows], affinity_view[rows], theta, init_alpha)
             loss = F.cross_entropy(out, problem.cache_labels[rows])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             step += 1
-        hits = val_hits(problem, theta.detach(), corrected, chunk_rows)
+        hits = val_hits(problem, theta.detach(), corrected, chunk_rows, init_alpha)
         if hits > best_hits:
             best, best_hits, best_epoch = theta.detach().clone(), hits, epoch + 1
     return best, best_epoch
 
 
-def run(problem: Problem, corrected: bool = False, options: MethodOptions = MethodOptions(),
-        epochs: int = EPOCHS, chunk_rows: int | None = None, **search) -> MethodResult:
+def trained_problem(problem: Problem, corrected: bool, options: MethodOptions | None = None,
+                    epochs: int | None = None, chunk_rows: int | None = None) -> tuple[Problem, dict]:
+    """``problem`` with the trained keys in the stream the method uses, and the training settings
+    (chosen epoch, epochs, seed, batch, config, training alpha/beta). Deterministic given them on
+    one device. ``epochs`` overrides the configuration's."""
+    opts = beyond(options)
+    cfg = tipf_config(opts)
+    epochs = epochs or cfg.epochs
+    keys, epoch = train_keys(problem, corrected, opts.seed, opts.tipf_batch, epochs, chunk_rows, cfg.init_alpha)
+    field = "cache_keys_corrected" if corrected else "cache_keys"
+    meta = {"epoch": epoch, "epochs": epochs, "seed": opts.seed, "batch": opts.tipf_batch, "config": opts.tipf_config,
+            "train_alpha": cfg.init_alpha, "train_beta": INIT_BETA}
+    return dataclasses.replace(problem, **{field: keys}), meta
+
+
+def run(problem: Problem, corrected: bool = False, options: MethodOptions | None = None,
+        epochs: int | None = None, chunk_rows: int | None = None, **search) -> MethodResult:
     """Train, pick the epoch on val, then search (alpha, beta) with the trained keys as Tip-Adapter
     does; hparams ``{"alpha", "beta"}``, the epoch and training settings in ``meta``. ``search``
-    goes to :func:`tip.run` (e.g. ``grid``)."""
-    keys, epoch = train_keys(problem, corrected, options.seed, options.tipf_batch, epochs, chunk_rows)
-    field = "cache_keys_corrected" if corrected else "cache_keys"
-    trained = dataclasses.replace(problem, **{field: keys})
+    goes to :func:`tip.run` (e.g. ``grid``). Test top-5 and recall are scored here, on the trained
+    keys, so nobody trains again for them."""
+    from .predict import metrics_at  # it trains Tip-F keys itself when given none
+
+    trained, meta = trained_problem(problem, corrected, options, epochs, chunk_rows)
     result = tip.run(trained, corrected=corrected, chunk_rows=chunk_rows, **search)
-    meta = {"epoch": epoch, "epochs": epochs, "seed": options.seed, "batch": options.tipf_batch,
-            "train_alpha": INIT_ALPHA, "train_beta": INIT_BETA}
-    return dataclasses.replace(result, meta=meta)
+    extra = metrics_at(trained, trained.test, "tip-imo" if corrected else "tip", result.hparams, chunk_rows=chunk_rows)
+    return dataclasses.replace(result, meta=meta, test_top5=extra["top5"],
+                               test_mean_per_class_recall=extra["mean_per_class_recall"])
