@@ -50,7 +50,7 @@ def worker(args, path: str, method: str, queue) -> None:
     import torch
 
     from clipimo.featurefile import load_features
-    from clipimo.methods import BeyondOptions, Problem, ape, proker, tipf
+    from clipimo.methods import MethodOptions, Problem, ape, proker, tipf
     from clipimo.methods.common import count_hits
 
     torch.set_num_threads(args.threads)
@@ -59,7 +59,7 @@ def worker(args, path: str, method: str, queue) -> None:
     base = peak_rss_gb()
     start = time.perf_counter()
     if method.startswith("proker"):
-        options = BeyondOptions(proker_views=args.proker_views)
+        options = MethodOptions(proker_views=args.proker_views)
         sup = proker.support_set(problem, corrected, views=args.proker_views)
         betas, lmbdas = proker.grid_for(options)
         used, used_l = betas[: args.proker_betas or len(betas)], lmbdas[: args.proker_lmbdas or len(lmbdas)]
@@ -88,7 +88,7 @@ def worker(args, path: str, method: str, queue) -> None:
         from clipimo.methods import tip
         from clipimo.methods.predict import metrics_at
 
-        trained, meta = tipf.trained_problem(problem, corrected, BeyondOptions(tipf_batch=args.tipf_batch),
+        trained, meta = tipf.trained_problem(problem, corrected, MethodOptions(tipf_batch=args.tipf_batch),
                                              epochs=args.epochs)
         train = time.perf_counter() - start
         result = tip.run(trained, corrected)

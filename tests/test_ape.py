@@ -9,7 +9,7 @@ import torch
 
 from beyond_features import accuracy, first_best_loop, views_task
 from clipimo.errors import ClipimoError
-from clipimo.methods import BeyondOptions, Problem, ape
+from clipimo.methods import MethodOptions, Problem, ape
 
 SCALE, STEP = (7.0, 7.0, 1.0), (8, 5, 4)
 
@@ -109,15 +109,15 @@ def test_official_config_by_dataset_name(feats):
     """FGVCAircraft's released config: 800 of 1024 channels (here round(12 * 800 / 1024) = 9),
     weights (0.1, 0.9), scales [20, 10, 1], steps [200, 20, 20]."""
     problem = Problem.from_features(feats)
-    got = ape.run(problem, options=BeyondOptions(ape_config="official", dataset="FGVCAircraft"))
+    got = ape.run(problem, options=MethodOptions(ape_config="official", dataset="FGVCAircraft"))
     want = reference(feats, False, feat_num=9, weights=(0.1, 0.9), scale=(20.0, 10.0, 1.0), step=(200, 20, 20))
     assert (got.hparams["alpha"], got.hparams["beta"], got.hparams["gamma"]) == pytest.approx(want["point"])
     assert (got.val_acc, got.test_acc) == (pytest.approx(want["val"]), pytest.approx(want["test"]))
     assert got.meta == {"config": "official", "feat_num": 9, "criterion_weights": [0.1, 0.9],
                         "search_scale": [20.0, 10.0, 1.0], "search_step": [200, 20, 20], "text": "templates, no CuPL"}
     # ImageNet's own steps (5 gammas) and the default are recorded as such
-    imagenet = ape.settings(problem, BeyondOptions(ape_config="official", dataset="imagenet"))
+    imagenet = ape.settings(problem, MethodOptions(ape_config="official", dataset="imagenet"))
     assert imagenet[0].step == (200, 20, 5) and imagenet[1] == round(12 * 500 / 1024)
     assert ape.run(problem, feat_num=8, grid=ape.search_grid(SCALE, STEP)).meta["config"] == "default"
     with pytest.raises(ClipimoError, match="--ape-config official: no official configuration for dataset 'CUB'"):
-        ape.run(problem, options=BeyondOptions(ape_config="official", dataset="CUB"))
+        ape.run(problem, options=MethodOptions(ape_config="official", dataset="CUB"))

@@ -107,7 +107,7 @@ def test_every_correction_is_scored_on_its_own_corrected_stream(task, tmp_path, 
     ORIGINAL features (maps built by hand here), and differ between corrections; ProKeR's views
     mode and Tip-F's batch given to `run` reach every correction and the cell fingerprint."""
     from clipimo.featurefile import read_meta, read_npz
-    from clipimo.methods import BeyondOptions
+    from clipimo.methods import MethodOptions
 
     names = tmp_path / "classnames.txt"
     names.write_text("".join(f"class {i}\n" for i in range(40)))  # > D / 2 = 32 of the tiny model
@@ -124,7 +124,7 @@ def test_every_correction_is_scored_on_its_own_corrected_stream(task, tmp_path, 
     path = out / "features" / f"{cell['dataset']}_k2_s1.npz"
     feats = load_features(path)
     assert read_meta(read_npz(path), str(path))["correction"] == meta["imo"]
-    options = BeyondOptions(seed=1, tipf_batch=4, proker_views="mean", dataset="task")
+    options = MethodOptions(seed=1, tipf_batch=4, proker_views="mean", dataset="task")
 
     streams = {"imo": feats.val_feats_corrected}
     for name, (matrix, mean) in _hand_maps(task, names, meta).items():

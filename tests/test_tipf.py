@@ -10,7 +10,7 @@ import torch
 
 from beyond_features import accuracy, first_best_loop, views_task
 from clipimo.errors import ClipimoError
-from clipimo.methods import BeyondOptions, MethodOptions, Problem, run_method, tipf
+from clipimo.methods import MethodOptions, Problem, run_method, tipf
 from clipimo.methods.official import TipfConfig, tipf_config
 from clipimo.search import Grid
 
@@ -102,12 +102,12 @@ def test_imo_changes_the_answer(feats):
 def test_official_config_takes_the_datasets_training_alpha_and_epochs(feats):
     """DTD's released config: init_alpha 2, 20 epochs (EuroSAT: 100); the search grid stays the project's."""
     want = reference(feats, False, seed=2, epochs=20, a0=2.0)
-    opts = BeyondOptions(seed=2, tipf_batch=BATCH, tipf_config="official", dataset="DescribableTextures")
+    opts = MethodOptions(seed=2, tipf_batch=BATCH, tipf_config="official", dataset="DescribableTextures")
     got = tipf.run(Problem.from_features(feats), False, opts, grid=GRID)
     assert (got.hparams["alpha"], got.hparams["beta"]) == pytest.approx(want["point"])
     assert (got.val_acc, got.test_acc) == (pytest.approx(want["val"]), pytest.approx(want["test"]))
     assert got.meta == {"epoch": want["epoch"], "epochs": 20, "seed": 2, "batch": BATCH, "config": "official",
                         "train_alpha": 2.0, "train_beta": 1.0}
-    assert tipf_config(BeyondOptions(tipf_config="official", dataset="eurosat")) == TipfConfig(2.0, 100)
+    assert tipf_config(MethodOptions(tipf_config="official", dataset="eurosat")) == TipfConfig(2.0, 100)
     with pytest.raises(ClipimoError, match="--tipf-config official: no official configuration for dataset 'task'"):
-        tipf.run(Problem.from_features(feats), False, BeyondOptions(tipf_config="official", dataset="task"))
+        tipf.run(Problem.from_features(feats), False, MethodOptions(tipf_config="official", dataset="task"))

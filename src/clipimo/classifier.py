@@ -28,9 +28,8 @@ from .corrections import MAP_KEYS, LinearCorrection, fingerprint, map_arrays, sa
 from .device import resolve_device
 from .errors import ClipimoError
 from .featurefile import FeatureSet
-from .methods import BeyondOptions, MethodOptions, parse_methods
+from .methods import MethodOptions, parse_methods
 from .methods.common import Problem, Split
-from .methods.official import beyond
 from .methods.predict import logits_at
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ class Classifier:
     cache_views: torch.Tensor | None = None
     cache_views_corrected: torch.Tensor | None = None
     # ProKeR's views mode (as resolved), APE's config and dataset: what logits_at needs beyond hparams.
-    options: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(BeyondOptions()))
+    options: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(MethodOptions()))
     correction: LinearCorrection | None = None  # the corrected stream's map; None: the IMO adapter
     trained_keys: bool = False  # Tip-F: the keys of its stream are the trained ones (scored as Tip)
 
@@ -112,7 +111,7 @@ class Classifier:
         if fits_views and not feats.has_views:
             raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
                                "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
-        opts, settings = beyond(options), dict(settings or {})
+        opts, settings = options or MethodOptions(), dict(settings or {})
         if base == "proker" and "views" in settings:  # "auto" resolved as in the evaluation
             opts = dataclasses.replace(opts, proker_views=settings["views"])
         tensors = {k: torch.from_numpy(getattr(feats, k)) for k in _TENSORS}
@@ -186,7 +185,7 @@ class Classifier:
             **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
         out = torch.empty(len(original), len(self.classnames), device=device)
         for rows, chunk in logits_at(problem, query, self.scored_as, self.hparams,
-                                     options=BeyondOptions(**self.options)):
+                                     options=MethodOptions(**self.options)):
             out[rows] = chunk
         return out
 
@@ -229,7 +228,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
                       backbone=meta["backbone"], adapter_sha256=meta["adapter_sha256"],
                       logit_scale=meta["logit_scale"], logit_bias=meta["logit_bias"],
                       provenance=meta.get("provenance", {}),
-                      options=meta.get("options") or dataclasses.asdict(BeyondOptions()),
+                      options=meta.get("options") or dataclasses.asdict(MethodOptions()),
                       correction=correction, trained_keys=bool(meta.get("trained_keys")),
                       **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
 

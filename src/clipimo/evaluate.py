@@ -12,7 +12,6 @@ from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
 from .methods import CACHE_VARIANTS, MethodOptions, MethodResult, Problem, cache, parse_methods, run_method
-from .methods.official import beyond
 from .methods.predict import metrics_at
 from .tables import md_table
 
@@ -21,7 +20,7 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
                 device: str | torch.device = "cpu", progress: bool | None = False,
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
     """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` (:class:`MethodOptions` or
-    :class:`~clipimo.methods.official.BeyondOptions`) set ProKeR's, APE's and Tip-F's settings.
+    :class:`~clipimo.methods.official.MethodOptions`) set ProKeR's, APE's and Tip-F's settings.
     Top-1 on val picks each method's point; top-5 and mean per-class recall are then scored on test
     at that point from the same logits: by the method's own test pass where it has one, else by
     :func:`clipimo.methods.predict.metrics_at`. Tip, Tip-X and their IMO variants run together
@@ -30,7 +29,7 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
-    options = beyond(options)
+    options = options or MethodOptions()
     results = {}
     with full_float32():
         shared = [n for n in names if n in CACHE_VARIANTS]

@@ -32,7 +32,7 @@ from .featurefile import FeatureSet, feature_arrays, save_features as save_featu
 from .features import FeatureExtractor
 from .identity import array_digest, cell_fingerprint, dataset_identity, dataset_label, fingerprint_changes
 from .log import logger, tqdm_disable, warn_random_init
-from .methods import BeyondOptions, MethodOptions, parse_methods
+from .methods import MethodOptions, parse_methods
 from .methods import official, proker
 from .methods.gda import GDA_ALPHAS
 from .aggregate import summarise
@@ -67,7 +67,7 @@ class RunConfig:
     imagepca: str = IMAGEPCA_DEFAULT
     templates: list[str] | None = None      # custom tasks only: prompt templates, one "{}" each
     classnames: dict[str, str] | None = None  # custom tasks only: folder name -> readable name
-    # Settings of the methods beyond the paper (BeyondOptions; the cell's seed orders Tip-F's batches).
+    # Settings of the methods beyond the paper (MethodOptions; the cell's seed orders Tip-F's batches).
     proker_views: str = "auto"
     proker_grid: str = "default"
     ape_config: str = "default"
@@ -90,9 +90,9 @@ class RunConfig:
             raise ClipimoError(f"cache keys need >= 1 augmentation pass, got {self.augment_passes}")
 
 
-    def method_options(self, seed: int, dataset: str | None) -> BeyondOptions:
+    def method_options(self, seed: int, dataset: str | None) -> MethodOptions:
         """The methods' options in the cell of ``seed`` on ``dataset`` (official configs look it up)."""
-        return BeyondOptions(seed=seed, tipf_batch=self.tipf_batch, proker_views=self.proker_views,
+        return MethodOptions(seed=seed, tipf_batch=self.tipf_batch, proker_views=self.proker_views,
                              proker_grid=self.proker_grid, ape_config=self.ape_config,
                              tipf_config=self.tipf_config, dataset=dataset)
 

@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from ..evaluate import format_table, method_settings, run_methods
     from ..featurefile import read_meta, read_npz, validate_features
     from ..log import logger, warn_random_init
-    from ..methods import BeyondOptions
+    from ..methods import MethodOptions
 
     arrays = read_npz(args.features)
     meta = read_meta(arrays, args.features)
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     correction = (meta.get("correction") or {}).get("name")
     if correction:
         logger.info(f"corrected stream of the -imo methods: {correction}")
-    options = BeyondOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
+    options = MethodOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
                             proker_grid=args.proker_grid, ape_config=args.ape_config, tipf_config=args.tipf_config,
                             dataset=meta.get("dataset"))
     ran = run_methods(feats, args.methods, device=args.device, progress=progress_setting(args), options=options)

@@ -8,7 +8,6 @@ from typing import Callable
 from ..errors import ClipimoError
 from . import ape, gda, proker, tip, tipf, tipx, zeroshot
 from .common import MethodOptions, MethodResult, Problem
-from .official import BeyondOptions
 
 METHODS: dict[str, Callable[[Problem], MethodResult]] = {
     "zs": zeroshot.run,
@@ -48,5 +47,5 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["CACHE_VARIANTS", "METHODS", "BeyondOptions", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS",
+__all__ = ["CACHE_VARIANTS", "METHODS", "MethodOptions", "MethodResult", "Problem", "TAKES_OPTIONS",
            "parse_methods", "run_method"]

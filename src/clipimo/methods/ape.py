@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..search import EVAL_BUDGET, count_correct, first_best
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
-from .official import APE_DEFAULT, ApeConfig, ape_config, beyond
+from .official import APE_DEFAULT, ApeConfig, ape_config
 
 CRITERION_WEIGHTS = APE_DEFAULT.weights
 # Search: beta_i = i (s0 - 0.1) / n0 + 0.1 (i < n0), alpha likewise, gamma_l = l s2 / n2: endpoints excluded.
@@ -43,7 +43,7 @@ def default_feat_num(dim: int, feat_num_1024: int = APE_DEFAULT.feat_num_1024) -
 def settings(problem: Problem, options: MethodOptions | None = None) -> tuple[ApeConfig, int]:
     """The configuration ``options`` choose (clipimo's or the dataset's official one) and its
     channel count at this feature width."""
-    cfg = ape_config(beyond(options))
+    cfg = ape_config(options or MethodOptions())
     return cfg, default_feat_num(problem.text_weights.shape[0], cfg.feat_num_1024)
 
 
@@ -176,6 +176,6 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
         val_acc=percent(int(counts[ib, ia, ig]), problem.val.labels.shape[0]),
         test_acc=percent(test_hits, problem.test.labels.shape[0]),
         hparams=hp,
-        meta={"config": beyond(options).ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
+        meta={"config": (options or MethodOptions()).ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
               "search_scale": list(cfg.scale), "search_step": list(cfg.step), "text": NO_CUPL},
     )

@@ -98,13 +98,17 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Settings of the methods beyond the paper (METHODS_BEYOND.md): Tip-F's minibatch order seed
-    and batch, ProKeR's views mode and grid; ``dataset`` names the task for official grids."""
+    """Settings of the methods beyond the paper (METHODS_BEYOND.md): Tip-F's minibatch order seed,
+    batch and configuration, ProKeR's views mode and grid, APE's configuration; ``default`` is
+    clipimo's one setting for every task, ``official`` the released per-dataset values, looked up by
+    ``dataset`` (:mod:`clipimo.methods.official`)."""
 
     seed: int = 1
     tipf_batch: int = 256
     proker_views: str = "auto"
     proker_grid: str = "default"
+    ape_config: str = "default"
+    tipf_config: str = "default"
     dataset: str | None = None
 
     def __post_init__(self) -> None:
@@ -112,8 +116,10 @@ class MethodOptions:
             raise ClipimoError(f"--tipf-batch must be >= 1, got {self.tipf_batch}")
         if self.proker_views not in ("auto", "all", "mean"):
             raise ClipimoError(f"--proker-views must be auto, all or mean, got {self.proker_views!r}")
-        if self.proker_grid not in ("default", "official"):
-            raise ClipimoError(f"--proker-grid must be default or official, got {self.proker_grid!r}")
+        for flag, value in (("--proker-grid", self.proker_grid), ("--ape-config", self.ape_config),
+                            ("--tipf-config", self.tipf_config)):
+            if value not in ("default", "official"):
+                raise ClipimoError(f"{flag} must be default or official, got {value!r}")
 
 
 def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]:

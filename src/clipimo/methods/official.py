@@ -7,7 +7,6 @@ file whose metadata names no dataset) is refused with its name rather than given
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import TypeVar
@@ -71,28 +70,6 @@ TIPF_OFFICIAL = {
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class BeyondOptions(MethodOptions):
-    """:class:`MethodOptions` plus APE's and Tip-F's configuration: ``default`` (clipimo's, one for
-    every task) or ``official`` (the released per-dataset values, by ``dataset``)."""
-
-    ape_config: str = "default"
-    tipf_config: str = "default"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for flag, value in (("--ape-config", self.ape_config), ("--tipf-config", self.tipf_config)):
-            if value not in CONFIGS:
-                raise ClipimoError(f"{flag} must be default or official, got {value!r}")
-
-
-def beyond(options: MethodOptions | None) -> BeyondOptions:
-    """``options`` as :class:`BeyondOptions` (plain :class:`MethodOptions` get the default configs)."""
-    if isinstance(options, BeyondOptions):
-        return options
-    return BeyondOptions(**dataclasses.asdict(options or MethodOptions()))
-
-
 def official_name(dataset: str | None) -> str | None:
     """The official configs' name of a clipimo dataset name (any case and punctuation), or None."""
     return _OFFICIAL_NAMES.get(re.sub(r"[^a-z0-9]", "", (dataset or "").lower()))
@@ -109,19 +86,21 @@ def lookup(table: dict[str, T], dataset: str | None, flag: str) -> T:
 
 
 def ape_config(options: MethodOptions) -> ApeConfig:
-    opts = beyond(options)
-    return APE_DEFAULT if opts.ape_config == "default" else lookup(APE_OFFICIAL, opts.dataset, "--ape-config")
+    if options.ape_config == "default":
+        return APE_DEFAULT
+    return lookup(APE_OFFICIAL, options.dataset, "--ape-config")
 
 
 def tipf_config(options: MethodOptions) -> TipfConfig:
-    opts = beyond(options)
-    return TIPF_DEFAULT if opts.tipf_config == "default" else lookup(TIPF_OFFICIAL, opts.dataset, "--tipf-config")
+    if options.tipf_config == "default":
+        return TIPF_DEFAULT
+    return lookup(TIPF_OFFICIAL, options.dataset, "--tipf-config")
 
 
 def check_configs(options: MethodOptions, methods: list[str]) -> None:
     """Fail before any work when an official configuration asked for does not exist for the task."""
     bases = {m.removesuffix("-imo") for m in methods}
-    opts = beyond(options)
+    opts = options
     if "proker" in bases and opts.proker_grid == "official":
         from .proker import OFFICIAL_GRIDS
 

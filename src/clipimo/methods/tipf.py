@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from . import tip
 from .common import MethodOptions, MethodResult, Problem, chunks, class_sums, zeroshot_logits
-from .official import TIPF_DEFAULT, beyond, tipf_config
+from .official import TIPF_DEFAULT, tipf_config
 
 EPOCHS = TIPF_DEFAULT.epochs
 LR = 1e-3
@@ -83,7 +83,7 @@ def trained_problem(problem: Problem, corrected: bool, options: MethodOptions | 
     """``problem`` with the trained keys in the stream the method uses, and the training settings
     (chosen epoch, epochs, seed, batch, config, training alpha/beta). Deterministic given them on
     one device. ``epochs`` overrides the configuration's."""
-    opts = beyond(options)
+    opts = options or MethodOptions()
     cfg = tipf_config(opts)
     epochs = epochs or cfg.epochs
     keys, epoch = train_keys(problem, corrected, opts.seed, opts.tipf_batch, epochs, chunk_rows, cfg.init_alpha)
