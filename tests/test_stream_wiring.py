@@ -19,11 +19,32 @@ META = {"backbone": {"model": "tiny"}, "adapter": {"sha256": "ab" * 32}}
 
 @pytest.fixture(scope="module")
 def task():
-    return ref.contrast_task(seed=1)
+    """The contrast task with two augmentation passes per cache image (each stream's views scatter
+    around its key) and a zero-shot scale and bias other than CLIP's 100 and 0."""
+    task = ref.contrast_task(seed=1)
+    rng = np.random.default_rng(2)
+    for key in ("cache_keys", "cache_keys_corrected"):
+        noise = rng.standard_normal((2, *task[key].shape)) * 0.15
+        task[key.replace("keys", "views")] = ref.unit(task[key][None] + noise)
+    return {**task, "logit_scale": np.array(30.0), "logit_bias": np.array(-0.5)}
 
 
 def _hp(base: str) -> dict:
-    return {"gda": {"alpha": POINT["alpha"]}, "tip": {k: POINT[k] for k in ("alpha", "beta")}}.get(base, POINT)
+    return {"gda": {"alpha": POINT["alpha"]}, "tip": {k: POINT[k] for k in ("alpha", "beta")},
+            "proker": {"beta": 2.0, "lmbda": 0.3}}.get(base, POINT)
+
+
+def proker_logits(task, split, hp, kernel_corrected=True, residual_corrected=False, z_corrected=False):
+    """ProKeR by its definition (METHODS_BEYOND.md §1): every view of the support, unscaled
+    zero-shot ``Z0 = x W``, ``alpha = (K_SS / lmbda + I)^-1 (Y - Z0(S))``, ``Z0(x) + k(x, S) alpha``."""
+    w = task["text_weights"].astype(np.float64)
+    s, sk = (np.concatenate(list(task["cache_views_corrected" if c else "cache_views"].astype(np.float64)))
+             for c in (residual_corrected, kernel_corrected))
+    y = np.eye(w.shape[1])[np.tile(task["cache_labels"], len(task["cache_views"]))]
+    k_ss = np.exp(-hp["beta"] * (1 - sk @ sk.T))
+    alpha = np.linalg.solve(k_ss / hp["lmbda"] + np.eye(len(s)), y - s @ w)
+    x, xk = ref.feats(task, split, z_corrected), ref.feats(task, split, kernel_corrected)
+    return x @ w + np.exp(-hp["beta"] * (1 - xk @ sk.T)) @ alpha
 
 
 def _want(task, method, wiring):
@@ -33,23 +54,39 @@ def _want(task, method, wiring):
     return ref.fixed_point(task, "test", wiring, base == "tipx", _hp(base))
 
 
-@pytest.mark.parametrize("method", ["tip-imo", "tipx-imo", "gda-imo", "tip", "tipx", "gda"])
-def test_saved_classifier_takes_each_term_from_the_right_stream(task, tmp_path, method):
-    """Save, load and classify the test split in one call (Tip-X rescales over it): the logits are
-    the reference's, and every wrong choice of stream would give others."""
-    feats = ref.as_featureset(task)
+def _classify(task, method, tmp_path):
+    """Save a classifier of ``method`` at its point, load it, classify the test split in one call."""
     path = tmp_path / "clf.safetensors"
-    Classifier.from_features(feats, method, _hp(method.removesuffix("-imo")),
+    Classifier.from_features(ref.as_featureset(task), method, _hp(method.removesuffix("-imo")),
                              {**META, "classnames": list("abcd")}).save(path)
     clf = load_classifier(path)
-    got = clf.logits(torch.from_numpy(task["test_feats"]), torch.from_numpy(task["test_feats_corrected"]))
+    return clf.logits(torch.from_numpy(task["test_feats"]),
+                      torch.from_numpy(task["test_feats_corrected"])).double().numpy()
+
+
+@pytest.mark.parametrize("method", ["tip-imo", "tipx-imo", "gda-imo", "tip", "tipx", "gda"])
+def test_saved_classifier_takes_each_term_from_the_right_stream(task, tmp_path, method):
+    """The logits are the reference's (Tip-X rescales over the images classified together), and
+    every wrong choice of stream would give others."""
+    got = _classify(task, method, tmp_path)
     right = ref.Wiring.imo() if method.endswith("-imo") else ref.Wiring.original()
     want = _want(task, method, right)
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     kl_terms = method.startswith("tipx")
     for wrong in right.wrong_variants():
         if kl_terms or (wrong.kl, wrong.range) == (right.kl, right.range):
             assert np.abs(_want(task, method, wrong) - want).max() > 0.05, wrong
+
+
+@pytest.mark.parametrize("method", ["proker-imo", "proker"])
+def test_saved_proker_classifier_uses_corrected_views_only_in_the_kernel(task, tmp_path, method):
+    got = _classify(task, method, tmp_path)
+    imo = method.endswith("-imo")
+    want = proker_logits(task, "test", _hp("proker"), kernel_corrected=imo)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    for wrong in ({"kernel_corrected": not imo}, {"kernel_corrected": imo, "residual_corrected": True},
+                  {"kernel_corrected": imo, "z_corrected": True}):
+        assert np.abs(proker_logits(task, "test", _hp("proker"), **wrong) - want).max() > 0.05, wrong
 
 
 # ---- the runner's cells and saved features, and shift, with a stand-in extractor -----------------
