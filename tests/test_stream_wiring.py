@@ -334,3 +334,31 @@ def test_shift_scores_targets_with_the_source_cache_on_the_right_streams(stand_i
     assert any(scores(m, ref.Wiring.imo()) != scores(m, ref.Wiring.imo(), restrict=False) for m in imo)
     for wrong in ref.Wiring.imo().wrong_variants()[:2]:  # Z on corrected, A on original: the query split's slots
         assert any(scores(m, ref.Wiring.imo()) != scores(m, wrong) for m in imo), wrong
+
+
+@pytest.mark.parametrize("method", ["tip-imo", "tipx-imo"])
+def test_predict_feeds_each_stream_of_the_new_images_to_its_slot(tmp_path, method):
+    """``Classifier.predict`` (``clipimo predict``): probabilities are the softmax of the reference
+    logits with the new images' original features in Z and corrected ones in A."""
+    from clipimo.data.generic import read_image_folder
+
+    task = put_task(tmp_path / "task")
+    split = {s: [(it.path, it.label) for it in read_image_folder(task / s)[0]] for s in ("train", "val", "test")}
+    arrays = hand_arrays((split["train"], 2, 0), (split["val"], 0, 0), (split["test"], 0, 0))
+    extractor = StandInExtractor()
+    hp = _hp(method.removesuffix("-imo"))
+    meta = {"backbone": extractor.backbone.identity, "adapter": {"sha256": extractor.adapter_hash},
+            "classnames": [f"class{c}" for c in range(NUM_CLASSES)]}
+    clf = Classifier.from_features(ref.as_featureset(arrays), method, hp, meta)
+    paths = [p for p, _ in split["test"]]
+    got = clf.predict(extractor, paths, top_k=NUM_CLASSES)
+    assert [p["path"] for p in got] == paths
+    probs = np.array([[dict((t["label"], t["probability"]) for t in p["top_k"])[name] for name in meta["classnames"]]
+                      for p in got])
+
+    def want(wiring):
+        return ref.softmax(ref.fixed_point(arrays, "test", wiring, method.startswith("tipx"), hp))
+
+    np.testing.assert_allclose(probs, want(ref.Wiring.imo()), atol=1e-5)
+    for wrong in ref.Wiring.imo().wrong_variants()[:2]:
+        assert np.abs(want(wrong) - want(ref.Wiring.imo())).max() > 0.01, wrong
