@@ -55,13 +55,18 @@ def _want(task, method, wiring):
 
 
 def _classify(task, method, tmp_path):
-    """Save a classifier of ``method`` at its point, load it, classify the test split in one call."""
+    """Save a classifier of ``method`` at its point, load it, classify the test split in one call
+    (float64 queries: the classifier casts them to its own float32)."""
     path = tmp_path / "clf.safetensors"
     Classifier.from_features(ref.as_featureset(task), method, _hp(method.removesuffix("-imo")),
                              {**META, "classnames": list("abcd")}).save(path)
     clf = load_classifier(path)
-    return clf.logits(torch.from_numpy(task["test_feats"]),
-                      torch.from_numpy(task["test_feats_corrected"])).double().numpy()
+    original = torch.from_numpy(task["test_feats"]).double()
+    out = clf.logits(original, torch.from_numpy(task["test_feats_corrected"]).double())
+    assert out.dtype == torch.float32
+    if not method.endswith("-imo"):  # the corrected stream defaults to the original one
+        torch.testing.assert_close(clf.logits(original), out)
+    return out.double().numpy()
 
 
 @pytest.mark.parametrize("method", ["tip-imo", "tipx-imo", "gda-imo", "tip", "tipx", "gda"])
