@@ -367,3 +367,31 @@ def test_predict_feeds_each_stream_of_the_new_images_to_its_slot(tmp_path, metho
     np.testing.assert_allclose(probs, want(ref.Wiring.imo()), atol=1e-5)
     for wrong in ref.Wiring.imo().wrong_variants()[:2]:
         assert np.abs(want(wrong) - want(ref.Wiring.imo())).max() > 0.01, wrong
+
+
+# ---- the corrections' slot ---------------------------------------------------------------------
+
+
+def test_a_correction_centres_maps_and_normalises_each_row():
+    """``x~ = normalize((x - mean) A)``, written out; the mean is subtracted, not added."""
+    from clipimo.corrections import LinearCorrection
+
+    rng = np.random.default_rng(4)
+    x = ref.unit(rng.standard_normal((2, 5, 6)))  # [E, N, D] views go through the same map
+    mean, matrix = 0.3 * rng.standard_normal(6), rng.standard_normal((6, 6))
+    want = (x.astype(np.float64) - mean) @ matrix
+    want /= np.linalg.norm(want, axis=-1, keepdims=True)
+    got = LinearCorrection("imagepca", matrix, mean).apply(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    added = (x + mean) @ matrix
+    assert np.abs(added / np.linalg.norm(added, axis=-1, keepdims=True) - want).max() > 0.05
+
+
+def test_a_correction_that_maps_a_feature_to_zero_is_one_clear_error():
+    from clipimo.corrections import LinearCorrection
+    from clipimo.errors import ClipimoError
+
+    keep_two = LinearCorrection("textpca", np.diag([1.0, 1.0, 0.0, 0.0]))
+    with pytest.raises(ClipimoError, match="the textpca correction maps some features to zero"):
+        keep_two.apply(np.array([[0.6, 0.8, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], dtype=np.float32))
