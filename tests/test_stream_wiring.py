@@ -395,3 +395,27 @@ def test_a_correction_that_maps_a_feature_to_zero_is_one_clear_error():
     keep_two = LinearCorrection("textpca", np.diag([1.0, 1.0, 0.0, 0.0]))
     with pytest.raises(ClipimoError, match="the textpca correction maps some features to zero"):
         keep_two.apply(np.array([[0.6, 0.8, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], dtype=np.float32))
+
+
+@pytest.mark.parametrize("method", ["proker-imo", "proker"])
+def test_proker_on_averaged_keys_and_a_class_without_support(task, method):
+    """``--proker-views mean`` puts the corrected averaged keys in the kernel of the IMO variant, and
+    the one-hot targets span every class even when the last one has no support image."""
+    from clipimo.methods import MethodOptions, Problem
+    from clipimo.methods.predict import logits_at
+
+    classes = task["text_weights"].shape[1]
+    keep = task["cache_labels"] != classes - 1
+    sub = {**task, "cache_labels": task["cache_labels"][keep],
+           **{k: task[k][keep] for k in ("cache_keys", "cache_keys_corrected")},
+           **{k: task[k][:, keep] for k in ("cache_views", "cache_views_corrected")}}
+    hp, imo = _hp("proker"), method.endswith("-imo")
+    problem = Problem.from_features(ref.as_featureset(sub))
+    got = torch.cat([lg for _, lg in logits_at(problem, problem.test, method, hp,
+                                               options=MethodOptions(proker_views="mean"))]).numpy()
+    # the averaged keys are the only "view"
+    mean_task = {**sub, "cache_views": sub["cache_keys"][None], "cache_views_corrected": sub["cache_keys_corrected"][None]}
+    want = proker_logits(mean_task, "test", hp, kernel_corrected=imo)
+    assert want.shape == (len(sub["test_labels"]), classes)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(proker_logits(mean_task, "test", hp, kernel_corrected=not imo) - want).max() > 0.05
