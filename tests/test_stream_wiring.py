@@ -419,3 +419,42 @@ def test_proker_on_averaged_keys_and_a_class_without_support(task, method):
     assert want.shape == (len(sub["test_labels"]), classes)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert np.abs(proker_logits(mean_task, "test", hp, kernel_corrected=not imo) - want).max() > 0.05
+
+
+def ape_logits(task, split, hp, affinity_corrected):
+    """Training-free APE at one point (METHODS_BEYOND.md §2), from its definitions: channels by
+    ``-0.5 sim + 0.5 var`` with ``sim`` the mean of ``u[d] v[d]`` over every pair of vectors of
+    different classes (a class: its text weight and its keys), enumerated; KL weights and ``Z``
+    on original features; only the affinity ``f' K'^T`` on the chosen stream."""
+    import itertools
+
+    w, keys, labels = task["text_weights"].astype(np.float64), task["cache_keys"].astype(np.float64), task["cache_labels"]
+    groups = [[w[:, c]] + [k for k, y in zip(keys, labels) if y == c] for c in range(w.shape[1])]
+    pairs = [u * v for i, j in itertools.permutations(range(len(groups)), 2) for u in groups[i] for v in groups[j]]
+    criterion = -0.5 * np.mean(pairs, axis=0) + 0.5 * w.var(axis=1, ddof=1)
+    idx = np.argsort(-criterion)[:round(w.shape[0] * 700 / 1024)]
+
+    def norm(x, axis=-1):
+        return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+    selected = norm(keys[:, idx])
+    p = ref.softmax(selected @ norm(w[idx], axis=0))
+    div = np.log2((1 + 1e-6) / (p[np.arange(len(labels)), labels] + 1e-6))
+    aff_keys = norm(task["cache_keys_corrected"].astype(np.float64)[:, idx]) if affinity_corrected else selected
+    query = norm(ref.feats(task, split, affinity_corrected)[:, idx])
+    weights = ref.onehot(task) * np.exp(hp["gamma"] * div)[:, None]
+    return ref.zeroshot(task, split) + hp["alpha"] * np.exp(-hp["beta"] * (1 - query @ aff_keys.T)) @ weights
+
+
+@pytest.mark.parametrize("method", ["ape-imo", "ape"])
+def test_ape_at_a_fixed_point_takes_only_the_affinity_from_the_corrected_stream(task, method):
+    """``logits_at`` (shift's targets, predict) for APE against the written-out definition."""
+    from clipimo.methods import Problem
+    from clipimo.methods.predict import logits_at
+
+    hp, imo = {"alpha": 3.0, "beta": 4.0, "gamma": 0.5}, method.endswith("-imo")
+    problem = Problem.from_features(ref.as_featureset(task))
+    got = torch.cat([lg for _, lg in logits_at(problem, problem.test, method, hp)]).double().numpy()
+    want = ape_logits(task, "test", hp, affinity_corrected=imo)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert np.abs(ape_logits(task, "test", hp, affinity_corrected=not imo) - want).max() > 0.05
