@@ -458,3 +458,21 @@ def test_ape_at_a_fixed_point_takes_only_the_affinity_from_the_corrected_stream(
     want = ape_logits(task, "test", hp, affinity_corrected=imo)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     assert np.abs(ape_logits(task, "test", hp, affinity_corrected=not imo) - want).max() > 0.05
+
+
+@pytest.mark.parametrize("corrected", [True, False])
+def test_tipf_scores_each_epoch_on_val_with_the_variants_streams(task, corrected):
+    """The epoch Tip-F keeps is the one with the most val hits of ``Z(f) + 1.17 exp(-(1 - q theta^T)) L``,
+    ``q`` the corrected val queries for the IMO variant; counted over every chunk of queries."""
+    from clipimo.methods import Problem, tipf
+
+    problem = Problem.from_features(ref.as_featureset(task))
+    keys = problem.keys(corrected)
+
+    def hand(query_corrected):
+        q = ref.feats(task, "val", query_corrected)
+        logits = ref.zeroshot(task, "val") + 1.17 * np.exp(-(1 - q @ keys.double().numpy().T)) @ ref.onehot(task)
+        return ref.hits(logits, task["val_labels"])
+
+    assert tipf.val_hits(problem, keys, corrected, chunk_rows=7) == hand(corrected)
+    assert hand(corrected) != hand(not corrected)
