@@ -15,7 +15,7 @@ import torch
 from clipimo import add_adapters, load_clip, save_adapters
 from clipimo import diagnostics as dg
 from clipimo import figures
-from clipimo.backbone import RANDOM_INIT_WARNING
+from clipimo.log import RANDOM_INIT_WARNING
 from clipimo import log
 from clipimo.cli import build_parser
 from clipimo.cliconfig import apply
