@@ -197,5 +197,5 @@ def run_demo(
                           results_path=str(out / "results" / "results.json"), options=figures)
     if extractor.backbone.random_init:
         warn_random_init()
-    print(f"\nreport: {report}")
+    print(f"report: {report}")
     return report
