@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from clipimo.featurefile import synthetic_features
-from clipimo.methods.cache import grid_counts, hits_at, kl_divergence, rescaled_sums
-from clipimo.methods.common import class_sums
-from clipimo.methods.common import Problem
+from clipimo.methods.cache import grid_counts, kl_divergence, logits, rescaled_sums
+from clipimo.methods.common import Problem, class_sums, count_hits
 from clipimo.search import PAPER_GRID, first_best
 
 
@@ -105,7 +104,7 @@ def bench(p: Problem, corrected: bool, with_kl: bool, sample: int, full_naive: b
         full_note = f"; full naive loop {full_s:.1f} s (x{full_s / fast_s:.0f}), same choice: {loop_at == best}"
 
     hp = dict(alpha=float(grid.alphas[best[0]]), beta=float(grid.betas[best[1]]), gamma=float(gammas[best[2]]))
-    test_fast = hits_at(p, p.test, corrected, with_kl, **hp)
+    test_fast = count_hits(logits(p, p.test, corrected, with_kl, **hp), p.test.labels)
     test_naive = naive_point(p, naive_terms(p, p.test, corrected, with_kl), p.test.labels, **hp)
     mismatches += test_fast != test_naive
     n_val, n_test = len(p.val.labels), len(p.test.labels)

@@ -1,4 +1,4 @@
-"""The training benchmarks run against the current training API (tiny model, one step each).
+"""The benchmark scripts run against the current API: every one imports, the training ones run (tiny model).
 
 They are scripts, not part of the package, so nothing else notices when the API they call changes
 (as ``amp`` -> ``precision`` did). Only that they run and report is checked, never their timings.
@@ -70,3 +70,16 @@ def test_gpu_check_precision_part_on_cpu(scripts, tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     assert rc == 0, report["failures"]
     assert set(report["precision"]) == {"supervised", "dino"}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py")))
+def test_every_benchmark_script_imports_against_the_current_api(name):
+    """A name the library dropped (as ``cache.hits_at`` was) fails here, not on a user's GPU machine."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+    assert module.__file__ == str(BENCH / f"{name}.py")

@@ -97,12 +97,8 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
         epochs: int | None = None, chunk_rows: int | None = None, **search) -> MethodResult:
     """Train, pick the epoch on val, then search (alpha, beta) with the trained keys as Tip-Adapter
     does; hparams ``{"alpha", "beta"}``, the epoch and training settings in ``meta``. ``search``
-    goes to :func:`tip.run` (e.g. ``grid``). Test top-5 and recall are scored here, on the trained
-    keys, so nobody trains again for them."""
-    from .predict import metrics_at  # it trains Tip-F keys itself when given none
-
+    goes to :func:`tip.run` (e.g. ``grid``), whose test pass on the trained keys also scores top-5
+    and recall, so nobody trains again for them."""
     trained, meta = trained_problem(problem, corrected, options, epochs, chunk_rows)
     result = tip.run(trained, corrected=corrected, chunk_rows=chunk_rows, **search)
-    extra = metrics_at(trained, trained.test, "tip-imo" if corrected else "tip", result.hparams, chunk_rows=chunk_rows)
-    return dataclasses.replace(result, meta=meta, test_top5=extra["top5"],
-                               test_mean_per_class_recall=extra["mean_per_class_recall"])
+    return dataclasses.replace(result, meta=meta)
