@@ -110,3 +110,24 @@ def test_commands_that_do_not_shard_refuse_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ClipimoError, match="clipimo shift runs as one process; under torchrun use `clipimo features`"):
         make_extractor(argparse.Namespace(command="shift"))
+
+
+def test_a_rank_that_left_its_group_works_alone_and_keeps_its_rank(monkeypatch):
+    """After the ranks' shared encoding, rank 0 goes on alone (imagepca's statistics, the evaluation):
+    nothing may wait on the destroyed group any more."""
+    import torch.distributed as dist
+
+    from clipimo.distributed import DistEnv
+
+    def no_group():
+        raise AssertionError("waited on a process group that is gone")
+
+    monkeypatch.setattr(dist, "barrier", no_group)
+    for rank in (0, 1):
+        env = DistEnv(rank=rank, world_size=2, owns_group=True)
+        env.cleanup()
+        assert not env.distributed and env.rank == rank and env.is_main == (rank == 0)
+        env.barrier()
+    joined = DistEnv(rank=1, world_size=2)  # a group someone else owns is not this env's to leave
+    joined.cleanup()
+    assert joined.distributed

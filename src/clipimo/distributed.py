@@ -39,9 +39,14 @@ class DistEnv:
             dist.barrier()
 
     def cleanup(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group this env joined. The process then works alone (``distributed`` is
+        False, so no later step waits on a group that is gone) and keeps its rank, so ``is_main``
+        still says whether it is the one that writes the output."""
+        if self.owns_group:
+            if dist.is_initialized():
+                dist.destroy_process_group()
             self.owns_group = False
+            self.world_size = 1
 
 
 def setup_distributed(device: str = "auto") -> DistEnv:

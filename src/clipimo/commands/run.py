@@ -64,16 +64,14 @@ def run(args: argparse.Namespace) -> int:
                     ape_config=args.ape_config, tipf_config=args.tipf_config, tipf_batch=args.tipf_batch)
     extractor = make_extractor(args, distributed=True)
     if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
-        from ..distributed import DistEnv
         from ..runner import encode_cells
 
         try:
             encode_cells(cfg, extractor)
         finally:
-            extractor.env.cleanup()
+            extractor.env.cleanup()  # rank 0 alone from here; every cell is cached
         if not extractor.env.is_main:
             return 0
-        extractor.env = DistEnv(device=extractor.env.device)  # rank 0 alone from here; every cell is cached
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=progress_setting(args),
                              save_features=args.save_features, settings_yaml=config_yaml(effective_config(args)))
     print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
