@@ -11,6 +11,7 @@ the same cell logic (:mod:`clipimo.runner`) and the same feature cache.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -124,8 +125,8 @@ def evaluate_task(task: str, shots: int, seed: int, methods: str | Sequence[str]
     return evaluate_features(cell.features, names, device=device)
 
 
-_EXTRACTOR_OPTIONS = {"model", "pretrained", "adapter", "cache_dir", "batch_size", "workers", "precision",
-                      "progress", "strict_backbone"}
+# What evaluate_task passes on to build_extractor (its own device; no torchrun env from Python).
+_EXTRACTOR_OPTIONS = set(inspect.signature(build_extractor).parameters) - {"device", "env"}
 
 
 def load_results(path: PathLike) -> list[dict[str, Any]]:
@@ -136,7 +137,7 @@ def load_results(path: PathLike) -> list[dict[str, Any]]:
     hyper-parameters by name (alpha, beta, gamma, ...), validation protocol, backbone model and
     weights, random_init.
     """
-    from .report import load_results as load_run_results
+    from .report import validate_results
 
     path = Path(path)
     try:
@@ -146,7 +147,7 @@ def load_results(path: PathLike) -> list[dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ClipimoError(f"results file {path} is not valid JSON: {err}") from err
     if isinstance(data, dict) and "cells" in data:
-        results = load_run_results(path)
+        results = validate_results(data, str(path))  # read once: a run's results.json
         meta = results["meta"]
         backbone = meta.get("backbone") or {}
         common = {"model": backbone.get("model"), "weights": backbone.get("weights"),
