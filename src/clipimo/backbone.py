@@ -87,7 +87,7 @@ def resolve_model_name(name: str) -> str:
     if name.endswith(".json"):
         path = Path(name)
         cfg = _io.read_json(path, "model config")
-        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        if "vision_cfg" not in cfg or "text_cfg" not in cfg:
             raise ClipimoError(f"model config file {path} lacks 'vision_cfg'/'text_cfg' (open_clip format)")
         open_clip.add_model_config(str(path))
         return path.stem

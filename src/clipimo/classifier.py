@@ -118,8 +118,6 @@ class Classifier:
         if base == "tip-f":
             from .methods.tipf import trained_problem
 
-            from .device import resolve_device
-
             problem = Problem.from_features(feats, resolve_device(device))
             trained, training = trained_problem(problem, corrected, opts)
             if "epoch" in settings and training["epoch"] != settings["epoch"]:

@@ -51,6 +51,22 @@ def add_json_arg(p: Any, what: str) -> None:
                    help=f"write {what} as JSON to OUT ('-': stdout, which then carries nothing else)")
 
 
+def add_method_option_args(p: Any, tipf_order: str) -> None:
+    """The settings of the methods beyond the paper (``clipimo.methods.MethodOptions``), the same in
+    ``evaluate`` and ``run``; ``tipf_order`` says what orders Tip-F's minibatches there."""
+    p.add_argument("--tipf-batch", type=int, default=256, help=f"tip-f: minibatch size ({tipf_order})")
+    p.add_argument("--proker-views", choices=["auto", "all", "mean"], default="auto",
+                   help="proker: every augmented view (all), the averaged keys (mean), or all while "
+                        "E*N <= 32768 (auto)")
+    p.add_argument("--proker-grid", choices=["default", "official"], default="default",
+                   help="proker: clipimo's grid, or the official per-dataset grid (by the task's dataset name)")
+    p.add_argument("--ape-config", choices=["default", "official"], default="default",
+                   help="ape: clipimo's channels/weights/grid, or the official per-dataset config (by the "
+                        "task's dataset name)")
+    p.add_argument("--tipf-config", choices=["default", "official"], default="default",
+                   help="tip-f: clipimo's training alpha and epochs, or the official per-dataset ones")
+
+
 def parse_xlim(value: str | None) -> tuple[float, float] | None:
     """``--xlim LOW,HIGH`` (an overlap figure's fixed x-range) within [-1, 1], LOW < HIGH."""
     from .errors import ClipimoError

@@ -45,7 +45,7 @@ def write_overlap(record: dict[str, Any], out: Path, title: str | None = None,
 def load_overlap(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check an ``overlap.json`` written by ``clipimo overlap``."""
     record = _io.read_json(path, "overlap")
-    if not isinstance(record, dict) or not record.get("original"):
+    if not record.get("original"):
         raise ClipimoError(f"overlap file {path}: missing key 'original' (is this an overlap.json from 'clipimo overlap'?)")
     for name in ("original", "corrected"):
         stats = record.get(name)

@@ -68,7 +68,7 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
 def load_shift(path: str | os.PathLike) -> dict[str, Any]:
     """A shift.json written by ``clipimo shift``."""
     record = _io.read_json(path, "shift")
-    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+    if not isinstance(record.get("rows"), list):
         raise ClipimoError(f"shift file {path}: expected a 'rows' list (written by 'clipimo shift')")
     return record
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..cliconfig import add_list_argument, path_arg
-from ..options import DEFAULT_METHODS, METHOD_NAMES, add_device_arg, add_json_arg
+from ..options import DEFAULT_METHODS, METHOD_NAMES, add_device_arg, add_json_arg, add_method_option_args
 
 
 def register(subparsers) -> None:
@@ -20,18 +20,7 @@ def register(subparsers) -> None:
     add_device_arg(p, "where the search runs")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--seed", type=int, default=1, help="tip-f: seed of the minibatch order")
-    p.add_argument("--tipf-batch", type=int, default=256, help="tip-f: minibatch size")
-    p.add_argument("--proker-views", choices=["auto", "all", "mean"], default="auto",
-                   help="proker: every augmented view (all), the averaged keys (mean), or all while "
-                        "E*N <= 32768 (auto)")
-    p.add_argument("--proker-grid", choices=["default", "official"], default="default",
-                   help="proker: clipimo's grid, or the official per-dataset grid (needs the dataset "
-                        "name in the file's metadata)")
-    p.add_argument("--ape-config", choices=["default", "official"], default="default",
-                   help="ape: clipimo's channels/weights/grid, or the official per-dataset config (needs the "
-                        "dataset name in the file's metadata)")
-    p.add_argument("--tipf-config", choices=["default", "official"], default="default",
-                   help="tip-f: clipimo's training alpha and epochs, or the official per-dataset ones")
+    add_method_option_args(p, "--seed orders them")
     p.add_argument("--save-classifier", metavar="FILE", default=None, type=path_arg,
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
                         "of several the one with the best val top-1")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from ..cliconfig import path_arg
-from ..options import AUTO_BINS_RANGE, DEFAULT_AUTO_SAMPLE, DEFAULT_MAX_EXACT_PAIRS, add_dataset_arg, add_figure_args
+from ..options import (AUTO_BINS_RANGE, DEFAULT_AUTO_SAMPLE, DEFAULT_MAX_EXACT_PAIRS, add_dataset_arg, add_figure_args,
+                       parse_xlim)
 from .features import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -56,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ClipimoError
     from ..log import logger, warn_random_init
-    from ..options import parse_xlim
     from ..overlap import encode_source, format_table, load_feature_source, measure_overlap
     from ..overlapfile import write_overlap
     from ..plots import FigureOptions

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from ..cliconfig import add_list_argument, path_arg
-from ..options import CORRECTIONS, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHOD_NAMES, add_dataset_arg
+from ..options import (CORRECTIONS, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHOD_NAMES, add_dataset_arg,
+                       add_method_option_args)
 from .features import add_backbone_args, add_correction_args, add_extractor_args, add_prompt_args, make_extractor
 
 
@@ -32,15 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_list_argument(p, "--corrections", choices=CORRECTIONS, default=["imo"], metavar="NAME",
                       help="corrected streams, from imo (the adapter), isoclip, textpca, imagepca; the first fills "
                            "the -imo columns, every one is compared in the report (original features encoded once)")
-    p.add_argument("--proker-views", choices=["auto", "all", "mean"], default="auto",
-                   help="proker: every augmented view (all), the averaged keys (mean), or all while E*N <= 32768 (auto)")
-    p.add_argument("--proker-grid", choices=["default", "official"], default="default",
-                   help="proker: clipimo's grid or the official per-dataset grid")
-    p.add_argument("--ape-config", choices=["default", "official"], default="default",
-                   help="ape: clipimo's channels/weights/grid or the official per-dataset config")
-    p.add_argument("--tipf-config", choices=["default", "official"], default="default",
-                   help="tip-f: clipimo's training alpha/epochs or the official per-dataset config")
-    p.add_argument("--tipf-batch", type=int, default=256, help="tip-f: minibatch size (each cell's seed orders the batches)")
+    add_method_option_args(p, "each cell's seed orders them")
     add_correction_args(p)
     add_prompt_args(p)
     add_backbone_args(p)
