@@ -1,7 +1,6 @@
 """Evaluate training-free methods on a features file: the API behind ``clipimo evaluate`` (§8)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Sequence
 
@@ -12,18 +11,15 @@ from .device import full_float32, resolve_device
 from .featurefile import FeatureSet, load_features
 from .log import tqdm_disable
 from .methods import CACHE_VARIANTS, MethodOptions, MethodResult, Problem, cache, parse_methods, run_method
-from .methods.predict import metrics_at
 from .tables import md_table
 
 
 def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[str],
                 device: str | torch.device = "cpu", progress: bool | None = False,
                 options: MethodOptions | None = None) -> dict[str, MethodResult]:
-    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` (:class:`MethodOptions` or
-    :class:`~clipimo.methods.official.MethodOptions`) set ProKeR's, APE's and Tip-F's settings.
-    Top-1 on val picks each method's point; top-5 and mean per-class recall are then scored on test
-    at that point from the same logits: by the method's own test pass where it has one, else by
-    :func:`clipimo.methods.predict.metrics_at`. Tip, Tip-X and their IMO variants run together
+    """Run ``methods`` (names or ``"zs,tip,..."``); ``options`` (:class:`MethodOptions`) set ProKeR's,
+    APE's and Tip-F's settings. Top-1 on val picks each method's point; every method scores test
+    top-1, top-5 and mean per-class recall at that point in its one test pass. Tip, Tip-X and their IMO variants run together
     (:func:`clipimo.methods.cache.run_many`: they share affinities, KL sums and the test pass)."""
     names = parse_methods(methods)
     if not isinstance(feats, FeatureSet):
@@ -37,12 +33,7 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
             ran = cache.run_many(problem, [CACHE_VARIANTS[n] for n in shared])
             results.update({n: ran[CACHE_VARIANTS[n]] for n in shared})
         for name in tqdm([n for n in names if n not in results], desc="methods", disable=tqdm_disable(progress)):
-            r = run_method(name, problem, options)
-            if r.test_top5 is None:  # ProKeR and APE: a second pass at the chosen point
-                extra = metrics_at(problem, problem.test, name, r.hparams, options=options)
-                r = dataclasses.replace(r, test_top5=extra["top5"],
-                                        test_mean_per_class_recall=extra["mean_per_class_recall"])
-            results[name] = r
+            results[name] = run_method(name, problem, options)
     return {name: results[name] for name in names}
 
 

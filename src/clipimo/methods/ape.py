@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..metrics import classification_metrics
 from ..search import EVAL_BUDGET, count_correct, first_best
-from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
+from .common import MethodOptions, MethodResult, Problem, Split, chunks, percent, zeroshot_logits
 from .official import APE_DEFAULT, ApeConfig, ape_config
 
 CRITERION_WEIGHTS = APE_DEFAULT.weights
@@ -171,11 +172,13 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
             counts[b] += _count(z, terms, labels, alphas).cpu()
     ib, ia, ig = first_best(counts)
     hp = {"alpha": float(alphas[ia]), "beta": float(betas[ib]), "gamma": float(gammas[ig])}
-    test_hits = count_hits(logits(problem, problem.test, ref, chunk_rows=chunk_rows, **hp), problem.test.labels)
+    test = classification_metrics(logits(problem, problem.test, ref, chunk_rows=chunk_rows, **hp), problem.test.labels)
     return MethodResult(
         val_acc=percent(int(counts[ib, ia, ig]), problem.val.labels.shape[0]),
-        test_acc=percent(test_hits, problem.test.labels.shape[0]),
+        test_acc=test["top1"],
         hparams=hp,
+        test_top5=test["top5"],
+        test_mean_per_class_recall=test["mean_per_class_recall"],
         meta={"config": (options or MethodOptions()).ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
               "search_scale": list(cfg.scale), "search_step": list(cfg.step), "text": NO_CUPL},
     )

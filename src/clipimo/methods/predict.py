@@ -5,7 +5,6 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..metrics import classification_metrics
 from . import ape, cache, gda, proker, tipf, zeroshot
 from .common import MethodOptions, Problem, Split, count_hits, percent
 
@@ -47,12 +46,3 @@ def accuracy_at(problem: Problem, split: Split, method: str, hparams: dict[str, 
     ``split.labels`` index into ``classes`` (ImageNet-A/-R: 200 of the 1,000 classes)."""
     hits = count_hits(logits_at(problem, split, method, hparams, chunk_rows, options), split.labels, classes)
     return percent(hits, split.labels.shape[0])
-
-
-def metrics_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
-               classes: Sequence[int] | None = None, chunk_rows: int | None = None,
-               options: MethodOptions = MethodOptions()) -> dict[str, float]:
-    """Top-1, top-5 and mean per-class recall (%) of ``method`` on ``split`` at ``hparams``
-    (:func:`clipimo.metrics.classification_metrics`)."""
-    return classification_metrics(logits_at(problem, split, method, hparams, chunk_rows, options), split.labels,
-                                  classes)

@@ -20,8 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..metrics import classification_metrics
 from ..search import first_best
-from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent
+from .common import MethodOptions, MethodResult, Problem, Split, chunks, percent
 from .official import lookup
 
 # ``auto`` concatenates every view while the kernel has at most this many rows (K_SS: 8 GiB in
@@ -189,11 +190,13 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions = Meth
     counts = grid_counts(problem, sup, betas, lmbdas, chunk_rows)
     ib, il = first_best(counts)
     hp = {"beta": float(betas[ib]), "lmbda": float(lmbdas[il])}
-    test_hits = count_hits(logits(problem, problem.test, sup, hp["beta"], hp["lmbda"], chunk_rows),
-                           problem.test.labels)
+    test = classification_metrics(logits(problem, problem.test, sup, hp["beta"], hp["lmbda"], chunk_rows),
+                                  problem.test.labels)
     return MethodResult(
         val_acc=percent(int(counts[ib, il]), problem.val.labels.shape[0]),
-        test_acc=percent(test_hits, problem.test.labels.shape[0]),
+        test_acc=test["top1"],
         hparams=hp,
+        test_top5=test["top5"],
+        test_mean_per_class_recall=test["mean_per_class_recall"],
         meta={"views": sup.mode, "support_rows": int(sup.feats.shape[0]), "grid": options.proker_grid},
     )
