@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..metrics import classification_metrics
 from ..search import EVAL_BUDGET, count_correct, first_best
-from .common import MethodOptions, MethodResult, Problem, Split, chunks, percent, zeroshot_logits
+from .common import MethodOptions, MethodResult, Problem, Split, chunks, class_slots, percent, zeroshot_logits
 from .official import APE_DEFAULT, ApeConfig, ape_config
 
 CRITERION_WEIGHTS = APE_DEFAULT.weights
@@ -84,18 +84,6 @@ class Refined:
     div: torch.Tensor
     corrected: bool
     slots: torch.Tensor
-
-
-def class_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[C, kmax]`` key indices per class in cache order, padded with ``N``: any cache order and
-    any number of shots per class (an empty class is all padding)."""
-    n = labels.shape[0]
-    counts = torch.bincount(labels, minlength=num_classes)
-    order = torch.argsort(labels, stable=True)
-    slot = torch.arange(n, device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[order]]
-    index = torch.full((num_classes, max(int(counts.max()), 1) if n else 1), n, dtype=torch.long, device=labels.device)
-    index[labels[order], slot] = order
-    return index
 
 
 def refine(problem: Problem, corrected: bool, feat_num: int,

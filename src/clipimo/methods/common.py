@@ -142,14 +142,20 @@ def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     k = width // num_classes if num_classes else 0
     if k * num_classes == width and k > 0 and bool((labels == _grouped(num_classes, k, labels.device)).all()):
         return values.reshape(rows, num_classes, k).sum(-1)
-    counts = torch.bincount(labels, minlength=num_classes)
-    kmax = int(counts.max()) if width else 0
-    order = torch.argsort(labels, stable=True)
-    slot = torch.arange(width, device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[order]]
-    index = torch.full((num_classes, kmax), width, dtype=torch.long, device=labels.device)
-    index[labels[order], slot] = order
     padded = torch.cat([values, values.new_zeros(rows, 1)], 1)
-    return padded[:, index].sum(-1)
+    return padded[:, class_slots(labels, num_classes)].sum(-1)
+
+
+def class_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, kmax]`` key indices per class in cache order, padded with ``N``: any cache order and
+    any number of shots per class (an empty class is all padding)."""
+    n = labels.shape[0]
+    counts = torch.bincount(labels, minlength=num_classes)
+    order = torch.argsort(labels, stable=True)
+    slot = torch.arange(n, device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[order]]
+    index = torch.full((num_classes, max(int(counts.max()), 1) if n else 1), n, dtype=torch.long, device=labels.device)
+    index[labels[order], slot] = order
+    return index
 
 
 def _grouped(num_classes: int, k: int, device: torch.device) -> torch.Tensor:
