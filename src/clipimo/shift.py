@@ -11,12 +11,12 @@ from tqdm.auto import tqdm
 from . import __version__, _io
 from .data import SHIFT_SETS, load_dataset
 from .errors import ClipimoError
-from .device import resolve_device
+from .device import full_float32, resolve_device
 from .evaluate import evaluate_features
 from .features import FeatureExtractor
 from .log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
 from .methods.common import Problem, Split
-from .methods.predict import accuracy_at
+from .methods.predict import fixed_point
 from .aggregate import STD_LABEL, mean_std
 from .tables import md_table
 from .runlock import folder_lock
@@ -55,12 +55,16 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
         problem = Problem.from_features(feats, dev)
         per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
                      for m, r in tuned.items()]
-        for target in shifted:
-            tf = extractor.image_features(target.test, skip_unreadable=cfg.skip_unreadable, desc=f"{target.name} test")
-            split = Split(tf.original.to(dev), tf.corrected_or_original.to(dev), tf.labels.to(dev))
-            for m, r in tuned.items():
-                acc = accuracy_at(problem, split, m, r["hparams"], classes=target.imagenet_classes, options=options)
-                per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc, "hparams": r["hparams"]})
+        with full_float32():  # as the search ran (Tip-F retrains its keys here)
+            fixed = {m: fixed_point(problem, m, r["hparams"], options=options) for m, r in tuned.items()}
+            for target in shifted:
+                tf = extractor.image_features(target.test, skip_unreadable=cfg.skip_unreadable,
+                                              desc=f"{target.name} test")
+                split = Split(tf.original.to(dev), tf.corrected_or_original.to(dev), tf.labels.to(dev))
+                for m, r in tuned.items():
+                    acc = fixed[m].accuracy(split, target.imagenet_classes)
+                    per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc,
+                                     "hparams": r["hparams"]})
     rows = []
     for target in [SOURCE] + [t.name for t in shifted]:
         for m in cfg.methods:

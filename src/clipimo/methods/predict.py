@@ -1,7 +1,8 @@
 """Any method at fixed hyper-parameters: apply a method tuned on one task to other data (§7 shift)."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -9,10 +10,23 @@ from . import ape, cache, gda, proker, tipf, zeroshot
 from .common import MethodOptions, Problem, Split, count_hits, percent
 
 
-def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
-              chunk_rows: int | None = None,
-              options: MethodOptions = MethodOptions()) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(rows, logits)`` chunks of ``method`` (e.g. "tipx-imo") on ``split`` with the cache of ``problem``.
+@dataclass(frozen=True)
+class FixedPoint:
+    """One tuned method, to apply to several query splits (shift's targets, new images): what it
+    computes from the cache alone (Tip-F's trained keys, ProKeR's coefficients, APE's channels) is
+    done once, when it is made (:func:`fixed_point`)."""
+
+    logits: Callable[[Split], Iterator[tuple[slice, torch.Tensor]]]
+
+    def accuracy(self, split: Split, classes: Sequence[int] | None = None) -> float:
+        """Top-1 (%) on ``split``; with ``classes``, logits are restricted to those columns and
+        ``split.labels`` index into ``classes`` (ImageNet-A/-R: 200 of the 1,000 classes)."""
+        return percent(count_hits(self.logits(split), split.labels, classes), split.labels.shape[0])
+
+
+def fixed_point(problem: Problem, method: str, hparams: dict[str, float], chunk_rows: int | None = None,
+                options: MethodOptions = MethodOptions()) -> FixedPoint:
+    """``method`` (e.g. "tipx-imo") at ``hparams`` with the cache of ``problem``.
 
     Tip-F's trained keys are not hyper-parameters: they are trained again (deterministic given
     ``options``' seed, batch and configuration), as its search did. APE's channels follow
@@ -24,25 +38,32 @@ def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, fl
         base = "tip"
     if base == "proker":
         sup = proker.support_set(problem, corrected, options.proker_views, method)
-        return proker.logits(problem, split, sup, hparams["beta"], hparams["lmbda"], chunk_rows)
+        alpha = proker.fit(problem, sup, hparams["beta"], hparams["lmbda"])
+        return FixedPoint(lambda split: proker.apply(problem, split, sup, hparams["beta"], alpha, chunk_rows))
     if base == "ape":
         cfg, feat_num = ape.settings(problem, options)
         ref = ape.refine(problem, corrected, feat_num, cfg.weights)
-        return ape.logits(problem, split, ref, hparams["alpha"], hparams["beta"], hparams["gamma"], chunk_rows)
+        return FixedPoint(lambda split: ape.logits(problem, split, ref, hparams["alpha"], hparams["beta"],
+                                                   hparams["gamma"], chunk_rows))
     if base == "zs":
-        return zeroshot.logits(problem, split, chunk_rows)
+        return FixedPoint(lambda split: zeroshot.logits(problem, split, chunk_rows))
     if base in ("tip", "tipx"):
-        return cache.logits(problem, split, corrected, base == "tipx", hparams["alpha"], hparams["beta"],
-                            hparams.get("gamma", 0.0), chunk_rows)
+        return FixedPoint(lambda split: cache.logits(problem, split, corrected, base == "tipx", hparams["alpha"],
+                                                     hparams["beta"], hparams.get("gamma", 0.0), chunk_rows))
     if base == "gda":
-        return gda.logits(problem, split, corrected, hparams["alpha"], chunk_rows=chunk_rows)
+        return FixedPoint(lambda split: gda.logits(problem, split, corrected, hparams["alpha"], chunk_rows=chunk_rows))
     raise ValueError(f"unknown method {method!r}")
+
+
+def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
+              chunk_rows: int | None = None,
+              options: MethodOptions = MethodOptions()) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, logits)`` chunks of ``method`` on ``split`` (:func:`fixed_point`)."""
+    return fixed_point(problem, method, hparams, chunk_rows, options).logits(split)
 
 
 def accuracy_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
                 classes: Sequence[int] | None = None, chunk_rows: int | None = None,
                 options: MethodOptions = MethodOptions()) -> float:
-    """Top-1 (%) on ``split``; with ``classes``, logits are restricted to those columns and
-    ``split.labels`` index into ``classes`` (ImageNet-A/-R: 200 of the 1,000 classes)."""
-    hits = count_hits(logits_at(problem, split, method, hparams, chunk_rows, options), split.labels, classes)
-    return percent(hits, split.labels.shape[0])
+    """Top-1 (%) of ``method`` on ``split`` (:meth:`FixedPoint.accuracy`)."""
+    return fixed_point(problem, method, hparams, chunk_rows, options).accuracy(split, classes)

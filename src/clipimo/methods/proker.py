@@ -172,13 +172,23 @@ def grid_counts(problem: Problem, sup: Support, betas: np.ndarray, lmbdas: np.nd
     return counts
 
 
-def logits(problem: Problem, split: Split, sup: Support, beta: float, lmbda: float,
-           chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(rows, logits)`` chunks at one (beta, lmbda): one Cholesky solve, no eigenbasis."""
+def fit(problem: Problem, sup: Support, beta: float, lmbda: float) -> torch.Tensor:
+    """The coefficients at one (beta, lmbda): one Cholesky solve, no eigenbasis."""
     w = problem.text_weights.double()
-    alpha = coefficients(kernel(sup.kernel_feats, sup.kernel_feats, beta), sup.targets - sup.feats @ w, lmbda)
+    return coefficients(kernel(sup.kernel_feats, sup.kernel_feats, beta), sup.targets - sup.feats @ w, lmbda)
+
+
+def apply(problem: Problem, split: Split, sup: Support, beta: float, alpha: torch.Tensor,
+          chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, logits)`` chunks of fitted coefficients ``alpha`` (:func:`fit`)."""
     for rows, z0, x in _query_chunks(problem, split, sup.corrected, sup.feats.shape[0], chunk_rows):
         yield rows, z0 + kernel(x, sup.kernel_feats, beta) @ alpha
+
+
+def logits(problem: Problem, split: Split, sup: Support, beta: float, lmbda: float,
+           chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, logits)`` chunks at one (beta, lmbda)."""
+    return apply(problem, split, sup, beta, fit(problem, sup, beta, lmbda), chunk_rows)
 
 
 def run(problem: Problem, corrected: bool = False, options: MethodOptions = MethodOptions(),
