@@ -47,17 +47,14 @@ def add_output_args(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser):
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
-        yield parser
-    for action in subs:
-        for child in dict.fromkeys(action.choices.values()):
-            yield from _leaf_parsers(child)
+    """The parsers that run a command (the root and groups such as ``train`` only dispatch)."""
+    return [p for p in cliconfig.all_parsers(parser)
+            if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clipimo", formatter_class=cliconfig.HelpFormatter,
+        prog="clipimo",
         description="Few-shot CLIP adaptation with intra-modal overlap correction (IMO): train the adapter once, "
         "then evaluate training-free methods with original and corrected image features. Every command "
         "reads its settings from --config FILE.yaml too, and --print-config shows them.",
@@ -71,11 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     for child in cliconfig.all_parsers(parser):
         child.formatter_class = cliconfig.HelpFormatter
     for leaf in _leaf_parsers(parser):
-        if leaf is not parser:
-            add_output_args(leaf)
-            cliconfig.add_config_args(leaf)
-            leaf.set_defaults(command_parser=leaf)
-            cliconfig.prepare(leaf)
+        add_output_args(leaf)
+        cliconfig.add_config_args(leaf)
+        leaf.set_defaults(command_parser=leaf)
+        cliconfig.prepare(leaf)
     return parser
 
 
