@@ -34,11 +34,8 @@ def add_train_parser(sub: argparse._SubParsersAction, method: str) -> argparse.A
                        epilog=_EPILOG.format(m=method))
     add_backbone_args(p)
     add_config_flags(p, cls, skip=_BACKBONE_FIELDS)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for action in p._actions:  # the flags show and hold the method's own defaults
-        if action.dest in defaults:
-            action.default = defaults[action.dest]
-            action.type = _PATHS.get(action.dest, action.type)
+    for action in p._actions:
+        action.type = _PATHS.get(action.dest, action.type)
         if action.dest == "device":
             action.help = ("auto (CUDA when available, else CPU), cpu or cuda[:index]; under torchrun each process "
                            "uses cuda:LOCAL_RANK")

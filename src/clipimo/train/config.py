@@ -230,13 +230,13 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig], skip: tuple[str, ...] = ()) -> None:
-    """One ``--field-name`` flag per config field, defaulting to "not given" (argparse.SUPPRESS)."""
+    """One ``--field-name`` flag per config field, holding the field's default (shown in --help)."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kind, optional, is_tuple = _type_info(cls, f.name)
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", ""), "dest": f.name}
+        kw: dict[str, Any] = {"default": f.default, "help": f.metadata.get("help", ""), "dest": f.name}
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
