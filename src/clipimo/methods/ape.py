@@ -147,6 +147,7 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
     ``{"alpha", "beta", "gamma"}``. ``options`` choose clipimo's or the dataset's official
     configuration (channels, criterion weights, grid); ``feat_num`` and ``grid`` (betas, alphas,
     gammas) override it."""
+    options = options or MethodOptions()
     cfg, cfg_feat_num = settings(problem, options)
     feat_num = feat_num or cfg_feat_num
     ref = refine(problem, corrected, feat_num, cfg.weights)
@@ -167,6 +168,6 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
         hparams=hp,
         test_top5=test["top5"],
         test_mean_per_class_recall=test["mean_per_class_recall"],
-        meta={"config": (options or MethodOptions()).ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
+        meta={"config": options.ape_config, "feat_num": feat_num, "criterion_weights": list(cfg.weights),
               "search_scale": list(cfg.scale), "search_step": list(cfg.step), "text": NO_CUPL},
     )
