@@ -31,7 +31,7 @@ def peak_rss_gb() -> float:
 
 def build(args):
     """A synthetic task with E per-pass views per stream (keys = normalised mean of the passes)."""
-    from clipimo.featurefile import feature_arrays, synthetic_features, validate_features
+    from clipimo.features.file import feature_arrays, synthetic_features, validate_features
 
     arrays = feature_arrays(synthetic_features(num_classes=args.classes, shots=args.shots, n_val=args.val,
                                                n_test=args.test, dim=args.dim, seed=0))
@@ -49,9 +49,9 @@ def build(args):
 def worker(args, path: str, method: str, queue) -> None:
     import torch
 
-    from clipimo.featurefile import load_features
-    from clipimo.methods import MethodOptions, Problem, ape, proker, tipf
-    from clipimo.methods.common import count_hits
+    from clipimo.features.file import load_features
+    from clipimo.methods import ape, proker, tipf
+    from clipimo.methods.common import MethodOptions, Problem, count_hits
 
     torch.set_num_threads(args.threads)
     problem = Problem.from_features(load_features(path), args.device)
@@ -122,7 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
           f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
-    from clipimo.featurefile import save_features
+    from clipimo.features.file import save_features
     from clipimo.methods.proker import pick_views
 
     print(f"ProKeR --proker-views auto picks '{pick_views('auto', args.passes, args.classes * args.shots)}' here "

@@ -1,7 +1,7 @@
 """Exact vectorised Tip-Adapter / Tip-X search against the per-point loop (issue 4 benchmark).
 
 Problem: 100 classes x 16 shots (N = 1,600 cache), 1,649 val and 2,465 test queries, D = 512,
-unit-norm synthetic features with class structure (``clipimo.featurefile.synthetic_features``).
+unit-norm synthetic features with class structure (``clipimo.features.file.synthetic_features``).
 The vectorised search covers the full paper grids (4,000 Tip, 200,000 Tip-X points). The naive
 loop (full logits from precomputed A and R at each point, argmax, count) is timed on a random
 sample of points and extrapolated (both timings best of 3 rounds); for Tip it also runs in full. Every sampled point, the
@@ -20,11 +20,10 @@ import time
 import numpy as np
 import torch
 
-from clipimo.featurefile import synthetic_features
+from clipimo.features.file import synthetic_features
 from clipimo.methods.cache import grid_counts, kl_divergence, logits, rescaled_sums
 from clipimo.methods.common import Problem, class_sums, count_hits
-from clipimo.search import PAPER_GRID, first_best
-
+from clipimo.methods.search import PAPER_GRID, first_best
 
 REPEATS = 3  # both timings are the best of this many rounds (the CPU may be shared)
 

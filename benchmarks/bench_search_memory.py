@@ -15,8 +15,9 @@ import argparse
 import resource
 import time
 
-from clipimo.featurefile import synthetic_features
-from clipimo.methods import METHODS, Problem
+from clipimo.features.file import synthetic_features
+from clipimo.methods.common import Problem
+from clipimo.methods.registry import METHODS
 
 
 def peak_rss_gb() -> float:

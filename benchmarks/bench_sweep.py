@@ -1,9 +1,9 @@
 """Time of the paper's few-shot sweep from cached features: the seven methods on every (dataset, shots) cell.
 
-Synthetic unit-norm features (``clipimo.featurefile.synthetic_features``, D = 512, with 10 augmented
+Synthetic unit-norm features (``clipimo.features.file.synthetic_features``, D = 512, with 10 augmented
 views per support for GDA) at the real split sizes of the 14 datasets (classes, val, test; ImageNet
 with a 10-per-class held-out val and its 50,000 test images), shots 1, 2, 4, 8, 16. Each cell runs
-the methods as ``clipimo evaluate`` does (:func:`clipimo.evaluate.run_methods`: zs, GDA and GDA-IMO
+the methods as ``clipimo evaluate`` does (:func:`clipimo.methods.evaluate.run_methods`: zs, GDA and GDA-IMO
 one by one, Tip, Tip-IMO, Tip-X and Tip-X-IMO together, sharing their terms; every method's test
 top-1, top-5 and recall) in this one process; a seed costs the same, so the 3-seed sweep is
 projected as 3 x the sum. Prints per cell each timing, the CPU seconds (on a shared machine wall
@@ -31,15 +31,18 @@ import resource
 import time
 from functools import partial
 
+import previous_search
 import torch
 
-import previous_search
-from clipimo.device import full_float32, resolve_device
-from clipimo.featurefile import synthetic_features
-from clipimo.methods import CACHE_VARIANTS, Problem, cache, run_method
-from clipimo.metrics import classification_metrics
+from clipimo.features.file import synthetic_features
+from clipimo.methods import cache
+from clipimo.methods.common import Problem
+from clipimo.methods.metrics import classification_metrics
+from clipimo.methods.registry import CACHE_VARIANTS, run_method
+from clipimo.utils.device import full_float32, resolve_device
 
-# name: (classes, val, test); CoOp splits, the paper's own for CUB/StanfordDogs/PlantDoc (METHOD.md §5),
+# name: (classes, val, test); CoOp splits, the paper's own for CUB/StanfordDogs/PlantDoc
+# (docs/methods.md, "Benchmarks and the few-shot protocol"),
 # ImageNet: 10 held-out train images per class as val.
 DATASETS = {
     "ImageNet": (1000, 10_000, 50_000),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipimo.adapter import adapters_enabled
+from clipimo.model.adapter import adapters_enabled
 from clipimo.train import DinoTrainer, SupervisedTrainer, make_config
 from clipimo.train.data import sample_seed
 

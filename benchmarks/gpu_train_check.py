@@ -10,7 +10,7 @@ What it does (each part prints one block; failures are collected and the exit co
  3. end to end on generated images through ``train_supervised`` / ``train_dino`` (DataLoader
     workers, pinned memory, checkpoints, export), the export loads and changes the corrected
     stream only; a stopped-and-resumed run against an uninterrupted one (bitwise flag + max diff);
- 4. with 2+ GPUs (or ``--torchrun N``): ``torchrun -m clipimo.cli train dino`` over N
+ 4. with 2+ GPUs (or ``--torchrun N``): ``torchrun -m clipimo.cli.app train dino`` over N
     processes (nccl on GPU, gloo on CPU) completes and exports.
 Random-init weights throughout (no downloads here); speed does not depend on them.
 """
@@ -34,9 +34,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clipimo import adapters_enabled, load_adapters, load_clip  # noqa: E402
-from clipimo.adapter import read_adapter_file  # noqa: E402
-from clipimo.train import DinoTrainer, SupervisedTrainer, make_config, train_dino, train_supervised  # noqa: E402
+from clipimo import adapters_enabled, load_adapters, load_clip
+from clipimo.model.adapter import read_adapter_file
+from clipimo.train import DinoTrainer, SupervisedTrainer, make_config, train_dino, train_supervised
 
 TINY = "clipimo-tiny-vit"
 FAILURES: list[str] = []
@@ -176,7 +176,7 @@ def part_torchrun(args, tmp: Path, nproc: int) -> None:
     csv = write_images(tmp / "ddp", 32)
     out = tmp / "ddp_run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "clipimo.cli", "train", "dino", "--model", TINY, "--data", str(csv), "--out", str(out),
+           "-m", "clipimo.cli.app", "train", "dino", "--model", TINY, "--data", str(csv), "--out", str(out),
            "--device", "cuda" if args.device.startswith("cuda") else "cpu", "--batch-size", "4", "--epochs", "2",
            "--out-dim", "1024", "--hidden-dim", "256", "--bottleneck-dim", "64", "--local-crops-number", "4",
            "--no-progress", "--log-every", "1", "--workers", "1"]

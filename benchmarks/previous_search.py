@@ -16,7 +16,7 @@ from tqdm import tqdm
 from clipimo.methods import gda
 from clipimo.methods.cache import Cache, Terms, cache_logits, rescaled_sums
 from clipimo.methods.common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
-from clipimo.search import PAPER_GRID, Grid, affine_logits, first_best
+from clipimo.methods.search import PAPER_GRID, Grid, affine_logits, first_best
 
 PRUNE_RTOL = 1e-4
 EVAL_BUDGET = 1 << 24

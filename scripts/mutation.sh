@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Mutation testing (mutmut) of the files where a silent bug changes results: search.py, methods/,
-# adapter.py, features.py, runner.py, shift.py, train/dino.py, corrections.py, classifier.py
+# Mutation testing (mutmut) of the files where a silent bug changes results: methods/ (search,
+# methods, classifier), model/adapter.py, features/extractor.py, features/corrections.py,
+# experiment/cell.py, experiment/grid.py, experiment/shift.py, train/dino.py
 # ([tool.mutmut] in pyproject.toml). Each mutant runs only the fast tests that reach the mutated
 # function. Not in CI (hours on 2 cores for every file); run it before resolving an issue that
 # touches those files, and give the score it prints.
 #
 #   bash scripts/mutation.sh                          every mutant of every configured file (the full scope)
-#   bash scripts/mutation.sh adapter.py methods/      a narrower scope: files or folders under src/clipimo ...
-#   bash scripts/mutation.sh 'clipimo.runner.*_run_cell*'   ... or mutmut name patterns (fnmatch)
+#   bash scripts/mutation.sh model/adapter.py methods/   a narrower scope: files or folders under src/clipimo ...
+#   bash scripts/mutation.sh 'clipimo.experiment.grid.*_run_cell*'   ... or mutmut name patterns (fnmatch)
 #   SURVIVORS=1 bash scripts/mutation.sh [scope]      rerun only the scope's survivors (after adding tests)
 #   FRESH=1 JOBS=2 bash scripts/mutation.sh ...       start over / worker processes (default 2)
 #
@@ -21,7 +22,7 @@ MUTMUT_PY=$(head -1 "$MUTMUT" | sed 's/^#!//')
 export HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 [[ "${FRESH:-0}" == 1 ]] && rm -rf mutants
 
-# Scope arguments: "adapter.py" -> "clipimo.adapter.*", "methods/" -> "clipimo.methods.*"; patterns pass through.
+# Scope arguments: "model/adapter.py" -> "clipimo.model.adapter.*", "methods/" -> "clipimo.methods.*"; patterns pass through.
 pats=()
 for arg in "$@"; do
     case "$arg" in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipimo.featurefile import FeatureSet, validate_features
+from clipimo.features.file import FeatureSet, validate_features
 
 
 def unit(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -17,6 +17,18 @@ TINY = "clipimo-tiny-vit"
 
 
 @pytest.fixture()
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is as fast and does not collapse when the 2 shared cores
+    are busy with other work (spinning OpenMP threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def tiny():
     """A fresh tiny backbone for each test (tests modify the model in place)."""
     from clipimo import load_clip
@@ -28,7 +40,7 @@ def randomise_adapters(model, seed: int = 0, std: float = 0.2) -> None:
     """Seeded random adapter weights (zero-init Up would make the corrected stream equal the original)."""
     import torch
 
-    from clipimo.adapter import iter_adapters
+    from clipimo.model.adapter import iter_adapters
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

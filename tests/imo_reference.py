@@ -1,4 +1,5 @@
-"""Hand-written float64 references of the training-free methods (METHOD.md §6), with the stream of
+"""Hand-written float64 references of the training-free methods (docs/methods.md, "Training-free
+methods"), with the stream of
 every term chosen explicitly, and a task on which every wrong choice gives another answer.
 
 The tests compare the library against these, not against the library called twice. ``Wiring``
@@ -12,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clipimo.featurefile import FeatureSet, validate_features
+from clipimo.features.file import FeatureSet, validate_features
 
-# METHOD.md §6: the paper's grid, endpoints included, and GDA's alpha list.
+# the paper's grid, endpoints included, and GDA's alpha list.
 ALPHAS = np.linspace(0, 20, 200)
 BETAS = np.linspace(0, 20, 20)
 GAMMAS = np.linspace(0, 30, 50)
@@ -139,7 +140,7 @@ def fixed_point(arrays: dict, split: str, wiring: Wiring, with_kl: bool, hp: dic
 
 
 def gda_fit(support: np.ndarray, labels: np.ndarray, num_classes: int):
-    """§6 GDA: class means, shared covariance, P = D pinv((n-1) S + tr(S) I), uniform prior."""
+    """GDA: class means, shared covariance, P = D pinv((n-1) S + tr(S) I), uniform prior."""
     mus = np.stack([support[labels == c].mean(0) for c in range(num_classes)])
     centred = support - mus[labels]
     cov = np.cov(centred.T)
@@ -151,7 +152,7 @@ def gda_fit(support: np.ndarray, labels: np.ndarray, num_classes: int):
 
 
 def gda_logits(arrays: dict, split: str, wiring: Wiring, alpha: float) -> np.ndarray:
-    """Fitted on every augmented view of the support set (E x N rows), §6."""
+    """Fitted on every augmented view of the support set (E x N rows)."""
     views = arrays["cache_views_corrected" if wiring.a else "cache_views"].astype(np.float64)
     support = views.reshape(-1, views.shape[-1])
     labels = np.tile(arrays["cache_labels"], views.shape[0])

@@ -4,15 +4,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, make_task
 from torch.nn import functional as F
 
 import clipimo
-from clipimo.cli import main
+from clipimo.cli.app import main
 from clipimo.data.prompts import read_classnames, read_templates
 from clipimo.errors import ClipimoError
-from clipimo.featurefile import read_meta, read_npz
-
-from conftest import TINY, make_task
+from clipimo.features.file import read_meta, read_npz
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import TINY
-from test_train_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from clipimo.cli import main
-from clipimo.featurefile import load_features
-
 from conftest import TINY, make_images, make_task
+
+from clipimo.cli.app import main
+from clipimo.features.file import load_features
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -1,6 +1,6 @@
 """``python -m clipimo`` (and ``torchrun -m clipimo``) runs the command-line interface."""
 import sys
 
-from .cli import main
+from .cli.app import main
 
 sys.exit(main())

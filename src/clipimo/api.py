@@ -7,7 +7,7 @@
 >>> import pandas as pd; df = pd.DataFrame(clipimo.load_results("runs/eval/results.json"))
 
 The numbers are those of ``clipimo run`` / ``clipimo features --task`` + ``clipimo evaluate``:
-the same cell logic (:mod:`clipimo.runner`) and the same feature cache.
+the same cell logic (:mod:`clipimo.experiment.grid`) and the same feature cache.
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from .defaults import DEFAULT_METHODS
 from .errors import ClipimoError
-from .options import DEFAULT_METHODS
 
 if TYPE_CHECKING:
     from .data.benchmarks import DatasetSplits
-    from .featurefile import FeatureSet
-    from .runner import Cell
-    from .distributed import DistEnv
-    from .features import FeatureExtractor
+    from .experiment.cell import Cell
+    from .features.extractor import FeatureExtractor
+    from .features.file import FeatureSet
+    from .utils.distributed import DistEnv
 
 PathLike = str | os.PathLike
 
@@ -38,11 +38,11 @@ def build_extractor(model: str = "ViT-B-16", pretrained: str | None = None, adap
                     env: DistEnv | None = None) -> FeatureExtractor:
     """A :class:`clipimo.FeatureExtractor` on ``model``/``pretrained`` (random init without weights:
     the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: fp32 or bf16.
-    ``env`` (a torchrun process, see :mod:`clipimo.distributed`) sets the device and shares the shards."""
-    from .backbone import load_clip
-    from .device import resolve_device
-    from .features import DEFAULT_SHARD_SIZE, FeatureExtractor
-    from .log import warn_random_init
+    ``env`` (a torchrun process, see :mod:`clipimo.utils.distributed`) sets the device and shares the shards."""
+    from .features.extractor import DEFAULT_SHARD_SIZE, FeatureExtractor
+    from .model.backbone import load_clip
+    from .utils.device import resolve_device
+    from .utils.log import warn_random_init
 
     backbone = load_clip(model, pretrained, device=env.device if env is not None else resolve_device(device))
     if backbone.random_init and (env is None or env.is_main):
@@ -66,7 +66,7 @@ def prompt_options(templates: Sequence[str] | PathLike | None,
 
 @dataclass
 class TaskFeatures:
-    """The §8 features of one (task, shots, seed) cell, with what produced them."""
+    """The features of one (task, shots, seed) cell, with what produced them."""
 
     features: FeatureSet
     cell: Cell             # the task, shots, seed and the sampled support and validation sets
@@ -79,7 +79,7 @@ class TaskFeatures:
 
     def save(self, path: PathLike) -> None:
         """Write the evaluable features file (``clipimo evaluate --features PATH`` reads it)."""
-        from .runner import save_cell_features
+        from .experiment.cell import save_cell_features
 
         save_cell_features(path, self.features, self.extractor, self.cell, self.record)
 
@@ -93,16 +93,14 @@ def task_features(task: str, shots: int, seed: int, *, extractor: FeatureExtract
     ``shots``-per-class support of sampling ``seed`` (cache keys: ``augment_passes`` augmented views),
     the validation set and the test split, both streams. ``extractor_options`` go to
     :func:`build_extractor` when no ``extractor`` is given."""
-    from .runner import CACHE_AUGMENT_PASSES, RunConfig, cell_features, open_source, plan_cell
+    from .experiment.cell import CACHE_AUGMENT_PASSES, CellSpec, cell_features, open_source, plan_cell
 
     templates, classnames = prompt_options(templates, classnames)
-    cfg = RunConfig(root=str(root), datasets=[str(task)], shots=[shots], seeds=[seed], methods=["zs"],
-                    validation=validation, allow_test_tuning=allow_test_tuning,
-                    augment_passes=CACHE_AUGMENT_PASSES if augment_passes is None else augment_passes,
-                    skip_unreadable=skip_unreadable, templates=templates, classnames=classnames)
+    spec = CellSpec(validation, allow_test_tuning,
+                    CACHE_AUGMENT_PASSES if augment_passes is None else augment_passes, skip_unreadable)
     extractor = extractor or build_extractor(**extractor_options)
-    cell = plan_cell(open_source(str(task), cfg.root, cfg.templates, cfg.classnames), shots, seed, cfg, {})
-    feats, record = cell_features(extractor, cell, cfg)
+    cell = plan_cell(open_source(str(task), str(root), templates, classnames), shots, seed, spec, {})
+    feats, record = cell_features(extractor, cell, spec)
     return TaskFeatures(feats, cell, record, extractor)
 
 
@@ -112,9 +110,9 @@ def evaluate_task(task: str, shots: int, seed: int, methods: str | Sequence[str]
 
     ``options``: those of :func:`task_features` (``root``, ``validation``, ``templates``, ...) and of
     :func:`build_extractor` (``model``, ``pretrained``, ``adapter``, ``cache_dir``, ...)."""
-    from .evaluate import evaluate_features
-    from .methods import parse_methods
-    from .runner import require_adapter
+    from .experiment.cell import require_adapter
+    from .methods.evaluate import evaluate_features
+    from .methods.registry import parse_methods
 
     names = parse_methods(methods)
     if "extractor" not in options:
@@ -137,7 +135,7 @@ def load_results(path: PathLike) -> list[dict[str, Any]]:
     hyper-parameters by name (alpha, beta, gamma, ...), validation protocol, backbone model and
     weights, random_init.
     """
-    from .report import validate_results
+    from .report.records import validate_results
 
     path = Path(path)
     try:

@@ -1,5 +1,5 @@
 """Datasets, splits, few-shot sampling and validation protocols."""
-from .._lazy import lazy_exports
+from ..utils.lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("DatasetSplits", "load_dataset"), "benchmarks"),

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .._io import write_json
 from ..errors import ClipimoError
+from ..utils.fileio import write_json
 from .benchmarks import DatasetSplits
 from .items import LabelledImage
 

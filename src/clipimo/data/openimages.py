@@ -1,4 +1,4 @@
-"""Build the generic adapter-training set (§4): N classes x M images picked from Open Images."""
+"""Build the generic adapter-training set: N classes x M images picked from Open Images."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import write_text
 from ..errors import ClipimoError
+from ..utils.fileio import write_text
 
 
 def read_class_descriptions(path: str | os.PathLike) -> dict[str, str]:

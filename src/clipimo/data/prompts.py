@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from .._io import require_file
 from ..errors import ClipimoError
+from ..utils.fileio import require_file
 
 
 def _lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:

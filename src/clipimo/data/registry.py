@@ -1,4 +1,4 @@
-"""The benchmark datasets of §5: where each lives under a data root, and what it should contain."""
+"""The benchmark datasets: where each lives under a data root, and what it should contain."""
 from __future__ import annotations
 
 from dataclasses import dataclass

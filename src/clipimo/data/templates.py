@@ -1,4 +1,5 @@
-"""Prompt templates of the few-shot protocol (METHOD.md §5), kept verbatim so results compare."""
+"""Prompt templates of the few-shot protocol (docs/methods.md, "Benchmarks and the few-shot protocol"),
+kept verbatim so results compare."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,4 @@
-"""Which images tune the hyper-parameters (§5), returned with a record the results store."""
+"""Which images tune the hyper-parameters, returned with a record the results store."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,4 @@
-"""APE, training-free (Zhu et al., ICCV 2023, "Not All Features Matter"), METHODS_BEYOND.md §2.
+"""APE, training-free (Zhu et al., ICCV 2023, "Not All Features Matter").
 
 A channel criterion picks ``feat_num`` of the D feature channels: low similarity between classes
 (over the text weights and cache keys of each class) and high variance of the text weights across
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..metrics import classification_metrics
-from ..search import EVAL_BUDGET, count_correct, first_best
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, class_slots, percent, zeroshot_logits
+from .metrics import classification_metrics
 from .official import APE_DEFAULT, ApeConfig, ape_config
+from .search import EVAL_BUDGET, count_correct, first_best
 
 CRITERION_WEIGHTS = APE_DEFAULT.weights
 # Search: beta_i = i (s0 - 0.1) / n0 + 0.1 (i < n0), alpha likewise, gamma_l = l s2 / n2: endpoints excluded.

@@ -1,11 +1,11 @@
-"""Tip-Adapter and Tip-X (§6): cache affinities, the KL term, and their exact grid search.
+"""Tip-Adapter and Tip-X: cache affinities, the KL term, and their exact grid search.
 
 The keys are grouped by class once (a stable sort of the labels), so every ``X L`` with one-hot
 values ``L`` is a segment sum (:func:`~clipimo.methods.common.class_sums`), about ``C`` times less
 work than the product. Terms are built one query chunk at a time (an ImageNet-size split never
 holds a full [queries, cache] matrix): ``A`` once per chunk, ``exp(-beta (1 - A)) L`` once per
 (chunk, beta), and all (alpha, gamma) pairs of all betas are scored together by
-:func:`clipimo.search.count_correct`. Tip-X's ``R`` is an affine map of ``KL`` whose coefficients
+:func:`clipimo.methods.search.count_correct`. Tip-X's ``R`` is an affine map of ``KL`` whose coefficients
 are the split's global extremes, so ``R L`` is the same map applied to the per-class sums
 ``KL L``: one pass collects those sums and the extremes, then the map is applied.
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..metrics import classification_metrics
-from ..search import PAPER_GRID, Grid, affine_logits, count_correct, first_best
 from .common import MethodResult, Problem, Split, chunks, class_sums, percent, zeroshot_logits
+from .metrics import classification_metrics
+from .search import PAPER_GRID, Grid, affine_logits, count_correct, first_best
 
 KL_TEMPERATURE = 0.5
 # Tip-X needs a split's extremes before its first ``R L``: up to this many elements of

@@ -7,7 +7,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from ..errors import ClipimoError
-from ..featurefile import VIEW_KEYS, FeatureSet
+from ..features.file import VIEW_KEYS, FeatureSet
 
 # Elements of one [queries, cache] matrix held at once: chunk rows are chosen so the big
 # intermediates (affinities, their exponentials, KL) stay near 4 * 2**25 bytes each.
@@ -90,7 +90,7 @@ class MethodResult:
     test_mean_per_class_recall: float | None = None
 
     def as_dict(self) -> dict:
-        """The §8 record, plus top-5 and mean per-class recall when scored (``meta`` is reported
+        """The result record, plus top-5 and mean per-class recall when scored (``meta`` is reported
         beside it, as the run's cell ``settings``)."""
         extra = {k: getattr(self, k) for k in ("test_top5", "test_mean_per_class_recall") if getattr(self, k) is not None}
         return {"test_acc": self.test_acc, "val_acc": self.val_acc, "hparams": dict(self.hparams), **extra}
@@ -98,7 +98,8 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Settings of the methods beyond the paper (METHODS_BEYOND.md): Tip-F's minibatch order seed,
+    """Settings of the methods beyond the paper (docs/methods.md, "Training-free methods"): Tip-F's
+    minibatch order seed,
     batch and configuration, ProKeR's views mode and grid, APE's configuration; ``default`` is
     clipimo's one setting for every task, ``official`` the released per-dataset values, looked up by
     ``dataset`` (:mod:`clipimo.methods.official`)."""

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import ClipimoError
-from ..metrics import classification_metrics
-from ..search import affine_logits, count_correct, first_best
 from .common import MethodResult, Problem, Split, chunks, percent, zeroshot_logits
+from .metrics import classification_metrics
+from .search import affine_logits, count_correct, first_best
 
 # The official search values: 1e-4 ... 100.
 GDA_ALPHAS = np.array([1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0])

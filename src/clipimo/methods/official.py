@@ -1,5 +1,5 @@
 """The official per-dataset configurations of ProKeR, APE and Tip-Adapter-F (their released RN50
-configs, METHODS_BEYOND.md §1-3), looked up by the task's dataset name, and the options that
+configs), looked up by the task's dataset name, and the options that
 choose them.
 
 Only the released benchmarks have official values; any other task (a custom folder, or a features
@@ -59,6 +59,19 @@ APE_OFFICIAL = {
     "sun397": ApeConfig(800, (0.7, 0.3), (10.0, 7.0, 1.0), _STEP),
     "ucf101": ApeConfig(700, (0.3, 0.7), (10.0, 7.0, 1.5), _STEP),
 }
+_CLASSIC_GRID = ((0.5, 3.0, 20), (0.001, 1.0, 10))
+_TEXTURE_GRID = ((0.1, 10.0, 20), (0.001, 10.0, 100))
+# The released RN50 configs (configs/RN50/configs_proker/*.yaml) by official dataset name
+# (:func:`official_name`; ImageNet's shift sets use ImageNet's).
+PROKER_OFFICIAL = {
+    **dict.fromkeys(("caltech101", "fgvc", "food101", "ucf101"), _CLASSIC_GRID),
+    "eurosat": ((0.5, 3.0, 20), (0.001, 1.0, 100)),
+    **dict.fromkeys(("dtd", "oxford_flowers"), _TEXTURE_GRID),
+    "sun397": ((0.1, 10.0, 20), (0.01, 10.0, 10)),
+    "oxford_pets": ((0.01, 5.0, 40), (0.01, 0.3, 20)),
+    "stanford_cars": ((0.1, 10.0, 5), (0.01, 1.0, 5)),
+    "imagenet": ((1.5, 3.0, 10), (0.05, 0.25, 10)),
+}
 TIPF_DEFAULT = TipfConfig(1.17, 20)
 TIPF_OFFICIAL = {
     "caltech101": TipfConfig(3.0, 20), "dtd": TipfConfig(2.0, 20), "eurosat": TipfConfig(2.0, 100),
@@ -102,9 +115,7 @@ def check_configs(options: MethodOptions, methods: list[str]) -> None:
     bases = {m.removesuffix("-imo") for m in methods}
     opts = options
     if "proker" in bases and opts.proker_grid == "official":
-        from .proker import OFFICIAL_GRIDS
-
-        lookup(OFFICIAL_GRIDS, opts.dataset, "--proker-grid")
+        lookup(PROKER_OFFICIAL, opts.dataset, "--proker-grid")
     if "ape" in bases:
         ape_config(opts)
     if "tip-f" in bases:

@@ -1,4 +1,4 @@
-"""Any method at fixed hyper-parameters: apply a method tuned on one task to other data (§7 shift)."""
+"""Any method at fixed hyper-parameters: apply a method tuned on one task to other data (distribution shift)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """ProKeR (Bendou et al., CVPR 2025): proximal kernel ridge regression of the zero-shot residual.
 
-As the official code computes it (METHODS_BEYOND.md §1): with S the support views, concatenated
+As the official code computes it (docs/methods.md, "ProKeR"): with S the support views, concatenated
 (rows ``e*N + i``), Y their one-hot labels over all C = W.shape[1] classes and the UNSCALED zero-shot
 logits ``Z0(x) = x W``,
 ``alpha = solve(K_SS / lmbda + I, Y - Z0(S)) = lmbda (K_SS + lmbda I)^-1 (Y - Z0(S))`` and
@@ -20,10 +20,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..metrics import classification_metrics
-from ..search import first_best
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, percent
-from .official import lookup
+from .metrics import classification_metrics
+from .official import PROKER_OFFICIAL, lookup
+from .search import first_best
 
 # ``auto`` concatenates every view while the kernel has at most this many rows (K_SS: 8 GiB in
 # float64), and falls back to the averaged cache keys beyond it (ImageNet 16-shot: 160,000 rows).
@@ -32,19 +32,6 @@ MAX_ALL_VIEWS = 32768
 EIGH_MIN_LMBDAS = 40
 # (start, stop, num) of torch.linspace for beta and lmbda.
 DEFAULT_GRID = ((0.1, 10.0, 20), (0.001, 1.0, 10))
-_CLASSIC = ((0.5, 3.0, 20), (0.001, 1.0, 10))
-_TEXTURE = ((0.1, 10.0, 20), (0.001, 10.0, 100))
-# The released RN50 configs (configs/RN50/configs_proker/*.yaml) by official dataset name
-# (:func:`clipimo.methods.official.official_name`; ImageNet's shift sets use ImageNet's).
-OFFICIAL_GRIDS = {
-    **dict.fromkeys(("caltech101", "fgvc", "food101", "ucf101"), _CLASSIC),
-    "eurosat": ((0.5, 3.0, 20), (0.001, 1.0, 100)),
-    **dict.fromkeys(("dtd", "oxford_flowers"), _TEXTURE),
-    "sun397": ((0.1, 10.0, 20), (0.01, 10.0, 10)),
-    "oxford_pets": ((0.01, 5.0, 40), (0.01, 0.3, 20)),
-    "stanford_cars": ((0.1, 10.0, 5), (0.01, 1.0, 5)),
-    "imagenet": ((1.5, 3.0, 10), (0.05, 0.25, 10)),
-}
 
 
 def linspace(start: float, stop: float, num: int) -> np.ndarray:
@@ -54,7 +41,7 @@ def linspace(start: float, stop: float, num: int) -> np.ndarray:
 
 def grid_for(options: MethodOptions) -> tuple[np.ndarray, np.ndarray]:
     """(betas, lmbdas): the clipimo default, or the official per-dataset grid."""
-    spec = DEFAULT_GRID if options.proker_grid == "default" else lookup(OFFICIAL_GRIDS, options.dataset,
+    spec = DEFAULT_GRID if options.proker_grid == "default" else lookup(PROKER_OFFICIAL, options.dataset,
                                                                         "--proker-grid")
     return linspace(*spec[0]), linspace(*spec[1])
 

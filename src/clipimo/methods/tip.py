@@ -1,9 +1,9 @@
-"""Tip-Adapter (§6): ``Z + alpha * exp(-beta (1 - A)) L``; the IMO variant takes ``A`` from corrected features."""
+"""Tip-Adapter: ``Z + alpha * exp(-beta (1 - A)) L``; the IMO variant takes ``A`` from corrected features."""
 from __future__ import annotations
 
-from ..search import PAPER_GRID, Grid
 from . import cache
 from .common import MethodResult, Problem
+from .search import PAPER_GRID, Grid
 
 
 def run(problem: Problem, corrected: bool = False, grid: Grid = PAPER_GRID,

@@ -1,4 +1,4 @@
-"""Tip-Adapter-F (Zhang et al., ECCV 2022) trained on the cached views (METHODS_BEYOND.md §3).
+"""Tip-Adapter-F (Zhang et al., ECCV 2022) trained on the cached views (docs/methods.md, "Tip-Adapter-F").
 
 The cache keys become a learnable ``[N, D]`` matrix theta (a copy: the keys themselves are never
 changed), trained with cross-entropy on ``Z + a0 exp(-b0 (1 - f theta^T)) L`` at fixed (a0, b0).

@@ -1,4 +1,4 @@
-"""Tip-X (§6): ``Z + gamma * (-R) L + alpha * exp(-beta (1 - A)) L``.
+"""Tip-X: ``Z + gamma * (-R) L + alpha * exp(-beta (1 - A)) L``.
 
 ``R`` is the query-to-key KL of text-logit softmaxes (always on original features), min-max
 rescaled into ``[min A, max A]``; the IMO variant takes ``A`` from corrected features, in the
@@ -6,9 +6,9 @@ rescale range as well as in the affinity term.
 """
 from __future__ import annotations
 
-from ..search import PAPER_GRID, Grid
 from . import cache
 from .common import MethodResult, Problem
+from .search import PAPER_GRID, Grid
 
 
 def run(problem: Problem, corrected: bool = False, grid: Grid = PAPER_GRID,

@@ -5,8 +5,8 @@ from typing import Iterator
 
 import torch
 
-from ..metrics import classification_metrics
 from .common import MethodResult, Problem, Split, chunks, count_hits, percent, zeroshot_logits
+from .metrics import classification_metrics
 
 
 def logits(problem: Problem, split: Split, chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:

@@ -1,4 +1,5 @@
-"""Adapter training (METHOD.md §4): supervised and DINO, one process or torchrun + DDP, resumable.
+"""Adapter training (docs/methods.md, "Adapter training"): supervised and DINO, one process or torchrun +
+DDP, resumable.
 
 >>> from clipimo.train import make_config, train_supervised
 >>> cfg = make_config("supervised", data="generic.csv", out="runs/sup", pretrained="openai")
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._lazy import lazy_exports
+from ..utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from ..distributed import DistEnv
+    from ..utils.distributed import DistEnv
     from .config import TrainConfig
     from .loop import TrainResult
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .. import _io
 from ..errors import ClipimoError
-from ..log import logger
+from ..utils import fileio
+from ..utils.log import logger
 
 CHECKPOINT_FORMAT = "clipimo-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -80,12 +80,12 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 
 def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    _io.write_safetensors(path, tensors, "clipimo_checkpoint",
+    fileio.write_safetensors(path, tensors, "clipimo_checkpoint",
                           {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = _io.read_safetensors(path, "clipimo_checkpoint", "training checkpoint")
+    tensors, meta = fileio.read_safetensors(path, "clipimo_checkpoint", "training checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise ClipimoError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}")
     return tensors, meta
@@ -98,7 +98,7 @@ def save_step_checkpoint(out: str | os.PathLike, tensors: dict[str, torch.Tensor
     folder = Path(out) / CHECKPOINT_DIR
     name = f"step_{meta['step']:08d}.safetensors"
     write_checkpoint(folder / name, tensors, meta)
-    _io.write_json(folder / LATEST, {"checkpoint": name, "step": meta["step"], "epoch": meta["epoch"],
+    fileio.write_json(folder / LATEST, {"checkpoint": name, "step": meta["step"], "epoch": meta["epoch"],
                                      "step_in_epoch": meta["step_in_epoch"]})
     for path in sorted(folder.glob("step_*.safetensors"))[:-keep]:
         if path.name != name:
@@ -113,7 +113,7 @@ def checkpoint_candidates(out: str | os.PathLike) -> list[Path]:
     found = sorted(folder.glob("step_*.safetensors"), reverse=True)
     pointer = folder / LATEST
     try:
-        named = folder / _io.read_json(pointer, "checkpoint pointer")["checkpoint"]
+        named = folder / fileio.read_json(pointer, "checkpoint pointer")["checkpoint"]
     except (ClipimoError, KeyError, TypeError) as err:
         if pointer.exists():
             logger.warning("%s is unreadable (%s); using the newest checkpoint file instead", pointer, err)
@@ -156,10 +156,10 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is None:
-            _io.write_text(path, "")
+            fileio.write_text(path, "")
         elif path.is_file():
             kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
-            _io.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.fh = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Training configurations: dataclasses holding the paper's defaults (METHOD.md §4).
+"""Training configurations: dataclasses holding the paper's defaults (docs/methods.md, "Adapter training").
 
 Precedence, lowest to highest: dataclass defaults, a YAML file (``--config``), command-line flags.
 YAML keys are the field names (``batch_size`` or ``batch-size``); unknown keys are an error.
@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from .. import _io
 from ..errors import ClipimoError
+from ..utils import fileio
 
 # Fields that may change between a run and its resumption (they do not alter the trajectory).
 RUN_CONTROL_FIELDS = frozenset({
@@ -76,7 +75,7 @@ class TrainConfig:
 
 @dataclass
 class SupervisedConfig(TrainConfig):
-    """§4 supervised: Linear head on the projected image embedding, CE, AdamW(wd 0.01), lr 8e-3, batch 128, 1 epoch."""
+    """Supervised: Linear head on the projected image embedding, CE, AdamW(wd 0.01), lr 8e-3, batch 128, 1 epoch."""
 
     drop_last: bool = _f(True, "drop the last incomplete global batch of each epoch (as the paper's loader)")
 
@@ -85,7 +84,7 @@ class SupervisedConfig(TrainConfig):
 
 @dataclass
 class DinoConfig(TrainConfig):
-    """§4 DINO self-distillation, with the paper's (and DINO's) defaults."""
+    """DINO self-distillation, with the paper's (and DINO's) defaults."""
 
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(40, "images per process and step (paper: 40 per GPU on 3 GPUs)")
@@ -183,7 +182,7 @@ def make_config(method: str, yaml_path: str | os.PathLike | None = None, **overr
     values: dict[str, Any] = {}
     sources: list[tuple[str, dict[str, Any]]] = []
     if yaml_path:
-        raw = _io.read_yaml_mapping(yaml_path)
+        raw = fileio.read_yaml_mapping(yaml_path)
         declared = raw.pop("method", method)
         if declared != method:
             raise ClipimoError(f"config file {yaml_path} is for method {declared!r}, not {method!r}")

@@ -18,10 +18,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..data.generic import is_image_file, read_csv_list, read_image_folder
+from ..data.images import load_rgb
 from ..data.items import LabelledImage
+from ..data.transforms import seeded_transform
 from ..errors import ClipimoError
-from ..images import load_rgb
-from ..transforms import seeded_transform
 
 
 def load_training_items(path: str | os.PathLike | None, need_labels: bool) -> tuple[list[LabelledImage], list[str]]:

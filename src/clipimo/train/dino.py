@@ -1,4 +1,4 @@
-"""DINO self-distillation parts (§4): head, loss, multi-crop augmentation, schedules, crop wrapper.
+"""DINO self-distillation parts: head, loss, multi-crop augmentation, schedules, crop wrapper.
 
 Written after DINO's ``main_dino.py`` / ``utils.py`` (Caron et al. 2021), with the project's
 fixes: CLIP normalisation instead of ImageNet's, augmentation randomness drawn from torch's RNG
@@ -16,9 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision import transforms as T
 
-from ..adapter import image_tower
-from ..distributed import DistEnv, setup_distributed
 from ..errors import ClipimoError
+from ..model.adapter import image_tower
+from ..utils.distributed import DistEnv, setup_distributed
 from .config import DinoConfig
 from .loop import Trainer, TrainResult
 from .posembed import crop_sizes, enable_any_input_size

@@ -24,15 +24,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import _io
-from ..adapter import add_adapters, save_adapters
-from ..backbone import Backbone, load_clip
-from ..distributed import DistEnv, setup_distributed
+from ..data.identity import items_digest
 from ..errors import ClipimoError, Terminated
-from ..identity import items_digest
-from ..log import logger, tqdm_disable, warn_random_init
-from .checkpoints import (CHECKPOINT_DIR, METRICS, MetricsLog, flatten_optimizer, read_checkpoint, restore_optimizer,
-                          resume_source, rng_state, save_step_checkpoint, set_rng_state)
+from ..model.adapter import add_adapters, save_adapters
+from ..model.backbone import Backbone, load_clip
+from ..utils import fileio
+from ..utils.distributed import DistEnv, setup_distributed
+from ..utils.log import logger, tqdm_disable, warn_random_init
+from .checkpoints import (
+    CHECKPOINT_DIR,
+    METRICS,
+    MetricsLog,
+    flatten_optimizer,
+    read_checkpoint,
+    restore_optimizer,
+    resume_source,
+    rng_state,
+    save_step_checkpoint,
+    set_rng_state,
+)
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 from .data import EpochBatches, ImageDataset, load_training_items
 from .processes import all_reduce_mean, any_rank, default_workers, sigterm_requests, wrap_ddp
@@ -257,7 +267,7 @@ class Trainer:
         """The run's settings as ``<out>/config.yaml``, reusable as --config to continue the run
         (hence without max_steps and with resume auto)."""
         recorded = {**self.cfg.to_dict(), "max_steps": None, "resume": "auto"}
-        _io.write_text(self.out / "config.yaml", yaml.safe_dump({"method": self.method, **recorded}, sort_keys=False))
+        fileio.write_text(self.out / "config.yaml", yaml.safe_dump({"method": self.method, **recorded}, sort_keys=False))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:

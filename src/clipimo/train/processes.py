@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import DistEnv
+from ..utils.distributed import DistEnv
 
 
 def all_reduce_mean(t: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Supervised adapter training (§4): a linear head on the projected, unnormalised image embedding
+"""Supervised adapter training: a linear head on the projected, unnormalised image embedding
 (adapters on), cross-entropy, AdamW(weight decay 0.01), constant lr 8e-3, batch 128, 1 epoch.
 
 Images go through the backbone's eval transform (Resize bicubic + CenterCrop + CLIP
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..adapter import adapter_parameters
-from ..distributed import DistEnv, setup_distributed
+from ..model.adapter import adapter_parameters
+from ..utils.distributed import DistEnv, setup_distributed
 from .config import SupervisedConfig
 from .loop import Trainer, TrainResult
 

@@ -1,0 +1,59 @@
+"""What identifies a dataset and an image list: digests of class names, templates and (path, label)
+lists, and the readable unique name a dataset gets in results."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .benchmarks import DatasetSplits
+from .items import LabelledImage
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of a JSON-able object (keys sorted), hex."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def items_digest(items: Iterable[LabelledImage], with_stat: bool = False) -> str:
+    """SHA-256 of an item list: absolute path and label of each item; ``with_stat`` adds file size
+    and mtime, so an image replaced under the same name changes the digest too."""
+    h = hashlib.sha256()
+    for path, label in items:
+        line = f"{os.path.abspath(path)}\t{int(label)}"
+        if with_stat:
+            st = os.stat(path) if os.path.isfile(path) else None
+            line += f"\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}"
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def dataset_identity(splits: DatasetSplits) -> dict[str, Any]:
+    """Resolved location, class names, templates and a hash of each split's (path, label) list."""
+    return {
+        "name": splits.name,
+        "location": str(Path(splits.root).resolve()),
+        "classnames": digest(splits.classnames),
+        "templates": digest(splits.templates),
+        **{split: items_digest(splits.split(split)) for split in ("train", "val", "test")},
+    }
+
+
+def dataset_label(splits: DatasetSplits, custom: bool) -> str:
+    """A readable name that is unique per dataset: benchmarks keep their name (one data root per
+    results folder); custom task folders get a short hash of their resolved location, so two
+    folders both called ``task`` never share results."""
+    if not custom:
+        return splits.name
+    return f"{splits.name}-{digest(str(Path(splits.root).resolve()))[:8]}"

@@ -1,0 +1,109 @@
+"""Distribution shift: an ImageNet few-shot cache and its tuned hyper-parameters, applied unchanged
+to ImageNet-V2, -Sketch, -A and -R (logits restricted to the target's classes, 200 for -A and -R)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from ..data import SHIFT_SETS, load_dataset
+from ..errors import ClipimoError
+from ..features.extractor import FeatureExtractor
+from ..methods.common import Problem, Split
+from ..methods.evaluate import evaluate_features
+from ..methods.predict import fixed_point
+from ..report.aggregate import STD_LABEL, mean_std
+from ..utils import fileio
+from ..utils.device import full_float32, resolve_device
+from ..utils.lock import folder_lock
+from ..utils.log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
+from ..utils.markdown import md_table
+from ..version import __version__
+from .cell import cell_features, feature_meta, open_source, plan_cell, require_adapter
+from .grid import RunConfig
+
+SOURCE = "ImageNet"
+
+
+def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
+              device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+    """Tune every method on the ImageNet cell of each seed in ``cfg`` (one shot count), score the targets.
+
+    Writes ``out/shift.json`` (per-seed and mean rows) and ``out/shift.md``; returns the record.
+    """
+    if len(cfg.shots) != 1:
+        raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
+    require_adapter(cfg.methods, extractor)
+    out, dev = Path(out), resolve_device(device)
+    with folder_lock(out):
+        return _run_locked(cfg, extractor, out, targets, dev, progress)
+
+
+def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets: Sequence[str],
+                dev, progress: bool | None) -> dict[str, Any]:
+    source = open_source(SOURCE, cfg.root)
+    shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
+    if extractor.backbone.random_init:
+        warn_random_init()
+    per_seed: list[dict[str, Any]] = []
+    records = []
+    for seed in tqdm(cfg.seeds, desc="seeds", disable=tqdm_disable(progress)):
+        feats, record = cell_features(extractor, plan_cell(source, cfg.shots[0], seed, cfg.cell, {}), cfg.cell, out / "supports")
+        records.append(record)
+        options = cfg.method_options(seed, source.splits.name)  # the cell's seed orders Tip-F's batches
+        tuned = evaluate_features(feats, cfg.methods, device=dev, options=options)
+        problem = Problem.from_features(feats, dev)
+        per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
+                     for m, r in tuned.items()]
+        with full_float32():  # as the search ran (Tip-F retrains its keys here)
+            fixed = {m: fixed_point(problem, m, r["hparams"], options=options) for m, r in tuned.items()}
+            for target in shifted:
+                tf = extractor.image_features(target.test, skip_unreadable=cfg.skip_unreadable,
+                                              desc=f"{target.name} test")
+                split = Split(tf.original.to(dev), tf.corrected_or_original.to(dev), tf.labels.to(dev))
+                for m, r in tuned.items():
+                    acc = fixed[m].accuracy(split, target.imagenet_classes)
+                    per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc,
+                                     "hparams": r["hparams"]})
+    rows = []
+    for target in [SOURCE] + [t.name for t in shifted]:
+        for m in cfg.methods:
+            accs = [r["test_acc"] for r in per_seed if r["target"] == target and r["method"] == m]
+            mean, std = mean_std(accs)
+            rows.append({"target": target, "method": m, "test_acc": mean, "std": std, "n": len(accs)})
+    result = {
+        "source": SOURCE,
+        "shots": cfg.shots[0],
+        "seeds": cfg.seeds,
+        "rows": rows,
+        "per_seed": per_seed,
+        "validation": records,
+        "backbone": extractor.backbone.identity,
+        "random_init": extractor.backbone.random_init,
+        "adapter": feature_meta(extractor)["adapter"],
+        "config": dataclasses.asdict(cfg),
+        "clipimo_version": __version__,
+    }
+    fileio.write_json(out / "shift.json", result)
+    fileio.write_text(out / "shift.md", shift_markdown(result))
+    return result
+
+
+def shift_markdown(result: dict[str, Any]) -> str:
+    """Methods x targets table, mean ± std over seeds."""
+    targets = list(dict.fromkeys(r["target"] for r in result["rows"]))
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    index = {(r["target"], r["method"]): r for r in result["rows"]}
+    lines = ["# Distribution shift", ""]
+    if result["random_init"]:
+        lines += [f"> **{RANDOM_INIT_WARNING}**", ""]
+    lines += [f"{result['source']} {result['shots']}-shot cache and hyper-parameters applied unchanged; "
+              f"top-1 test accuracy (%), mean ± {STD_LABEL} over n = {len(result['seeds'])} seeds "
+              f"({', '.join(map(str, result['seeds']))}).", ""]
+    table = [[m] + [f"{index[(t, m)]['test_acc']:.2f} ± {index[(t, m)]['std']:.2f}" for t in targets] for m in methods]
+    lines += [md_table(["method"] + targets, table), ""]
+    return "\n".join(lines)
+
+

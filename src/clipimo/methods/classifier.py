@@ -1,0 +1,273 @@
+"""A tuned few-shot classifier in one file, to classify new images with a method chosen on a task.
+
+The file is safetensors (text weights, cache keys of both streams, cache labels; for the methods
+that fit on every augmented view, GDA and ProKeR, the per-pass views of both streams too; for Tip-F
+its trained keys, so predicting never trains; for a corrected stream other than the IMO adapter,
+that correction's map) with one JSON metadata entry: method, chosen hyper-parameters, the method
+settings that shaped its logits (ProKeR's views mode, APE's configuration, Tip-F's training),
+class names, the backbone identity and adapter hash the features came from, the correction, the
+zero-shot logit scale and bias, and provenance. No pickle. Logits come from
+:func:`clipimo.methods.predict.logits_at`, the one place a method's logits are computed; Tip-X
+rescales its KL term over the images classified together, as in evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+
+from ..errors import ClipimoError
+from ..features.corrections import MAP_KEYS, LinearCorrection, fingerprint, map_arrays, saved_map
+from ..features.file import FeatureSet
+from ..utils import fileio
+from ..utils.device import resolve_device
+from .common import MethodOptions, Problem, Split
+from .predict import logits_at
+from .registry import parse_methods
+
+if TYPE_CHECKING:
+    from ..features.extractor import FeatureExtractor
+
+FORMAT = "clipimo-classifier"
+FORMAT_VERSION = 2
+# Version 1 files record no method options, correction or trained keys: still read for the
+# methods whose logits they determine.
+_V1_METHODS = frozenset({"zs", "tip", "tipx", "gda"})
+META_KEY = "clipimo_classifier"
+_TENSORS = ("text_weights", "cache_keys", "cache_keys_corrected", "cache_labels")
+_VIEWS = ("cache_views", "cache_views_corrected")  # [E, N, D]: stored for the methods that fit on them
+# Backbone identity fields that must agree between the classifier and the model given to predict.
+_IDENTITY_KEYS = ("model", "weights", "config_sha256", "quick_gelu")
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """Text weights ``[D, C]``, cache keys ``[N, D]`` of both streams, labels ``[N]``, and what they mean."""
+
+    method: str
+    hparams: dict[str, float]
+    text_weights: torch.Tensor
+    cache_keys: torch.Tensor
+    cache_keys_corrected: torch.Tensor
+    cache_labels: torch.Tensor
+    classnames: list[str]
+    backbone: dict[str, Any]
+    adapter_sha256: str | None
+    logit_scale: float = 100.0
+    logit_bias: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    cache_views: torch.Tensor | None = None
+    cache_views_corrected: torch.Tensor | None = None
+    # ProKeR's views mode (as resolved), APE's config and dataset: what logits_at needs beyond hparams.
+    options: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(MethodOptions()))
+    correction: LinearCorrection | None = None  # the corrected stream's map; None: the IMO adapter
+    trained_keys: bool = False  # Tip-F: the keys of its stream are the trained ones (scored as Tip)
+
+    @property
+    def needs_adapter(self) -> bool:
+        return self.method.endswith("-imo") and self.correction is None
+
+    @property
+    def scored_as(self) -> str:
+        """The method whose logits are computed: Tip-F with its trained keys is Tip-Adapter."""
+        return self.method.replace("tip-f", "tip") if self.trained_keys else self.method
+
+    @classmethod
+    def from_features(cls, feats: FeatureSet, method: str, hparams: Mapping[str, float], meta: Mapping[str, Any],
+                      provenance: Mapping[str, Any] | None = None, options: MethodOptions | None = None,
+                      settings: Mapping[str, Any] | None = None, correction: LinearCorrection | None = None,
+                      device: str | torch.device = "cpu") -> "Classifier":
+        """The classifier of ``method`` at ``hparams`` on a features file's cache; ``meta`` is the
+        file's metadata (backbone identity, adapter, class names, correction), which predictions are
+        checked against. ``options`` and ``settings`` (the method's result ``meta``) are those of the
+        evaluation: Tip-F's keys are trained here with them, on ``device``, and must reach the
+        evaluated epoch. ``correction`` is the map of a non-IMO corrected stream
+        (:func:`clipimo.features.corrections.saved_map`)."""
+        (method,) = parse_methods([method])
+        base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
+        backbone = meta.get("backbone")
+        if not isinstance(backbone, dict) or not backbone.get("model"):
+            raise ClipimoError("the features file records no backbone identity, so a classifier made from it could "
+                               "not check the model it is used with; write the features with `clipimo features "
+                               "--task DIR --shots K --seed S` or `clipimo run --save-features`")
+        recorded = dict(meta.get("correction") or {"name": "imo"})
+        if not corrected:  # only the -imo methods see the corrected stream
+            correction = None
+        elif fingerprint(correction) != recorded:
+            raise ClipimoError(f"the features file's corrected stream is {recorded.get('name')}, but the classifier "
+                               f"was given the map of {fingerprint(correction)['name']}")
+        adapter = meta.get("adapter")
+        adapter_sha = adapter.get("sha256") if isinstance(adapter, dict) else meta.get("adapter_sha256")
+        if corrected and correction is None and not adapter_sha:
+            raise ClipimoError(f"{method} uses the corrected stream, but the features file records no adapter")
+        fits_views = base in ("gda", "proker", "tip-f")
+        if fits_views and not feats.has_views:
+            raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
+                               "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
+        opts, settings = options or MethodOptions(), dict(settings or {})
+        if base == "proker" and "views" in settings:  # "auto" resolved as in the evaluation
+            opts = dataclasses.replace(opts, proker_views=settings["views"])
+        tensors = {k: torch.from_numpy(getattr(feats, k)) for k in _TENSORS}
+        if base == "tip-f":
+            from .tipf import trained_problem
+
+            problem = Problem.from_features(feats, resolve_device(device))
+            trained, training = trained_problem(problem, corrected, opts)
+            if "epoch" in settings and training["epoch"] != settings["epoch"]:
+                raise ClipimoError(f"retraining {method} for the classifier chose epoch {training['epoch']}, the "
+                                   f"evaluation epoch {settings['epoch']}: save the classifier on the device the "
+                                   "method was evaluated on")
+            key = "cache_keys_corrected" if corrected else "cache_keys"
+            tensors[key] = trained.keys(corrected).detach().cpu()
+            fits_views = False  # the trained keys are all that is needed
+        views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if fits_views else {}
+        classnames = list(meta.get("classnames") or [str(i) for i in range(feats.num_classes)])
+        if len(classnames) != feats.num_classes:
+            raise ClipimoError(f"the features file names {len(classnames)} classes but its text weights have "
+                               f"{feats.num_classes}")
+        return cls(method=method, hparams={k: float(v) for k, v in hparams.items()}, **tensors,
+                   classnames=classnames, backbone=dict(backbone), adapter_sha256=adapter_sha,
+                   logit_scale=feats.logit_scale, logit_bias=feats.logit_bias,
+                   provenance={**(provenance or {}), "settings": settings}, options=dataclasses.asdict(opts),
+                   correction=correction, trained_keys=base == "tip-f", **views)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically as safetensors + JSON metadata."""
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "hparams": self.hparams,
+                "classnames": self.classnames, "backbone": self.backbone, "adapter_sha256": self.adapter_sha256,
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance,
+                "options": self.options, "correction": fingerprint(self.correction), "trained_keys": self.trained_keys}
+        tensors = {k: getattr(self, k) for k in _TENSORS + _VIEWS if getattr(self, k) is not None}
+        tensors.update({k: torch.from_numpy(v) for k, v in map_arrays(self.correction).items()})
+        fileio.write_safetensors(path, tensors, META_KEY, meta)
+
+    def check_extractor(self, extractor: FeatureExtractor) -> None:
+        """Refuse a backbone or adapter other than the ones the classifier's features came from."""
+        ours, theirs = self.backbone, extractor.backbone.identity
+        differ = [k for k in _IDENTITY_KEYS if k in ours and k in theirs and ours[k] != theirs[k]]
+        if differ:
+            raise ClipimoError(
+                f"the classifier was made with backbone {ours.get('model')} ({ours.get('weights')}), but the model "
+                f"given is {theirs.get('model')} ({theirs.get('weights')}); they differ in {', '.join(differ)}: "
+                "pass the --model/--pretrained the classifier was made with")
+        given = extractor.adapter_hash
+        if self.needs_adapter and given is None:
+            raise ClipimoError(f"the classifier's method {self.method} needs the corrected stream: pass the adapter "
+                               f"file it was made with (--adapter, sha256 {self.adapter_sha256[:12]}...)")
+        if given is not None and given != self.adapter_sha256:
+            want = f"sha256 {self.adapter_sha256[:12]}..." if self.adapter_sha256 else "no adapter"
+            raise ClipimoError(f"the adapter given (sha256 {given[:12]}...) is not the one the classifier was made "
+                               f"with ({want})")
+
+    def logits(self, original: torch.Tensor, corrected: torch.Tensor | None = None,
+               device: str | torch.device = "cpu") -> torch.Tensor:
+        """``[n, C]`` logits of the classifier's method for query features of both streams
+        (``corrected`` defaults to ``original``, right for methods that only use the original one;
+        with a training-free correction it is that map of ``original``, whatever is given)."""
+        if self.correction is not None:  # a training-free correction: its map of the original features
+            corrected = torch.from_numpy(self.correction.apply(original.cpu().numpy()))
+        original = original.to(device, torch.float32)
+        corrected = original if corrected is None else corrected.to(device, torch.float32)
+        query = Split(original, corrected, torch.zeros(len(original), dtype=torch.int64, device=device))
+        problem = Problem(
+            text_weights=self.text_weights.to(device), cache_keys=self.cache_keys.to(device),
+            cache_keys_corrected=self.cache_keys_corrected.to(device), cache_labels=self.cache_labels.to(device),
+            val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
+            **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
+        out = torch.empty(len(original), len(self.classnames), device=device)
+        for rows, chunk in logits_at(problem, query, self.scored_as, self.hparams,
+                                     options=MethodOptions(**self.options)):
+            out[rows] = chunk
+        return out
+
+    def predict(self, extractor: FeatureExtractor, paths: Sequence[str], top_k: int = 5, skip_unreadable: bool = False,
+                device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+        """Top-k class names and probabilities (softmax of the method's logits) per image, in order;
+        ``extractor`` must use the classifier's backbone and adapter."""
+        from ..data.items import LabelledImage
+
+        if top_k < 1:
+            raise ClipimoError(f"--top-k must be >= 1, got {top_k}")
+        self.check_extractor(extractor)
+        feats = extractor.image_features([LabelledImage(p, 0) for p in paths], skip_unreadable=skip_unreadable,
+                                         desc="predict")
+        probs = torch.softmax(self.logits(feats.original, feats.corrected_or_original, resolve_device(device)),
+                              dim=1).cpu()
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        return [{"path": path, "top_k": [{"label": self.classnames[i], "probability": float(v)}
+                                         for v, i in zip(vs.tolist(), ix.tolist())]}
+                for path, vs, ix in zip(feats.paths, values, indices)]
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Read a classifier file written by :meth:`Classifier.save` (``clipimo evaluate --save-classifier``)."""
+    tensors, meta = fileio.read_safetensors(path, META_KEY, "classifier file")
+    version = meta.get("version")
+    if meta.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
+        raise ClipimoError(f"classifier file {path}: format {meta.get('format')!r} version {version!r}, "
+                           f"expected {FORMAT!r} version {FORMAT_VERSION}")
+    if version == 1 and meta.get("method") not in _V1_METHODS:
+        raise ClipimoError(f"classifier file {path}: a {meta.get('method')} classifier from an older clipimo, which "
+                           "did not record its method settings or correction; save it again with `clipimo evaluate "
+                           "--save-classifier`")
+    missing = [k for k in _TENSORS if k not in tensors]
+    if missing:
+        raise ClipimoError(f"classifier file {path}: missing tensor(s) {', '.join(missing)}")
+    correction = saved_map({k: tensors[k].numpy() for k in MAP_KEYS if k in tensors}, meta.get("correction"),
+                           f"classifier file {path}")
+    return Classifier(method=meta["method"], hparams=meta["hparams"], classnames=meta["classnames"],
+                      backbone=meta["backbone"], adapter_sha256=meta["adapter_sha256"],
+                      logit_scale=meta["logit_scale"], logit_bias=meta["logit_bias"],
+                      provenance=meta.get("provenance", {}),
+                      options=meta.get("options") or dataclasses.asdict(MethodOptions()),
+                      correction=correction, trained_keys=bool(meta.get("trained_keys")),
+                      **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
+
+
+def list_images(source: str | os.PathLike) -> list[str]:
+    """Image paths from an image file, a folder (searched recursively, sorted) or a CSV with a 'path' column."""
+    from ..data.generic import is_image_file
+
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(str(Path(folder) / name) for folder, _, files in os.walk(source)
+                       for name in files if is_image_file(name))
+    elif source.suffix.lower() == ".csv" and source.is_file():
+        with open(source, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise ClipimoError(f"{source}: expected a CSV with a 'path' column, got columns {reader.fieldnames}")
+            paths = [str((source.parent / row["path"]).resolve()) for row in reader if row["path"]]
+    elif source.is_file() and is_image_file(source.name):
+        paths = [str(source)]
+    else:
+        raise ClipimoError(f"{source}: expected an image file, a folder of images or a CSV with a 'path' column")
+    if not paths:
+        raise ClipimoError(f"{source}: no image files found")
+    return paths
+
+
+def predictions_text(predictions: list[dict[str, Any]], fmt: str) -> str:
+    """Predictions as JSON, or CSV with columns path, label_1, probability_1, ..., label_k, probability_k."""
+    if fmt == "json":
+        return json.dumps(predictions, indent=2) + "\n"
+    k = max((len(p["top_k"]) for p in predictions), default=0)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")])
+    for p in predictions:
+        writer.writerow([p["path"]] + [x for t in p["top_k"] for x in (t["label"], f"{t['probability']:.6f}")])
+    return buf.getvalue()
+
+
+def best_method(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The method with the highest validation top-1 (ties: the first listed)."""
+    return max(results, key=lambda m: results[m]["val_acc"])
+

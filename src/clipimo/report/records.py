@@ -1,0 +1,61 @@
+"""The records a report is drawn from: ``results.json`` of ``clipimo run`` and ``shift.json`` of
+``clipimo shift``, read and checked for the keys the report needs."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ..errors import ClipimoError
+from ..utils import fileio
+from .aggregate import summarise
+
+
+def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
+    """Check the keys the report needs; fill ``summary`` from ``cells`` when it is absent."""
+    if not isinstance(results, dict):
+        raise ClipimoError(f"{source}: expected a JSON object with 'meta', 'cells' and 'summary'")
+    for key in ("meta", "cells"):
+        if key not in results:
+            raise ClipimoError(f"{source}: missing key {key!r} (is this a results.json from 'clipimo run'?)")
+    if not isinstance(results["cells"], list):
+        raise ClipimoError(f"{source}: 'cells' must be a list")
+    for i, cell in enumerate(results["cells"]):
+        for key in ("dataset", "shots", "seed", "methods"):
+            if key not in cell:
+                raise ClipimoError(f"{source}: cells[{i}] lacks key {key!r}")
+    summary = results.get("summary")
+    if summary is None:
+        summary = summarise(results["cells"])
+    for i, row in enumerate(summary):
+        for key in ("dataset", "shots", "method", "mean"):
+            if key not in row:
+                raise ClipimoError(f"{source}: summary[{i}] lacks key {key!r}")
+    out = dict(results)
+    out["summary"] = summary
+    shift = results.get("shift")
+    if shift is not None:
+        if not isinstance(shift, dict) or not isinstance(shift.get("rows"), list):
+            raise ClipimoError(f"{source}: 'shift' must be an object with a 'rows' list")
+        for i, row in enumerate(shift["rows"]):
+            for key in ("target", "method", "test_acc"):
+                if key not in row:
+                    raise ClipimoError(f"{source}: shift.rows[{i}] lacks key {key!r}")
+    return out
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a ``results.json`` written by ``clipimo run``."""
+    return validate_results(fileio.read_json(path, "results"), str(path))
+
+
+def read_shift(path: str | os.PathLike) -> dict[str, Any]:
+    """A shift.json written by ``clipimo shift``."""
+    record = fileio.read_json(path, "shift")
+    if not isinstance(record.get("rows"), list):
+        raise ClipimoError(f"shift file {path}: expected a 'rows' list (written by 'clipimo shift')")
+    return record
+
+
+def is_random_init(meta: Mapping[str, Any]) -> bool:
+    """Whether a results ``meta`` or an overlap record comes from a random-init backbone."""
+    return bool(meta.get("random_init", (meta.get("backbone") or {}).get("random_init")))

@@ -1,0 +1,137 @@
+"""Atomic file writes: a killed process never leaves a half-written file under the final name."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    if path.is_dir():
+        from ..errors import ClipimoError
+
+        raise ClipimoError(f"{path} is a folder; expected the path of a file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except OSError as err:  # a full disk, a read-only folder, ...: name the file meant, not the temporary one
+        from ..errors import ClipimoError
+
+        raise ClipimoError(f"cannot write {path}: {err.strerror or err}") from err
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path when it is a file; otherwise a ClipimoError saying ``what`` was expected there
+    (a folder and a missing path are told apart)."""
+    from ..errors import ClipimoError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ClipimoError(f"{what} {path} is a folder; expected a file")
+    if not path.is_file():
+        raise ClipimoError(f"{what} {path} does not exist")
+    return path
+
+
+def parse_json_object(text: str | bytes, where: str) -> dict:
+    """A JSON object (mapping) from ``text``; anything else is a ClipimoError naming ``where``."""
+    from ..errors import ClipimoError
+
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ClipimoError(f"{where} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ClipimoError(f"{where} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object from a file; a missing, malformed or non-object one is a ClipimoError naming
+    ``what`` and the path."""
+    path = require_file(path, f"{what} file")
+    return parse_json_object(path.read_bytes(), f"{what} file {path}")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file that must hold a mapping (safe loader: plain data only)."""
+    import yaml
+
+    from ..errors import ClipimoError
+
+    path = require_file(path, "config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+    return data
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, meta_key: str, meta: Any) -> None:
+    """Tensors plus one JSON metadata entry, written atomically (safetensors: no pickle)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    write_bytes(path, save(tensors, metadata={meta_key: json.dumps(meta, sort_keys=True)}))
+
+
+def read_safetensors(path: str | os.PathLike, meta_key: str, what: str) -> tuple[dict, Any]:
+    """Tensors and the JSON metadata entry ``meta_key`` of a file written by ``write_safetensors``;
+    errors name the file and say which kind of file (``what``) was expected."""
+    from safetensors import safe_open
+
+    from ..errors import ClipimoError
+
+    path = require_file(path, what)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(meta_key)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise ClipimoError(f"{what} {path} is not a readable safetensors file: {err}") from err
+    if raw is None:
+        raise ClipimoError(f"{path} is a safetensors file but not a clipimo {what} (no '{meta_key}' metadata)")
+    return tensors, parse_json_object(raw, f"{what} {path}: its '{meta_key}' metadata")
