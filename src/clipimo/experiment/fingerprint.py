@@ -44,9 +44,19 @@ def fingerprint_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
-        if isinstance(a, Mapping) and isinstance(b, Mapping) and key in ("run", "dataset"):
-            changes += [f"{key}.{k}" if key == "dataset" else k
-                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if isinstance(a, Mapping) and isinstance(b, Mapping) and key == "dataset":
+            changes += [f"dataset.{k}" for k in _differing(a, b)]
+        elif isinstance(a, Mapping) and isinstance(b, Mapping) and key == "run":
+            for k in _differing(a, b):
+                inner = a.get(k), b.get(k)
+                if k == "method_options" and all(isinstance(v, Mapping) for v in inner):
+                    changes += [f"method_options.{o}" for o in _differing(*inner)]  # the setting, not just "a setting"
+                else:
+                    changes.append(k)
         else:
             changes.append(_PART_NAMES.get(key, key))
     return changes
+
+
+def _differing(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
