@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut) of the files where a silent bug changes results: methods/ (search,
 # methods, classifier), model/adapter.py, features/extractor.py, features/corrections.py,
-# experiment/cell.py, experiment/grid.py, experiment/shift.py, train/dino.py
+# experiment/cell.py, experiment/grid.py, experiment/shift.py, experiment/fingerprint.py, train/dino.py
 # ([tool.mutmut] in pyproject.toml). Each mutant runs only the fast tests that reach the mutated
 # function. Not in CI (hours on 2 cores for every file); run it before resolving an issue that
 # touches those files, and give the score it prints.
