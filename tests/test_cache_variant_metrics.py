@@ -29,9 +29,11 @@ def test_each_shared_variant_reports_its_own_top5_and_recall():
         logits = ref.fixed_point(arrays, "test", wiring, name.startswith("tipx"), searched["hparams"])
         top1, top5, recall = numpy_metrics(logits, arrays["test_labels"])
         assert top1 == pytest.approx(searched["test_acc"])
-        want[name] = {"hparams": searched["hparams"], "top5": top5, "recall": recall}
+        want[name] = {"hparams": searched["hparams"], "val": searched["val_acc"], "top1": top1, "top5": top5,
+                      "recall": recall}
     for name in variants:
         assert got[name].hparams == want[name]["hparams"], name
+        assert (got[name].val_acc, got[name].test_acc) == pytest.approx((want[name]["val"], want[name]["top1"])), name
         assert got[name].test_top5 == pytest.approx(want[name]["top5"]), name
         assert got[name].test_mean_per_class_recall == pytest.approx(want[name]["recall"]), name
     # Power: four variants, four different values of each metric.

@@ -96,3 +96,21 @@ def test_a_changed_method_option_recomputes_the_cell_and_names_itself(stored_run
     # the methods ran again with the new value: it shows in the settings they report
     assert after["settings"] != before["settings"]
     assert any(value in s.values() for s in after["settings"].values()), after["settings"]
+
+
+def test_fingerprint_changes_name_each_differing_part():
+    """The names the log gives, worked out by hand for each kind of part."""
+    from clipimo.identity import fingerprint_changes
+
+    old = {"run": {"precision": "fp32", "method_options": {"tipf_batch": 256, "ape_config": "default"}},
+           "dataset": {"name": "x", "test": "a"}, "shots": 1, "support": "s1", "only_old": 1}
+    assert fingerprint_changes(old, old) == []
+    assert fingerprint_changes(None, old) == ["no fingerprint stored (written by an older clipimo)"]
+    new = {"run": {"precision": "bf16", "method_options": {"tipf_batch": 4, "ape_config": "default", "extra": 1}},
+           "dataset": {"name": "x", "test": "b", "classes": 3}, "shots": 2, "support": "s2", "only_new": 1}
+    assert fingerprint_changes(old, new) == [
+        "dataset.classes", "dataset.test", "only_new", "only_old", "method_options.extra",
+        "method_options.tipf_batch", "precision", "shots", "support set"]
+    # a part that is not a mapping on one side is named as a whole
+    assert fingerprint_changes({**old, "run": None, "dataset": "d"}, old) == ["dataset", "run"]
+    assert fingerprint_changes(old, {**old, "run": {**old["run"], "method_options": None}}) == ["method_options"]

@@ -32,13 +32,17 @@ def _seed_cells(extractor, images, seed):
     return support, val, test
 
 
-def test_each_seed_scores_the_targets_with_its_own_cache_and_point(stand_in_shift, tmp_path):
-    root = stand_in_shift
+def _more_target_images(root):
     wnids = [f"n{c:08d}" for c in range(NUM_CLASSES)]
     for folder, subset in TARGETS.values():
         for c in subset:
             for i in range(TARGET_IMAGES):
                 put_image(root / folder / wnids[c] / f"{i}.png")
+
+
+def test_each_seed_scores_the_targets_with_its_own_cache_and_point(stand_in_shift, tmp_path):
+    root = stand_in_shift
+    _more_target_images(root)
     extractor = StandInExtractor()
     cfg = RunConfig(root=str(root), datasets=["ImageNet"], shots=[2], seeds=SEEDS, methods=METHODS, augment_passes=2)
     result = run_shift(cfg, extractor, tmp_path / "shift", targets=list(TARGETS), progress=False)
@@ -79,3 +83,46 @@ def test_each_seed_scores_the_targets_with_its_own_cache_and_point(stand_in_shif
     for row in result["rows"]:
         accs = [rows[(row["target"], s, row["method"])]["test_acc"] for s in SEEDS]
         assert row["n"] == len(SEEDS) and row["test_acc"] == pytest.approx(float(np.mean(accs)))
+
+
+def test_each_seed_trains_tip_f_with_its_own_options(stand_in_shift, tmp_path):
+    """Tip-F's keys are trained per seed with the run's batch and that seed's order: the source row
+    is Tip-F-IMO run on the seed's hand-keyed arrays with those options, and the targets are scored
+    by the float64 reference of Tip-IMO on the keys so trained (training itself is pinned in
+    test_tipf). With one key per batch the seed and the batch both change the keys."""
+    from clipimo.device import full_float32
+    from clipimo.methods import MethodOptions, Problem, run_method
+    from clipimo.methods.tipf import trained_problem
+
+    root, seeds, batch = stand_in_shift, [1, 2], 1
+    _more_target_images(root)
+    extractor = StandInExtractor()
+    cfg = RunConfig(root=str(root), datasets=["ImageNet"], shots=[2], seeds=seeds, methods=["tip-f-imo"],
+                    augment_passes=2, tipf_batch=batch)
+    result = run_shift(cfg, extractor, tmp_path / "shift", targets=list(TARGETS), progress=False)
+    rows = {(r["target"], r["seed"]): r for r in result["per_seed"] if r["method"] == "tip-f-imo"}
+    images = root / "imagenet" / "images"
+    targets = [(extractor.lists(root / folder)[0][0], sorted(subset)) for folder, subset in TARGETS.values()]
+
+    def scores(arrays, options, hp):
+        with full_float32():
+            trained, _ = trained_problem(Problem.from_features(ref.as_featureset(arrays)), True, options)
+        keyed = {**arrays, "cache_keys_corrected": trained.cache_keys_corrected.numpy()}
+        return [_restricted_acc(keyed, items, classes, "tip-imo", hp, ref.Wiring.imo()) for items, classes in targets]
+
+    def result(arrays, options):
+        """The source row (test top-1, point) and the target scores of one seed's cell under ``options``."""
+        with full_float32():
+            tuned = run_method("tip-f-imo", Problem.from_features(ref.as_featureset(arrays)), options)
+        return tuned.test_acc, tuned.hparams, scores(arrays, options, tuned.hparams)
+
+    wrong = []
+    for seed in seeds:
+        arrays = hand_arrays(*_seed_cells(extractor, images, seed))
+        test_acc, hp, target_scores = result(arrays, MethodOptions(seed=seed, tipf_batch=batch, dataset="ImageNet"))
+        assert (rows[("ImageNet", seed)]["test_acc"], rows[("ImageNet", seed)]["hparams"]) == (test_acc, hp), seed
+        assert [rows[(name, seed)]["test_acc"] for name in TARGETS] == pytest.approx(target_scores), seed
+        # Power: the default batch, or the first seed's order, gives this seed another row somewhere.
+        wrong.append([result(arrays, other) != (test_acc, hp, target_scores) for other in (
+            MethodOptions(seed=seed, dataset="ImageNet"), MethodOptions(seed=seeds[0], tipf_batch=batch, dataset="ImageNet"))])
+    assert any(w[0] for w in wrong) and wrong[1][1]
