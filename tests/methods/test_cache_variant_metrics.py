@@ -4,13 +4,12 @@ against a float64 re-derivation, on a task where the four variants end with four
 of each metric (a pass that reported one variant's metrics for all would fail)."""
 from __future__ import annotations
 
-import pytest
-
 import imo_reference as ref
-from clipimo.evaluate import run_methods
-from clipimo.methods import CACHE_VARIANTS
-
+import pytest
 from test_metrics import numpy_metrics
+
+from clipimo.methods.evaluate import run_methods
+from clipimo.methods.registry import CACHE_VARIANTS
 
 # 16 classes (top-5 is informative), a weak class cluster in the corrected stream: on this task
 # the KL term and the stream both move the chosen point and every metric.

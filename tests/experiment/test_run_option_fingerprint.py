@@ -15,12 +15,12 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-
-from clipimo.cli import build_parser, main
-from clipimo.cliconfig import all_parsers
-from clipimo.methods import TAKES_OPTIONS, MethodOptions
-
 from test_stream_wiring_runs import StandInExtractor, put_task
+
+from clipimo.cli.app import build_parser, main
+from clipimo.cli.config import all_parsers
+from clipimo.methods.common import MethodOptions
+from clipimo.methods.registry import TAKES_OPTIONS
 
 CELL_LEVEL = {"seed", "dataset"}  # set per cell: a new seed or dataset is another cell, not a stale one
 # The methods that take options (their -imo twins read the same ones).
@@ -69,7 +69,7 @@ def stored_run(tmp_path_factory):
     args = ["run", "--datasets", str(task), "--shots", "2", "--seeds", "1", "--methods", ",".join(METHODS),
             "--augment-passes", "2", "--workers", "0", "--no-progress"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("clipimo.commands.run.make_extractor", lambda *a, **k: CliStandIn())
+        mp.setattr("clipimo.cli.commands.run.make_extractor", lambda *a, **k: CliStandIn())
         assert main([*args, "--out", str(root / "out")]) == 0
     return args, root / "out"
 
@@ -80,7 +80,7 @@ def test_a_changed_method_option_recomputes_the_cell_and_names_itself(stored_run
     args, stored = stored_run
     out = tmp_path / "out"
     shutil.copytree(stored, out)
-    monkeypatch.setattr("clipimo.commands.run.make_extractor", lambda *a, **k: CliStandIn())
+    monkeypatch.setattr("clipimo.cli.commands.run.make_extractor", lambda *a, **k: CliStandIn())
     (path,) = (out / "cells").glob("*.json")
     before = json.loads(path.read_text())
     flag, value = action.option_strings[0], _changed(action)
@@ -100,7 +100,7 @@ def test_a_changed_method_option_recomputes_the_cell_and_names_itself(stored_run
 
 def test_fingerprint_changes_name_each_differing_part():
     """The names the log gives, worked out by hand for each kind of part."""
-    from clipimo.identity import fingerprint_changes
+    from clipimo.experiment.fingerprint import fingerprint_changes
 
     old = {"run": {"precision": "fp32", "method_options": {"tipf_batch": 256, "ape_config": "default"}},
            "dataset": {"name": "x", "test": "a"}, "shots": 1, "support": "s1", "only_old": 1}

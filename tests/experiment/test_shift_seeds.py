@@ -5,16 +5,21 @@ differ and where scoring a later seed with the first seed's cache, its point or 
 target scores, so a shift that reused any of them would fail here."""
 from __future__ import annotations
 
+import imo_reference as ref
 import numpy as np
 import pytest
-
-import imo_reference as ref
-from clipimo.runner import RunConfig
-from clipimo.shift import run_shift
-
 from conftest import put_image
-from test_stream_wiring_runs import (NUM_CLASSES, TARGETS, StandInExtractor, _restricted_acc, hand_arrays,  # noqa: F401
-                                     stand_in_shift)
+from test_stream_wiring_runs import (
+    NUM_CLASSES,
+    TARGETS,
+    StandInExtractor,
+    _restricted_acc,
+    hand_arrays,
+    stand_in_shift,  # noqa: F401  (the fixture)
+)
+
+from clipimo.experiment.grid import RunConfig
+from clipimo.experiment.shift import run_shift
 
 SEEDS = [1, 2, 3]
 METHODS = ["tip", "tip-imo", "tipx-imo", "gda-imo"]
@@ -40,7 +45,7 @@ def _more_target_images(root):
                 put_image(root / folder / wnids[c] / f"{i}.png")
 
 
-def test_each_seed_scores_the_targets_with_its_own_cache_and_point(stand_in_shift, tmp_path):
+def test_each_seed_scores_the_targets_with_its_own_cache_and_point(stand_in_shift, tmp_path):  # noqa: F811
     root = stand_in_shift
     _more_target_images(root)
     extractor = StandInExtractor()
@@ -85,14 +90,15 @@ def test_each_seed_scores_the_targets_with_its_own_cache_and_point(stand_in_shif
         assert row["n"] == len(SEEDS) and row["test_acc"] == pytest.approx(float(np.mean(accs)))
 
 
-def test_each_seed_trains_tip_f_with_its_own_options(stand_in_shift, tmp_path):
+def test_each_seed_trains_tip_f_with_its_own_options(stand_in_shift, tmp_path):  # noqa: F811
     """Tip-F's keys are trained per seed with the run's batch and that seed's order: the source row
     is Tip-F-IMO run on the seed's hand-keyed arrays with those options, and the targets are scored
     by the float64 reference of Tip-IMO on the keys so trained (training itself is pinned in
     test_tipf). With one key per batch the seed and the batch both change the keys."""
-    from clipimo.device import full_float32
-    from clipimo.methods import MethodOptions, Problem, run_method
+    from clipimo.methods.common import MethodOptions, Problem
+    from clipimo.methods.registry import run_method
     from clipimo.methods.tipf import trained_problem
+    from clipimo.utils.device import full_float32
 
     root, seeds, batch = stand_in_shift, [1, 2], 1
     _more_target_images(root)
