@@ -122,3 +122,65 @@ def test_official_config_by_dataset_name(feats):
     assert ape.run(problem, feat_num=8, grid=ape.search_grid(SCALE, STEP)).meta["config"] == "default"
     with pytest.raises(ClipimoError, match="--ape-config official: no official configuration for dataset 'CUB'"):
         ape.run(problem, options=MethodOptions(ape_config="official", dataset="CUB"))
+
+
+def tied_task(seed: int = 3):
+    """Random features where class 3 duplicates class 1 (same text weight, same keys: every
+    logit of the two is equal, argmax's first-index rule decides) and val repeats rows."""
+    from clipimo.featurefile import validate_features
+
+    rng = np.random.default_rng(seed)
+    dim, classes = 10, 4
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    centres = rng.standard_normal((classes, dim))
+    centres[3] = centres[1]
+    labels = rng.permutation(np.repeat(np.arange(classes), 3))
+    keys = unit(centres[labels] + 0.9 * rng.standard_normal((len(labels), dim)))
+    keys[labels == 3] = keys[labels == 1]
+    text = unit(centres + 0.5 * rng.standard_normal((classes, dim)))
+    text[3] = text[1]
+    corrected = unit(keys + 0.3 * rng.standard_normal(keys.shape))
+    corrected[labels == 3] = corrected[labels == 1]
+    arrays = {"text_weights": np.ascontiguousarray(text.T), "cache_keys": keys, "cache_keys_corrected": corrected,
+              "cache_labels": labels}
+    for split, n in (("val", 12), ("test", 10)):
+        y = rng.permutation(np.resize([0, 1, 2, 3, 1, 3], n))  # classes 1 and 3 half the rows
+        x = unit(centres[y] + 0.8 * rng.standard_normal((n, dim)))
+        if split == "val":
+            x[6:], y[6:] = x[:6], y[:6]
+        arrays.update({f"{split}_feats": x, f"{split}_feats_corrected": unit(x + 0.3 * rng.standard_normal(x.shape)),
+                       f"{split}_labels": y.astype(np.int64)})
+    return validate_features(arrays, "tied task")
+
+
+@pytest.mark.parametrize("budget", [None, 0])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_search_equals_brute_force_over_the_points_with_ties(monkeypatch, budget, corrected):
+    """Every grid point scored by argmax of the per-point logits (the test pass's computation),
+    then the first best in beta -> alpha -> gamma order: the search's choice and count, on both of
+    its counting paths (all points at once, and the pruned exact counter)."""
+    problem = Problem.from_features(tied_task())
+    grid = ape.search_grid((7.0, 7.0, 1.0), (6, 5, 4))
+    ref = ape.refine(problem, corrected, 6)
+    labels = problem.val.labels
+    best, point, tied_points, tied_rows = -1, None, 0, 0
+    for beta in grid[0]:
+        for alpha in grid[1]:
+            for gamma in grid[2]:
+                logits = torch.cat([x for _, x in ape.logits(problem, problem.val, ref, float(alpha), float(beta),
+                                                            float(gamma))])
+                hits = sum(int(logits[i].argmax()) == int(labels[i]) for i in range(len(labels)))
+                top = logits.max(1, keepdim=True).values
+                tied_rows += int(((logits == top).sum(1) > 1).sum())
+                tied_points += hits == best
+                if hits > best:
+                    best, point, tied_points = hits, (float(alpha), float(beta), float(gamma)), 1
+    assert tied_rows > 0 and tied_points > 1  # the class tie and the point order both decide
+    if budget is not None:
+        monkeypatch.setattr(ape, "EVAL_BUDGET", budget)
+    got = ape.run(problem, corrected=corrected, feat_num=6, grid=grid)
+    assert (got.hparams["alpha"], got.hparams["beta"], got.hparams["gamma"]) == point
+    assert got.val_acc == pytest.approx(100.0 * best / len(labels))

@@ -76,65 +76,80 @@ def channel_criterion(text_weights: torch.Tensor, keys: torch.Tensor, labels: to
 
 @dataclass(frozen=True)
 class Refined:
-    """Selected channels ``idx``, refined keys for the affinity, each key's weight exponent ``div``,
-    and ``slots`` ``[C, kmax]``: the keys of each class, padded with ``N`` (a zero column)."""
+    """Selected channels ``idx``, refined keys for the affinity and each key's weight exponent
+    ``div``, both grouped by class (stable), and ``slots`` ``[C, kmax]``: the keys of each class,
+    padded with ``N`` (a zero column), or None when every class has ``kmax`` keys (then a
+    ``[rows, N]`` matrix is ``[rows, C, kmax]`` as it stands: no gather per beta)."""
 
     idx: torch.Tensor
     keys: torch.Tensor
     div: torch.Tensor
     corrected: bool
-    slots: torch.Tensor
+    slots: torch.Tensor | None
+    num_classes: int
+
+    def slotted(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., N]`` per key -> ``[..., C, kmax]`` per class slot (0 on padding)."""
+        if self.slots is None:
+            return x.view(*x.shape[:-1], self.num_classes, -1)
+        return torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], -1)[..., self.slots]
 
 
 def refine(problem: Problem, corrected: bool, feat_num: int,
            weights: tuple[float, float] = CRITERION_WEIGHTS) -> Refined:
     crit = channel_criterion(problem.text_weights, problem.cache_keys, problem.cache_labels, weights)
     idx = crit.topk(feat_num).indices
+    order = torch.argsort(problem.cache_labels, stable=True)
+    labels = problem.cache_labels[order]
     text = F.normalize(problem.text_weights[idx], dim=0)
-    keys = F.normalize(problem.cache_keys[:, idx], dim=1)
+    keys = F.normalize(problem.cache_keys[order][:, idx], dim=1)
     p = torch.softmax(keys @ text, dim=1)  # raw cosines, no logit scale
-    p_label = p.gather(1, problem.cache_labels[:, None]).squeeze(1)
+    p_label = p.gather(1, labels[:, None]).squeeze(1)
     div = torch.log2((1 + 1e-6) / (p_label + 1e-6))
-    affinity_keys = F.normalize(problem.keys(corrected)[:, idx], dim=1) if corrected else keys
-    return Refined(idx, affinity_keys, div, corrected, class_slots(problem.cache_labels, problem.num_classes))
+    affinity_keys = F.normalize(problem.keys(corrected)[order][:, idx], dim=1) if corrected else keys
+    slots = class_slots(labels, problem.num_classes)
+    rectangular = slots.numel() == len(labels) and bool((slots.flatten() == torch.arange(len(labels))).all())
+    return Refined(idx, affinity_keys, div, corrected, None if rectangular else slots, problem.num_classes)
 
 
 def _terms(problem: Problem, split: Split, ref: Refined, chunk_rows: int | None):
     """``(rows, Z, 1 - f' K'^T)`` chunks."""
     for rows in chunks(split.labels.shape[0], ref.keys.shape[0], chunk_rows):
         query = F.normalize(split.query(ref.corrected)[rows][:, ref.idx], dim=1)
-        yield rows, zeroshot_logits(problem, split.feats[rows]), 1 - query @ ref.keys.T
+        yield rows, zeroshot_logits(problem, split.feats[rows]), torch.rsub(query @ ref.keys.T, 1)
 
 
 def slot_weights(ref: Refined, gammas) -> torch.Tensor:
     """``[G, C, kmax]`` per-key weights ``exp(gamma * div)`` in class slots (0 on padding)."""
-    w = torch.stack([torch.exp(float(g) * ref.div) for g in gammas])
-    return torch.cat([w, w.new_zeros(len(w), 1)], 1)[:, ref.slots]
+    return ref.slotted(torch.stack([torch.exp(float(g) * ref.div) for g in gammas]))
 
 
-def cache_terms(affinity: torch.Tensor, weights: torch.Tensor, ref: Refined) -> torch.Tensor:
-    """``exp(-beta (1 - A)) @ (L * w_g)`` for every weight vector at once, ``[G, rows, C]``, from
-    ``affinity = exp(-beta (1 - A))`` and :func:`slot_weights`: one batched product over classes
-    (each class's keys against the G weight vectors), not G passes over the affinities."""
-    padded = torch.cat([affinity, affinity.new_zeros(affinity.shape[0], 1)], 1)[:, ref.slots]  # [rows, C, kmax]
-    return torch.einsum("rck,gck->grc", padded, weights)
+def cache_terms(distance: torch.Tensor, beta: float, weights: torch.Tensor, ref: Refined,
+                buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``exp(-beta d) @ (L * w_g)`` for every weight vector at once, ``[G, rows, C]``, from
+    ``d = 1 - A`` and :func:`slot_weights`: one batched product over classes (each class's keys
+    against the G weight vectors), not G passes over the affinities. ``buffer`` (shaped like
+    ``distance``) spares an allocation per beta."""
+    affinity = torch.mul(distance, -beta, out=torch.empty_like(distance) if buffer is None else buffer).exp_()
+    return torch.einsum("rck,gck->grc", ref.slotted(affinity), weights)
 
 
 def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: float, gamma: float,
            chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
     weights = slot_weights(ref, [gamma])
     for rows, z, distance in _terms(problem, split, ref, chunk_rows):
-        yield rows, z + alpha * cache_terms(torch.exp(-beta * distance), weights, ref)[0]
+        yield rows, z + alpha * cache_terms(distance, beta, weights, ref)[0]
 
 
 def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
     """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``: ``[alphas, G]``.
 
     Small problems evaluate every point at once (the float ops of :func:`affine_logits`); large
-    ones go through the pruned exact :func:`count_correct`, one term at a time.
+    ones go through the pruned exact :func:`count_correct`, all terms in one call (what depends
+    on ``z`` only is computed once).
     """
     if terms.shape[0] * len(alphas) * z.numel() > EVAL_BUDGET:
-        return torch.cat([count_correct(z, e, labels, alphas) for e in terms], dim=1)
+        return count_correct(z, terms, labels, alphas)[..., 0].T
     a = torch.as_tensor(alphas, device=z.device).to(z.dtype)[None, :, None, None]
     points = z + a * terms[:, None]  # [terms, alphas, rows, C]
     return (points.argmax(-1) == labels).sum(-1).T
@@ -155,10 +170,9 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
     weights = slot_weights(ref, gammas)
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
-        labels = problem.val.labels[rows]
+        labels, buffer = problem.val.labels[rows], torch.empty_like(distance)
         for b, beta in enumerate(betas):
-            terms = cache_terms(torch.exp(-float(beta) * distance), weights, ref)
-            counts[b] += _count(z, terms, labels, alphas).cpu()
+            counts[b] += _count(z, cache_terms(distance, float(beta), weights, ref, buffer), labels, alphas).cpu()
     ib, ia, ig = first_best(counts)
     hp = {"alpha": float(alphas[ia]), "beta": float(betas[ib]), "gamma": float(gammas[ig])}
     test = classification_metrics(logits(problem, problem.test, ref, chunk_rows=chunk_rows, **hp), problem.test.labels)

@@ -106,18 +106,23 @@ class _Fixed:
     def of(cls, z, rl, labels, gammas) -> "_Fixed":
         lo = _lead(z, labels)
         hi = lo.clone()
-        scale = torch.linalg.vector_norm(z, float("inf"), dim=1)
+        scale = _max_abs(z)
         if rl is not None:
             r_lo, r_hi = _extremes(_lead(rl, labels), gammas.min().item(), gammas.max().item())
             lo += r_lo
             hi += r_hi
-            scale += gammas.abs().max() * torch.linalg.vector_norm(rl, float("inf"), dim=1)
+            scale += gammas.abs().max() * _max_abs(rl)
         return cls(z, rl, labels, gammas, lo, hi, scale)
 
 
 def _lead(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``x[i, k] - x[i, label_i]``."""
     return x - x.gather(1, labels[:, None])
+
+
+def _max_abs(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``max |x|`` (the infinity norm; ``linalg.vector_norm`` takes 10-40x as long on CPU)."""
+    return x.abs().amax(1)
 
 
 def _extremes(x: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +135,7 @@ def _count(f: _Fixed, e: torch.Tensor, alphas: torch.Tensor, budget: int) -> tor
     """Hits ``[len(gammas), len(alphas)]`` for one ``e``; ``alphas`` sorted ascending (float32)."""
     labels, num_gammas, num_alphas = f.labels, len(f.gammas), len(alphas)
     lo_e, hi_e = _extremes(_lead(e, labels), alphas[0].item(), alphas[-1].item())
-    tol = PRUNE_RTOL * (f.scale + alphas.abs().max() * torch.linalg.vector_norm(e, float("inf"), dim=1))
+    tol = PRUNE_RTOL * (f.scale + alphas.abs().max() * _max_abs(e))
     # lead_k = l_k - l_label is affine in (alpha, gamma) and separable, so over the grid's box
     # (float32 grid values stay inside it: rounding is monotone) its extremes are the sums of
     # extremes. A class trailing everywhere by more than tol can never tie or beat the label (a
