@@ -30,6 +30,9 @@ from .search import first_best
 MAX_ALL_VIEWS = 32768
 # A beta's lmbdas share one eigendecomposition from this many on; fewer get a Cholesky solve each.
 EIGH_MIN_LMBDAS = 40
+# Bytes of Cholesky coefficients [N, C] held at once, so that their lmbdas share each val chunk's
+# cross-kernel (ImageNet 16-shot: 128 MB per lmbda, all 10 of a beta).
+HOLD_COEFFICIENTS = 3 << 29
 # (start, stop, num) of torch.linspace for beta and lmbda.
 DEFAULT_GRID = ((0.1, 10.0, 20), (0.001, 1.0, 10))
 
@@ -135,27 +138,35 @@ def grid_counts(problem: Problem, sup: Support, betas: np.ndarray, lmbdas: np.nd
 
     Per beta, :data:`EIGH_MIN_LMBDAS` or more lmbdas share one ``eigh``; fewer are one Cholesky
     solve each (measured: an ``eigh`` costs 20-45 Cholesky factorisations on CPU, not the ~12 its
-    flop count suggests). Both are exact; they differ only in float64 rounding.
+    flop count suggests). Both are exact; they differ only in float64 rounding. What does not
+    depend on lmbda is computed once per beta (the kernel, each val chunk's cross-kernel, shared
+    by up to :data:`HOLD_COEFFICIENTS` bytes of coefficients), and what depends on neither once
+    (the residual, ``Z0`` and the queries of val).
     """
     w = problem.text_weights.double()
     labels = problem.val.labels
     counts = np.zeros((len(betas), len(lmbdas)), dtype=np.int64)
     width = sup.feats.shape[0]
+    queries = list(_query_chunks(problem, problem.val, sup.corrected, width, chunk_rows))
+    residual = sup.targets - sup.feats @ w
+    group = max(1, HOLD_COEFFICIENTS // max(residual.numel() * residual.element_size(), 1))
     for b, beta in enumerate(betas):
         if len(lmbdas) >= EIGH_MIN_LMBDAS:
             base = basis(sup, w, float(beta))
-            for rows, z0, x in _query_chunks(problem, problem.val, sup.corrected, width, chunk_rows):
+            for rows, z0, x in queries:
                 projected = kernel(x, sup.kernel_feats, float(beta)) @ base.q
                 for j, lmbda in enumerate(lmbdas):  # [n, C] per lmbda, not all at once: ImageNet's is 128 MB
                     hits = (z0 + projected @ base.coefficients(float(lmbda))).argmax(1) == labels[rows]
                     counts[b, j] += int(hits.sum())
             continue
-        gram, residual = kernel(sup.kernel_feats, sup.kernel_feats, float(beta)), sup.targets - sup.feats @ w
-        for j, lmbda in enumerate(lmbdas):
-            alpha = coefficients(gram, residual, float(lmbda))
-            for rows, z0, x in _query_chunks(problem, problem.val, sup.corrected, width, chunk_rows):
-                hits = (z0 + kernel(x, sup.kernel_feats, float(beta)) @ alpha).argmax(1) == labels[rows]
-                counts[b, j] += int(hits.sum())
+        gram = kernel(sup.kernel_feats, sup.kernel_feats, float(beta))
+        for start in range(0, len(lmbdas), group):
+            alphas = [coefficients(gram, residual, float(lmbda)) for lmbda in lmbdas[start:start + group]]
+            for rows, z0, x in queries:
+                cross = kernel(x, sup.kernel_feats, float(beta))
+                for j, alpha in enumerate(alphas, start):
+                    counts[b, j] += int(((z0 + cross @ alpha).argmax(1) == labels[rows]).sum())
+        del gram
     return counts
 
 
