@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -131,7 +131,14 @@ def chunks(n: int, width: int, chunk_rows: int | None = None) -> Iterator[slice]
 
 
 def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``values @ one_hot(labels)`` without the product: ``[rows, N]`` -> ``[rows, C]`` segment sums.
+    """``values @ one_hot(labels)`` without the product: ``[rows, N]`` -> ``[rows, C]`` segment sums
+    (:func:`class_summer`'s function, for one call)."""
+    return class_summer(labels, num_classes)(values)
+
+
+def class_summer(labels: torch.Tensor, num_classes: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function ``values -> values @ one_hot(labels)``, with the layout decided once (callers
+    that sum many matrices over the same keys, as Tip-F's training steps, build it once).
 
     A reshape-and-sum when the columns come as ``k`` keys of class 0, then ``k`` of class 1, ...;
     otherwise a gather of each class's columns, padded with zeros to the largest class, and the
@@ -139,12 +146,16 @@ def class_sums(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     work than the one-hot product; ``labels`` need not be sorted, classes may be empty, and it is
     differentiable in ``values`` (Tip-F trains through it).
     """
-    rows, width = values.shape
+    width = labels.shape[0]
     k = width // num_classes if num_classes else 0
     if k * num_classes == width and k > 0 and bool((labels == _grouped(num_classes, k, labels.device)).all()):
-        return values.reshape(rows, num_classes, k).sum(-1)
-    padded = torch.cat([values, values.new_zeros(rows, 1)], 1)
-    return padded[:, class_slots(labels, num_classes)].sum(-1)
+        return lambda values: values.reshape(values.shape[0], num_classes, k).sum(-1)
+    slots = class_slots(labels, num_classes)
+
+    def gathered(values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([values, values.new_zeros(values.shape[0], 1)], 1)[:, slots].sum(-1)
+
+    return gathered
 
 
 def class_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from . import tip
-from .common import MethodOptions, MethodResult, Problem, chunks, class_sums, zeroshot_logits
+from .common import MethodOptions, MethodResult, Problem, chunks, class_summer, zeroshot_logits
 from .official import TIPF_DEFAULT, tipf_config
 
 EPOCHS = TIPF_DEFAULT.epochs
@@ -30,20 +30,24 @@ INIT_ALPHA = TIPF_DEFAULT.init_alpha
 INIT_BETA = 1.0
 
 
-def adapter_logits(problem: Problem, zs_feats: torch.Tensor, affinity_feats: torch.Tensor,
-                   keys: torch.Tensor, alpha: float = INIT_ALPHA, beta: float = INIT_BETA) -> torch.Tensor:
-    """``Z(zs_feats) + alpha * exp(-beta (1 - affinity_feats keys^T)) L`` (L as a per-class sum)."""
-    cache = class_sums(torch.exp(-beta * (1 - affinity_feats @ keys.T)), problem.cache_labels, problem.num_classes)
-    return zeroshot_logits(problem, zs_feats) + alpha * cache
+def adapter(problem: Problem, alpha: float = INIT_ALPHA, beta: float = INIT_BETA):
+    """The function ``(zs_feats, affinity_feats, keys) -> Z(zs_feats) + alpha * exp(-beta (1 -
+    affinity_feats keys^T)) L`` (L as a per-class sum whose layout is decided here, once)."""
+    sums = class_summer(problem.cache_labels, problem.num_classes)
+
+    def logits(zs_feats: torch.Tensor, affinity_feats: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return zeroshot_logits(problem, zs_feats) + alpha * sums(torch.exp(-beta * (1 - affinity_feats @ keys.T)))
+
+    return logits
 
 
 def val_hits(problem: Problem, keys: torch.Tensor, corrected: bool, chunk_rows: int | None = None,
              alpha: float = INIT_ALPHA) -> int:
-    val = problem.val
+    val, logits = problem.val, adapter(problem, alpha)
     hits = 0
     with torch.no_grad():
         for rows in chunks(val.labels.shape[0], keys.shape[0], chunk_rows):
-            out = adapter_logits(problem, val.feats[rows], val.query(corrected)[rows], keys, alpha)
+            out = logits(val.feats[rows], val.query(corrected)[rows], keys)
             hits += int((out.argmax(1) == val.labels[rows]).sum())
     return hits
 
@@ -58,6 +62,7 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
     optimiser = torch.optim.AdamW([theta], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(seed)
     total = epochs * math.ceil(n / batch)
+    logits = adapter(problem, init_alpha)
     step = 0
     best, best_hits, best_epoch = theta.detach().clone(), 0, 0
     for epoch in range(epochs):
@@ -66,7 +71,7 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
         for rows in order.split(batch):
             for group in optimiser.param_groups:
                 group["lr"] = LR * (1 + math.cos(math.pi * step / total)) / 2
-            out = adapter_logits(problem, view[rows], affinity_view[rows], theta, init_alpha)
+            out = logits(view[rows], affinity_view[rows], theta)
             loss = F.cross_entropy(out, problem.cache_labels[rows])
             optimiser.zero_grad()
             loss.backward()

@@ -1,0 +1,53 @@
+"""Tip-F's cost per epoch against one forward+backward of the logits it trains (issue 23).
+
+One epoch (every support image once, in ``--batch`` steps, then the val scoring that picks the
+epoch) is timed against the bare forward and backward of the same ``[batch, C]`` adapter logits
+over the same rows (no optimiser, no val), in the same run. Synthetic features with E augmented
+views; the defaults are ImageNet 16-shot's sizes (N = 16,000, 10,000 val queries).
+
+    python benchmarks/bench_tipf.py --classes 200 --val 2000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from torch.nn import functional as F
+
+from clipimo.featurefile import synthetic_features
+from clipimo.methods import Problem, tipf
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--val", type=int, default=10_000)
+    ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    args = ap.parse_args(argv)
+    problem = Problem.from_features(synthetic_features(args.classes, args.shots, args.val, 10, 512, views=args.views))
+    n = problem.cache_keys.shape[0]
+    print(f"N = {n:,}, C = {args.classes}, val {args.val:,}, batch {args.batch}; {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    view = problem.cache_views[0]
+    theta = torch.nn.Parameter(problem.cache_keys.clone())
+    logits = tipf.adapter(problem)
+    start = time.perf_counter()
+    for rows in torch.arange(n).split(args.batch):
+        loss = F.cross_entropy(logits(view[rows], view[rows], theta), problem.cache_labels[rows])
+        theta.grad = None
+        loss.backward()
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    tipf.train_keys(problem, False, batch=args.batch, epochs=1)
+    epoch = time.perf_counter() - start
+    print(f"forward+backward {bare:.2f} s, one epoch {epoch:.2f} s: x{epoch / bare:.2f}; "
+          f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+    return {"bare_s": bare, "epoch_s": epoch, "ratio": epoch / bare}
+
+
+if __name__ == "__main__":
+    main()
