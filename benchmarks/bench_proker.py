@@ -17,8 +17,9 @@ import time
 import numpy as np
 import torch
 
-from clipimo.featurefile import synthetic_features
-from clipimo.methods import MethodOptions, Problem, proker
+from clipimo.features.file import synthetic_features
+from clipimo.methods import MethodOptions, Problem
+from clipimo.methods import proker
 
 
 def timed(fn) -> tuple[object, float]:

@@ -16,8 +16,9 @@ import time
 import torch
 from torch.nn import functional as F
 
-from clipimo.featurefile import synthetic_features
-from clipimo.methods import Problem, tipf
+from clipimo.features.file import synthetic_features
+from clipimo.methods import Problem
+from clipimo.methods import tipf
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from clipimo.methods import ape
 from clipimo.methods.common import Problem, chunks, class_slots, zeroshot_logits
-from clipimo.search import EVAL_BUDGET, count_correct
+from clipimo.methods.search import EVAL_BUDGET, count_correct
 
 
 def val_counts(problem: Problem, corrected: bool, feat_num: int, betas, alphas, gammas) -> torch.Tensor:

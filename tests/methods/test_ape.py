@@ -127,7 +127,7 @@ def test_official_config_by_dataset_name(feats):
 def tied_task(seed: int = 3):
     """Random features where class 3 duplicates class 1 (same text weight, same keys: every
     logit of the two is equal, argmax's first-index rule decides) and val repeats rows."""
-    from clipimo.featurefile import validate_features
+    from clipimo.features.file import validate_features
 
     rng = np.random.default_rng(seed)
     dim, classes = 10, 4
