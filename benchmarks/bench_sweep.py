@@ -1,21 +1,23 @@
-"""Time of the paper's few-shot sweep from cached features: the seven methods on every (dataset, shots) cell.
+"""Time and memory of the few-shot sweep from cached features: every method on every (dataset, shots) cell.
 
-Synthetic unit-norm features (``clipimo.features.file.synthetic_features``, D = 512, with 10 augmented
-views per support for GDA) at the real split sizes of the 14 datasets (classes, val, test; ImageNet
-with a 10-per-class held-out val and its 50,000 test images), shots 1, 2, 4, 8, 16. Each cell runs
-the methods as ``clipimo evaluate`` does (:func:`clipimo.methods.evaluate.run_methods`: zs, GDA and GDA-IMO
-one by one, Tip, Tip-IMO, Tip-X and Tip-X-IMO together, sharing their terms; every method's test
-top-1, top-5 and recall) in this one process; a seed costs the same, so the 3-seed sweep is
-projected as 3 x the sum. Prints per cell each timing, the CPU seconds (on a shared machine wall
-time waits for other processes) and the peak resident memory while the methods run (the
-features included, their generation not).
+The methods are every name of the registry (what ``--methods all`` runs, so methods added later show up
+here by themselves). Synthetic unit-norm features (``clipimo.features.file.synthetic_features``, D = 512,
+with 10 augmented views per support for GDA, ProKeR and Tip-F) at the real split sizes of the 14
+datasets (classes, val, test; ImageNet with a 10-per-class held-out val and its 50,000 test images),
+shots 1, 2, 4, 8, 16. Each cell runs the methods as ``clipimo evaluate`` does
+(:func:`clipimo.methods.evaluate.run_methods`: Tip, Tip-IMO, Tip-X and Tip-X-IMO together, sharing
+their terms, the others one by one; every method's test top-1, top-5 and recall) in this one
+process. Prints per cell each method's seconds, the CPU seconds (on a shared machine wall time
+waits for other processes) and the peak resident memory while the methods run (the features
+included, their generation not); then per method its total, its share of the sweep and its
+largest peak; a seed costs the same, so the 3-seed sweep is projected as 3 x the sum.
 
-The previous implementation (``previous_search.py``: per-method block-bounded counting, KL per
-method, top-5 / recall in a second test pass) reruns the seven methods one by one on the
-``--baseline`` cells in the same run, per-method times, and names the methods whose choice or
-scores differ (none expected: both count exactly what a per-point loop counts).
+The previous implementation (``previous_search.py``) reruns the seven paper methods one by one on
+the ``--baseline`` cells in the same run and names those whose choice or scores differ (none
+expected: both count exactly what a per-point loop counts). ``--quick`` runs every method on one
+tiny cell (a smoke run: the tests use it).
 
-    python benchmarks/bench_sweep.py [--datasets ImageNet] [--shots 16] [--baseline Caltech101:16,DescribableTextures:1]
+    python benchmarks/bench_sweep.py [--datasets ImageNet] [--shots 16] [--methods ape,tip] [--quick]
 
 On a machine shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that
 spin while their partner waits for a core multiply wall and CPU time of the many small tensor
@@ -38,7 +40,7 @@ from clipimo.features.file import synthetic_features
 from clipimo.methods import cache
 from clipimo.methods.common import Problem
 from clipimo.methods.metrics import classification_metrics
-from clipimo.methods.registry import CACHE_VARIANTS, run_method
+from clipimo.methods.registry import CACHE_VARIANTS, METHODS, run_method
 from clipimo.utils.device import full_float32, resolve_device
 
 # name: (classes, val, test); CoOp splits, the paper's own for CUB/StanfordDogs/PlantDoc
@@ -61,7 +63,9 @@ DATASETS = {
     "PlantDoc": (27, 515, 1546),
 }
 SHOTS = (1, 2, 4, 8, 16)
-METHODS = ("zs", "gda", "gda-imo", "tip", "tip-imo", "tipx", "tipx-imo")
+# --quick: one tiny cell, every method, no warm-up.
+QUICK = {"tiny": (4, 8, 8)}
+QUICK_SHOTS = (1,)
 SHARED = "tip*"  # column of the four cache methods, run together
 VIEWS = 10
 DIM = 512
@@ -87,7 +91,7 @@ def peak_rss_gb() -> float:
 
 
 def cell_problem(name: str, shots: int, device: torch.device, seed: int = 0) -> Problem:
-    classes, n_val, n_test = DATASETS[name]
+    classes, n_val, n_test = {**DATASETS, **QUICK}[name]
     return Problem.from_features(synthetic_features(classes, shots, n_val, n_test, DIM, seed=seed, views=VIEWS), device)
 
 
@@ -105,17 +109,21 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_new(p: Problem, methods: list[str]) -> tuple[dict, dict]:
-    """``run_methods``' work on a built problem: (results, {column: seconds})."""
-    results, times = {}, {}
+def run_new(p: Problem, methods: list[str]) -> tuple[dict, dict, dict]:
+    """``run_methods``' work on a built problem: (results, {column: seconds}, {column: peak GB})."""
+    results, times, peaks = {}, {}, {}
     shared = [m for m in methods if m in CACHE_VARIANTS]
     if shared:
+        reset_peak_rss()
         ran, times[SHARED] = timed(partial(cache.run_many, p, [CACHE_VARIANTS[m] for m in shared]))
+        peaks[SHARED] = peak_rss_gb()
         results.update({m: ran[CACHE_VARIANTS[m]] for m in shared})
     for m in methods:
         if m not in shared:
+            reset_peak_rss()
             results[m], times[m] = timed(partial(run_method, m, p))
-    return results, times
+            peaks[m] = peak_rss_gb()
+    return results, times, peaks
 
 
 def run_previous(p: Problem, m: str):
@@ -125,15 +133,19 @@ def run_previous(p: Problem, m: str):
     return dataclasses.replace(r, test_top5=extra["top5"], test_mean_per_class_recall=extra["mean_per_class_recall"])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: all 14)")
     ap.add_argument("--shots", default=",".join(map(str, SHOTS)))
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: every method)")
     ap.add_argument("--baseline", default="Caltech101:16,DescribableTextures:1,EuroSAT:16",
                     help="dataset:shots cells also run with the previous implementation ('' for none)")
+    ap.add_argument("--quick", action="store_true", help="every method on one tiny cell (smoke run)")
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.datasets, args.shots, args.baseline = ",".join(QUICK), ",".join(map(str, QUICK_SHOTS)), ""
+    sizes = {**DATASETS, **QUICK}
     device = resolve_device(args.device)
     methods = args.methods.split(",")
     columns = [m for m in methods if m not in CACHE_VARIANTS] + ([SHARED] if set(methods) & set(CACHE_VARIANTS) else [])
@@ -141,44 +153,56 @@ def main() -> None:
     in_sweep = set(cells)
     baseline = {(d, int(k)) for d, k in (c.split(":") for c in args.baseline.split(",") if c)}
     cells += sorted(baseline - in_sweep)
-    cells.sort(key=lambda c: (c not in baseline, DATASETS[c[0]][0] * c[1] * (DATASETS[c[0]][1] + DATASETS[c[0]][2])))
+    cells.sort(key=lambda c: (c not in baseline, sizes[c[0]][0] * c[1] * (sizes[c[0]][1] + sizes[c[0]][2])))
+    previous = [m for m in methods if m in previous_search.RUNS]
     load = os.getloadavg()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1/5/15 min), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; D={DIM}, {VIEWS} views; "
           f"{SHARED} = {', '.join(m for m in methods if m in CACHE_VARIANTS)} together", flush=True)
-    print(f"{'cell':26s} {'C':>5s} {'N':>6s} {'val':>6s} {'test':>6s} | " + " ".join(f"{c:>8s}" for c in columns)
+    print(f"{'cell':26s} {'C':>5s} {'N':>6s} {'val':>6s} {'test':>6s} | " + " ".join(f"{c:>10s}" for c in columns)
           + " |   total (CPU)  peak RSS")
     tiny = Problem.from_features(synthetic_features(5, 1, 8, 8, DIM, views=2), device)
+    per_method = {c: 0.0 for c in columns}
+    peak_of = {c: 0.0 for c in columns}
+    rows = []
     with full_float32():
-        run_new(tiny, methods)  # warm-up: first calls pay for thread pools and lazy initialisation
+        if not args.quick:
+            run_new(tiny, methods)  # warm-up: first calls pay for thread pools and lazy initialisation
         sweep, sweep_cpu = 0.0, 0.0
         for name, shots in cells:
             p = cell_problem(name, shots, device)
-            reset_peak_rss()
             CPU[0] = 0.0
-            results, times = run_new(p, methods)
+            results, times, peaks = run_new(p, methods)
             total, cpu = sum(times.values()), CPU[0]
             if (name, shots) in in_sweep:
                 sweep += total
                 sweep_cpu += cpu
-            c, n_val, n_test = DATASETS[name]
+                for col in columns:
+                    per_method[col] += times[col]
+                    peak_of[col] = max(peak_of[col], peaks[col])
+            c, n_val, n_test = sizes[name]
+            rows.append({"cell": f"{name} {shots}-shot", "seconds": times, "peak_gb": max(peaks.values())})
             print(f"{name + ' ' + str(shots) + '-shot':26s} {c:5d} {c * shots:6d} {n_val:6d} {n_test:6d} | "
-                  + " ".join(f"{times[col]:7.1f}s" for col in columns)
-                  + f" | {total:6.1f}s ({cpu:6.1f}s) {peak_rss_gb():5.2f} GB", flush=True)
-            if (name, shots) in baseline:
+                  + " ".join(f"{times[col]:9.1f}s" for col in columns)
+                  + f" | {total:6.1f}s ({cpu:6.1f}s) {max(peaks.values()):5.2f} GB", flush=True)
+            if (name, shots) in baseline and previous:
                 CPU[0] = 0.0
-                old = {m: timed(partial(run_previous, p, m)) for m in methods}
+                old = {m: timed(partial(run_previous, p, m)) for m in previous}
                 old_total = sum(t for _, t in old.values())
-                differ = [m for m in methods if old[m][0] != results[m]]
-                print("  previous, per method: " + ", ".join(f"{m} {old[m][1]:.1f}s" for m in methods)
-                      + f" | {old_total:.1f}s ({CPU[0]:.1f}s CPU), speed-up x{old_total / total:.1f}"
-                      f" (CPU x{CPU[0] / max(cpu, 1e-9):.1f}); different results: {', '.join(differ) or 'none'}",
+                differ = [m for m in previous if old[m][0] != results[m]]
+                print("  previous, per method: " + ", ".join(f"{m} {old[m][1]:.1f}s" for m in previous)
+                      + f" | {old_total:.1f}s ({CPU[0]:.1f}s CPU); different results: {', '.join(differ) or 'none'}",
                       flush=True)
             del p
+    print(f"{'method':12s} {'seconds':>9s} {'share':>7s} {'peak RSS':>9s}")
+    for col in columns:
+        print(f"{col:12s} {per_method[col]:8.1f}s {100 * per_method[col] / max(sweep, 1e-9):6.1f}% "
+              f"{peak_of[col]:6.2f} GB")
     print(f"sum over {len(in_sweep)} cells {sweep:.0f} s wall ({sweep_cpu:.0f} s CPU); projected 3-seed sweep "
           f"{3 * sweep / 60:.1f} min wall ({3 * sweep_cpu / 60:.1f} min CPU); load average now "
-          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()), flush=True)
+    return {"cells": rows, "method_seconds": per_method, "sweep_s": sweep}
 
 
 if __name__ == "__main__":

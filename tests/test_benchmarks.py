@@ -83,3 +83,20 @@ def test_every_benchmark_script_imports_against_the_current_api(name):
     finally:
         sys.path.remove(str(BENCH))
     assert module.__file__ == str(BENCH / f"{name}.py")
+
+
+def test_bench_sweep_quick_times_every_registered_method(capsys):
+    """The sweep benchmark's method list is the registry's: a method added later is timed too."""
+    from clipimo.methods.registry import CACHE_VARIANTS, METHODS
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_sweep
+
+        report = bench_sweep.main(["--quick"])
+    finally:
+        sys.path.remove(str(BENCH))
+    columns = set(report["method_seconds"])
+    assert columns == {m for m in METHODS if m not in CACHE_VARIANTS} | {bench_sweep.SHARED}
+    out = capsys.readouterr().out
+    assert "projected 3-seed sweep" in out and all(f"\n{m} " in out for m in columns)
