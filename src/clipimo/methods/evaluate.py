@@ -10,9 +10,9 @@ from tqdm import tqdm
 
 from ..features.file import FeatureSet, load_features
 from ..utils.device import full_float32, resolve_device
-from ..utils.log import tqdm_disable
+from ..utils.log import logger, tqdm_disable
 from ..utils.markdown import md_table
-from . import cache
+from . import cache, cost
 from .common import MethodOptions, MethodResult, Problem
 from .registry import CACHE_VARIANTS, parse_methods, run_method
 
@@ -29,6 +29,9 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
     options = options or MethodOptions()
+    for line in cost.slow_cell_lines(names, cost.Sizes.of(problem), problem.val.labels.device.type,
+                                     torch.get_num_threads(), options):
+        logger.warning(line)
     results = {}
     with full_float32():
         shared = [n for n in names if n in CACHE_VARIANTS]
