@@ -100,3 +100,19 @@ def test_bench_sweep_quick_times_every_registered_method(capsys):
     assert columns == {m for m in METHODS if m not in CACHE_VARIANTS} | {bench_sweep.SHARED}
     out = capsys.readouterr().out
     assert "projected 3-seed sweep" in out and all(f"\n{m} " in out for m in columns)
+
+
+def test_gpu_check_help_and_refusal_without_cuda(capsys):
+    """The GPU script parses and explains itself on a machine without a GPU (tests never need one)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check
+
+        with pytest.raises(SystemExit) as done:
+            gpu_check.main(["--help"])
+        assert done.value.code == 0 and "ImageNet 16-shot cell" in capsys.readouterr().out
+        if not __import__("torch").cuda.is_available():
+            assert gpu_check.main([]) == 2
+            assert "--device cpu --quick" in capsys.readouterr().err
+    finally:
+        sys.path.remove(str(BENCH))
