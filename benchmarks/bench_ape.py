@@ -16,9 +16,9 @@ import argparse
 import os
 import time
 
+import previous_ape
 import torch
 
-import previous_ape
 from clipimo.features.file import synthetic_features
 from clipimo.methods import ape, cache
 from clipimo.methods.common import Problem

@@ -14,12 +14,10 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 
 from clipimo.features.file import synthetic_features
-from clipimo.methods import MethodOptions, Problem
-from clipimo.methods import proker
+from clipimo.methods import MethodOptions, Problem, proker
 
 
 def timed(fn) -> tuple[object, float]:

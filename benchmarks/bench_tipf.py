@@ -17,8 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from clipimo.features.file import synthetic_features
-from clipimo.methods import Problem
-from clipimo.methods import tipf
+from clipimo.methods import Problem, tipf
 
 
 def main(argv: list[str] | None = None) -> dict:
