@@ -17,7 +17,7 @@ from clipimo.experiment.grid import RunConfig
 from clipimo.features.file import feature_arrays, load_features, validate_features
 from clipimo.methods import clap, lpp, tda
 from clipimo.methods.classifier import Classifier, best_method, load_classifier
-from clipimo.methods.evaluate import format_table, run_methods
+from clipimo.methods.evaluate import results_table, run_methods
 from clipimo.methods.names import METHOD_NAMES
 from clipimo.methods.registry import METHODS
 from clipimo.report.export import clip_benchmark_records, results_csv
@@ -59,7 +59,7 @@ def test_evaluate_all_and_official_tda_refused_before_any_work(tmp_path, capsys,
 def test_format_table_csv_and_export_with_null_val():
     results = {"zs": {"val_acc": 50.0, "test_acc": 40.0, "hparams": {}},
                "tda": {"val_acc": None, "test_acc": 41.0, "hparams": {}}}
-    assert format_table(results).splitlines()[2].split()[:3] == ["tda", "-", "41.00"]
+    assert results_table(results).splitlines()[2].split()[:3] == ["tda", "-", "41.00"]
     assert best_method(results) == "zs"
     with pytest.raises(ClipimoError, match="select nothing on val"):
         best_method({"tda": results["tda"]})
