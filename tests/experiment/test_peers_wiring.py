@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from beyond_features import views_task
+from test_runner import _args, task  # noqa: F401  (the module fixture)
+
 from clipimo.cli.app import main
 from clipimo.errors import ClipimoError
 from clipimo.experiment.grid import RunConfig
@@ -21,8 +22,6 @@ from clipimo.methods.evaluate import results_table, run_methods
 from clipimo.methods.names import METHOD_NAMES
 from clipimo.methods.registry import METHODS
 from clipimo.report.export import clip_benchmark_records, results_csv
-
-from test_runner import _args, task  # noqa: F401  (the module fixture)
 
 PEERS = ["lp++", "lp++-imo", "zs-lp", "zs-lp-imo", "clap", "clap-imo", "tda", "tda-imo"]
 META = {"backbone": {"model": "m", "weights": "w"}, "adapter": {"sha256": "ab" * 32}}

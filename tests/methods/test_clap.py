@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from beyond_features import views_task
+
 from clipimo.errors import ClipimoError
 from clipimo.features.file import feature_arrays, validate_features
 from clipimo.methods import clap
@@ -44,7 +44,7 @@ def reference(feats, corrected: bool, constrained: bool, seed: int, batch: int, 
     and momentum written here)."""
     p0 = (feats.text_weights * feats.text_norms[None]).T.astype(np.float64)
     views = feats.cache_views_corrected if corrected else feats.cache_views
-    e, n, d = views.shape
+    e, n, _ = views.shape
     pool = torch.from_numpy(np.concatenate([views[k] for k in range(e)]).astype(np.float64))
     labels = torch.from_numpy(np.concatenate([feats.cache_labels] * e))
     lam = torch.from_numpy(lam_reference(feats, p0)) if constrained else None
@@ -137,7 +137,6 @@ def test_imo_scores_corrected_queries():
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     for split in ("val", "test"):
         corrected = getattr(feats, f"{split}_feats_corrected") @ p.T
-        original = getattr(feats, f"{split}_feats") @ p.T
         labels = getattr(feats, f"{split}_labels")
         acc = getattr(result, f"{split}_acc")
         assert acc == pytest.approx(100 * np.mean(corrected.argmax(1) == labels))

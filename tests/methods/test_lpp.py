@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from beyond_features import views_task
+
 from clipimo.errors import ClipimoError
 from clipimo.features.file import feature_arrays, validate_features
 from clipimo.methods import lpp
@@ -96,7 +96,7 @@ def test_imo_reads_the_corrected_visual_stream_and_original_text():
     assignments of the streams give other weights (so the comparison can fail)."""
     feats = task(seed=1)
     problem = Problem.from_features(feats)
-    head, epoch, _, _ = lpp.train(problem, True, seed=2, epochs=EPOCHS)
+    head, _, _, _ = lpp.train(problem, True, seed=2, epochs=EPOCHS)
     (_, weight, _, alpha), _, _ = reference(feats, True, seed=2)
     (_, weight_orig, _, _), _, _ = reference(feats, False, seed=2)
     np.testing.assert_allclose(head.weight.numpy(), weight, rtol=1e-4, atol=1e-4)

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from beyond_features import views_task
+
 from clipimo.errors import ClipimoError
 from clipimo.methods import tda
 from clipimo.methods.common import MethodOptions, Problem

@@ -16,14 +16,14 @@ CLAP's multipliers (computed on the ORIGINAL pool) stay on the text / zero-shot 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
 
 from ..errors import ClipimoError
-from .metrics import classification_metrics
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, count_hits, percent
+from .metrics import classification_metrics
 
 EPOCHS = 300
 LR = 0.1

@@ -16,14 +16,14 @@ training rows, queries); the text branch, hence alpha's init and step size, stay
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.nn import functional as F
 
-from .metrics import classification_metrics
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, percent
+from .metrics import classification_metrics
 
 EPOCHS = 300
 MOMENTUM = 0.9

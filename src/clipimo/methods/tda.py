@@ -18,8 +18,8 @@ entropies, masks and pseudo-labels stay on the original features.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
