@@ -33,6 +33,7 @@ POINT = {"alpha": 3.0, "beta": 4.0, "gamma": 7.0}
 
 DIM, NUM_CLASSES = 16, 4
 TEXT = np.eye(DIM, dtype=np.float32)[:, :NUM_CLASSES]
+TEXT_NORMS = np.linspace(2.0, 3.0, NUM_CLASSES, dtype=np.float32)  # raw text-embedding norms
 CENTRES = ref.unit(np.concatenate([np.zeros((NUM_CLASSES, NUM_CLASSES)),
                                    np.random.default_rng(0).standard_normal((NUM_CLASSES, DIM - NUM_CLASSES))], 1))
 SCALE_BIAS = (30.0, -0.5)  # not CLIP's (100, 0): a swapped or dropped scale or bias changes Z
@@ -85,6 +86,9 @@ class StandInExtractor:
         assert len(classnames) == NUM_CLASSES  # a shift target's text weights are never asked for
         return torch.from_numpy(TEXT)
 
+    def text_norms(self, classnames, templates):
+        return torch.from_numpy(TEXT_NORMS)
+
     def lists(self, *folders, passes: int | None = None):
         """The first recorded (items, passes, seed) whose images lie under each of ``folders`` (and
         that had ``passes``, if given)."""
@@ -95,7 +99,7 @@ class StandInExtractor:
 def hand_arrays(support, val, test) -> dict[str, np.ndarray]:
     """The features-file arrays of a cell, keyed by hand from the streams of its three image lists."""
     keys, v, t = hand_streams(*support), hand_streams(*val), hand_streams(*test)
-    arrays = {"text_weights": TEXT, "logit_scale": np.array(SCALE_BIAS[0]), "logit_bias": np.array(SCALE_BIAS[1]),
+    arrays = {"text_weights": TEXT, "text_norms": TEXT_NORMS, "logit_scale": np.array(SCALE_BIAS[0]), "logit_bias": np.array(SCALE_BIAS[1]),
               "cache_views": keys["views"], "cache_views_corrected": keys["views_corrected"]}
     for name, s in (("cache_keys", keys), ("val_feats", v), ("test_feats", t)):
         arrays[name], arrays[f"{name}_corrected"] = s["original"], s["corrected"]

@@ -45,3 +45,13 @@ def test_run_methods_logs_the_line_before_the_cell(caplog, monkeypatch):
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("zs: estimated") for m in messages)
     assert any(m.startswith("gda: estimated") and "--device cuda" in m for m in messages)
+
+
+def test_every_registered_method_has_a_cost_model():
+    """A method added to the vocabulary without a cost model would stop every run at its first cell."""
+    from clipimo.methods.names import METHOD_NAMES
+
+    s = cost.Sizes(classes=100, keys=1600, val=1000, test=2000, dim=512, views=10)
+    for method in METHOD_NAMES:
+        mm, el = cost.work(method, s)
+        assert mm > 0 and el > 0, method

@@ -148,7 +148,8 @@ def test_gda_needs_every_class_in_the_support():
 
 def test_registry_names_and_parsing():
     assert set(METHODS) == {"zs", "tip", "tip-imo", "tipx", "tipx-imo", "gda", "gda-imo", "proker", "proker-imo",
-                            "ape", "ape-imo", "tip-f", "tip-f-imo"}
+                            "ape", "ape-imo", "tip-f", "tip-f-imo", "lp++", "lp++-imo", "zs-lp", "zs-lp-imo",
+                            "clap", "clap-imo", "tda", "tda-imo"}
     assert parse_methods(" zs, tip ,zs") == ["zs", "tip"]
     with pytest.raises(ClipimoError, match="tip-x"):
         parse_methods("zs,tip-x")

@@ -46,6 +46,11 @@ def add_method_option_args(p: Any, tipf_order: str) -> None:
                         "task's dataset name)")
     p.add_argument("--tipf-config", choices=["default", "official"], default="default",
                    help="tip-f: clipimo's training alpha and epochs, or the official per-dataset ones")
+    p.add_argument("--clap-batch", type=int, default=256, help="zs-lp, clap: minibatch size (epochs of N // B "
+                   "batches from the E x N pool of augmented views)")
+    p.add_argument("--tda-config", default="default", metavar="default|official|FILE.yaml",
+                   help="tda: clipimo's caches (positive alpha 2, beta 5), the official per-dataset config (by the "
+                        "task's dataset name; chosen by its authors on test), or a YAML file in TDA's schema")
 
 
 def parse_xlim(value: str | None) -> tuple[float, float] | None:

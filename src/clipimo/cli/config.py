@@ -78,7 +78,7 @@ class ListAction(argparse.Action):
     """A comma-separated list option (``--shots 1,2,4``). With ``extend`` it is repeatable too
     (``--dataset a,b --dataset c``: the first use replaces the default, later ones add); without,
     a later use replaces an earlier one, like any other flag. ``item`` parses each element,
-    ``allowed`` limits them."""
+    ``allowed`` limits them (and ``all`` alone stands for every allowed value)."""
 
     def __init__(self, option_strings: list[str], dest: str, item: Callable = str,
                  allowed: tuple | None = None, extend: bool = False, **kwargs: Any) -> None:
@@ -90,6 +90,8 @@ class ListAction(argparse.Action):
             items = split_items(value, self.item)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"invalid value {value!r} ({err})") from None
+        if self.allowed and items == ["all"]:
+            return list(self.allowed)
         bad = [v for v in items if self.allowed and v not in self.allowed]
         if bad:
             raise ValueError(f"invalid choice(s) {', '.join(map(str, bad))} (choose from {', '.join(self.allowed)})")

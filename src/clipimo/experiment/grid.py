@@ -36,7 +36,7 @@ from ..methods import official, proker
 from ..methods.common import MethodOptions
 from ..methods.evaluate import method_settings, run_methods
 from ..methods.gda import GDA_ALPHAS
-from ..methods.names import is_imo
+from ..methods.names import SHOTS_FREE, is_imo
 from ..methods.registry import parse_methods
 from ..methods.search import PAPER_GRID
 from ..report.aggregate import summarise
@@ -89,6 +89,8 @@ class RunConfig:
     ape_config: str = "default"
     tipf_config: str = "default"
     tipf_batch: int = 256
+    clap_batch: int = 256
+    tda_config: str = "default"   # default, official or a YAML file (its settings enter the fingerprint)
 
     def __post_init__(self) -> None:
         self.method_options(seed=1, dataset=None)  # checks the values
@@ -111,11 +113,16 @@ class RunConfig:
         """The methods' options in the cell of ``seed`` on ``dataset`` (official configs look it up)."""
         return MethodOptions(seed=seed, tipf_batch=self.tipf_batch, proker_views=self.proker_views,
                              proker_grid=self.proker_grid, ape_config=self.ape_config,
-                             tipf_config=self.tipf_config, dataset=dataset)
+                             tipf_config=self.tipf_config, clap_batch=self.clap_batch, tda_config=self.tda_config,
+                             dataset=dataset)
 
     def method_fingerprint(self) -> dict[str, Any]:
         """The method settings every cell's result depends on (besides its seed and dataset)."""
-        return {k: getattr(self, k) for k in ("proker_views", "proker_grid", "ape_config", "tipf_config", "tipf_batch")}
+        keys = ("proker_views", "proker_grid", "ape_config", "tipf_config", "tipf_batch", "clap_batch", "tda_config")
+        fp = {k: getattr(self, k) for k in keys}
+        if self.tda_config not in official.CONFIGS:  # a YAML file: what it says, not its path
+            fp["tda_config"] = official.tda_config(self.method_options(1, None)).settings()
+        return fp
 
 
 def _fingerprint(cfg: RunConfig, extractor: FeatureExtractor) -> dict[str, Any]:
@@ -140,7 +147,8 @@ def method_grids() -> dict[str, str]:
     tables = json.dumps([proker.DEFAULT_GRID, official.PROKER_OFFICIAL, proker.MAX_ALL_VIEWS,
                          *(dataclasses.asdict(c) for c in (official.APE_DEFAULT, official.TIPF_DEFAULT)),
                          {k: dataclasses.asdict(v) for k, v in official.APE_OFFICIAL.items()},
-                         {k: dataclasses.asdict(v) for k, v in official.TIPF_OFFICIAL.items()}], sort_keys=True)
+                         {k: dataclasses.asdict(v) for k, v in official.TIPF_OFFICIAL.items()},
+                         official.TdaConfig().settings(), official.TDA_OFFICIAL], sort_keys=True)
     return {"paper_grid": array_digest(PAPER_GRID.alphas, PAPER_GRID.betas, PAPER_GRID.gammas),
             "gda_alphas": array_digest(GDA_ALPHAS),
             "beyond_configs": hashlib.sha256(tables.encode()).hexdigest()}
@@ -159,9 +167,31 @@ def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
             )
 
 
-def _evaluate(feats: FeatureSet, methods: list[str], device: str, options: MethodOptions) -> dict[str, Any]:
-    ran = run_methods(feats, methods, device=device, options=options)
-    return {"methods": {name: r.as_dict() for name, r in ran.items()}, "settings": method_settings(ran)}
+def _evaluate(feats: FeatureSet, methods: list[str], device: str, options: MethodOptions,
+              shared: dict | None = None, key: tuple = ()) -> dict[str, Any]:
+    """Run ``methods``; those that use neither support nor val (TDA) are taken from ``shared``
+    under ``key`` + (method,) when another shots cell of the same dataset, seed and correction
+    computed them, and stored there otherwise."""
+    shared = {} if shared is None else shared
+    fresh = [m for m in methods if m not in SHOTS_FREE or (*key, m) not in shared]
+    ran = run_methods(feats, fresh, device=device, options=options) if fresh else {}
+    out = {"methods": {name: r.as_dict() for name, r in ran.items()}, "settings": method_settings(ran)}
+    for m in methods:
+        if m in SHOTS_FREE:
+            if m in ran:
+                shared[(*key, m)] = (out["methods"][m], out["settings"].get(m))
+            out["methods"][m], settings = shared[(*key, m)]
+            if settings is not None:
+                out["settings"][m] = settings
+    out["methods"] = {m: out["methods"][m] for m in methods}
+    return out
+
+
+def _remember_shared(done: dict, cell: Cell, corrections: list[str], shared: dict) -> None:
+    """A stored cell's support-free results, for the other shots cells of its dataset and seed."""
+    for m in SHOTS_FREE & set(done.get("methods", {})):
+        shared.setdefault((cell.dataset.source, cell.seed, corrections[0], m),
+                          (done["methods"][m], done.get("settings", {}).get(m)))
 
 
 def encode_cells(cfg: RunConfig, extractor: FeatureExtractor) -> None:
@@ -223,6 +253,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             todo[key] = list(done.get("methods", {}))
 
     cells: list[dict] = []
+    shared: dict[tuple, tuple[dict, dict | None]] = {}  # (source, seed, correction, method) -> (result, settings)
     bar = tqdm(list(todo.items()), desc="cells", disable=tqdm_disable(progress))
     for (source, shots, seed), methods in bar:
         try:
@@ -235,7 +266,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         cell = plan_cell(data, shots, seed, cfg.cell, run_fp)
         bar.set_postfix_str(cell.name)
         cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features,
-                               maps))
+                               maps, shared))
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
     results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},
@@ -245,9 +276,11 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
 
 
 def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: FeatureExtractor, cfg: RunConfig,
-              out: Path, device: str, save_features: bool, maps: dict) -> dict:
+              out: Path, device: str, save_features: bool, maps: dict, shared: dict) -> dict:
     """Reuse a stored cell whose fingerprint matches; otherwise compute it (saying why). With
-    several corrections every ``-imo`` method also runs on each of them (original features encoded once)."""
+    several corrections every ``-imo`` method also runs on each of them (original features encoded once).
+    TDA's results are computed once per dataset, seed and correction and shared by the shots cells
+    (``shared``)."""
     todo = list(methods)
     if done is not None:
         changes = fingerprint_changes(done.get("fingerprint"), cell.fingerprint)
@@ -255,6 +288,7 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
             logger.info(f"{cell.name}: recomputing, its stored result is stale (changed: {', '.join(changes)})")
             done = None
         else:
+            _remember_shared(done, cell, cfg.corrections, shared)
             todo = [m for m in methods if m not in done["methods"]]
             if not todo:
                 return done
@@ -271,7 +305,8 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
         save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,
                            correction=maps[cfg.corrections[0]])
     options = cfg.method_options(cell.seed, cell.dataset.splits.name)
-    evaluated = _evaluate(primary, todo, device, options)
+    source = cell.dataset.source
+    evaluated = _evaluate(primary, todo, device, options, shared, (source, cell.seed, cfg.corrections[0]))
     result = {
         "dataset": cell.dataset.label,
         "source": cell.dataset.source,
@@ -289,7 +324,8 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
             "methods": {m: result["methods"][m] for m in imo_methods},
             "settings": {m: v for m, v in result["settings"].items() if m in imo_methods}}}
         for name in cfg.corrections[1:]:
-            result["corrections"][name] = _evaluate(corrected_features(feats, maps[name]), imo_methods, device, options)
+            result["corrections"][name] = _evaluate(corrected_features(feats, maps[name]), imo_methods, device, options,
+                                                    shared, (source, cell.seed, name))
     fileio.write_json(out / "cells" / f"{cell.name}.json", result)
     return result
 

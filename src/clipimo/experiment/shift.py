@@ -35,6 +35,10 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
     """
     if len(cfg.shots) != 1:
         raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
+    streaming = [m for m in cfg.methods if m.removesuffix("-imo") == "tda"]
+    if streaming:
+        raise ClipimoError(f"shift applies each method tuned on ImageNet unchanged to the targets; {', '.join(streaming)} "
+                           "adapts on each test stream instead: evaluate it on the targets' features directly")
     require_adapter(cfg.methods, extractor)
     out, dev = Path(out), resolve_device(device)
     with folder_lock(out):

@@ -296,24 +296,35 @@ class FeatureExtractor:
 
     def text_weights(self, classnames: Sequence[str], templates: Sequence[str], chunk: int = 64) -> torch.Tensor:
         """Zero-shot classifier W [D, C]: per class, encode each template, normalise, average, normalise."""
+        return self._text(classnames, templates, chunk)["text_weights"]
+
+    def text_norms(self, classnames: Sequence[str], templates: Sequence[str], chunk: int = 64) -> torch.Tensor:
+        """[C] norms of each class's mean of the UNnormalised template embeddings (the raw text
+        prototypes that ZS-LP and CLAP start from have these norms)."""
+        return self._text(classnames, templates, chunk)["text_norms"]
+
+    def _text(self, classnames: Sequence[str], templates: Sequence[str], chunk: int) -> dict[str, torch.Tensor]:
         if not classnames or not templates:
             raise ValueError("text_weights needs at least one class name and one template")
         payload = {"classnames": list(classnames), "templates": list(templates)}
         key = self._key("text", payload, adapter_dependent=False)
         path = self._cache_file(key)
         if path.is_file():
-            return fileio.read_safetensors(path, "clipimo", "text-feature cache file")[0]["text_weights"]
+            cached = fileio.read_safetensors(path, "clipimo", "text-feature cache file")[0]
+            if "text_norms" in cached:  # older cache files hold the weights only: encode again
+                return cached
         model, device, tok = self.backbone.model, self.backbone.device, self.backbone.tokenizer
-        rows = []
+        rows, norms = [], []
         with torch.inference_mode(), self._autocast():
             for i in range(0, len(classnames), chunk):
                 names = classnames[i : i + chunk]
                 tokens = tok([p for c in names for p in format_prompts(templates, c)]).to(device)
-                emb = F.normalize(model.encode_text(tokens).float(), dim=-1).view(len(names), len(templates), -1)
-                rows.append(F.normalize(emb.mean(dim=1), dim=-1).cpu())
-        weights = torch.cat(rows).T.contiguous()
-        fileio.write_safetensors(path, {"text_weights": weights}, "clipimo", payload)
-        return weights
+                raw = model.encode_text(tokens).float().view(len(names), len(templates), -1)
+                norms.append(raw.mean(dim=1).norm(dim=-1).cpu())
+                rows.append(F.normalize(F.normalize(raw, dim=-1).mean(dim=1), dim=-1).cpu())
+        text = {"text_weights": torch.cat(rows).T.contiguous(), "text_norms": torch.cat(norms)}
+        fileio.write_safetensors(path, text, "clipimo", payload)
+        return text
 
 
 def _write_shard(path: Path, feats: ImageFeatures) -> None:

@@ -36,6 +36,9 @@ FEATURE_KEYS = (
 # and the model's zero-shot logit scale and bias (CLIP: 100 and 0; SigLIP models have their own).
 VIEW_KEYS = ("cache_views", "cache_views_corrected")
 SCALAR_KEYS = {"logit_scale": 100.0, "logit_bias": 0.0}
+# Optional [C]: the L2 norm of each class's unnormalised text embedding (the mean over its templates
+# of the raw text-tower outputs); the linear probes that start from raw text embeddings need it.
+TEXT_NORMS_KEY = "text_norms"
 # Rows (and text-weight columns) must have unit L2 norm within this tolerance; half precision
 # storage rounds more, so it gets a looser one.
 NORM_TOL = {2: 1e-2, 4: 1e-3, 8: 1e-3}
@@ -59,6 +62,7 @@ class FeatureSet:
     cache_views_corrected: np.ndarray | None = None
     logit_scale: float = SCALAR_KEYS["logit_scale"]
     logit_bias: float = SCALAR_KEYS["logit_bias"]
+    text_norms: np.ndarray | None = None
 
     @property
     def has_views(self) -> bool:
@@ -136,6 +140,13 @@ def validate_features(arrays: Mapping[str, np.ndarray], source: str = "features"
         if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
             fail(key, f"is {value!r}, expected one finite number")
         out[key] = float(value)
+    if arrays.get(TEXT_NORMS_KEY) is not None:
+        norms = np.asarray(arrays[TEXT_NORMS_KEY])
+        if norms.shape != (num_classes,) or norms.dtype.kind not in "iuf" or not np.isfinite(norms).all() \
+                or not (norms > 0).all():
+            fail(TEXT_NORMS_KEY, f"has shape {norms.shape} / dtype {norms.dtype}, expected ({num_classes},) finite "
+                                 "positive numbers (the norms of the classes' unnormalised text embeddings)")
+        out[TEXT_NORMS_KEY] = norms.astype(np.float32)
     return FeatureSet(**out)
 
 

@@ -2,7 +2,8 @@
 
 The file is safetensors (text weights, cache keys of both streams, cache labels; for the methods
 that fit on every augmented view, GDA and ProKeR, the per-pass views of both streams too; for Tip-F
-its trained keys, so predicting never trains; for a corrected stream other than the IMO adapter,
+its trained keys and for the linear probes (LP++, ZS-LP, CLAP) their trained heads, so predicting
+never trains; TDA, which adapts on the stream it classifies, has no classifier to save; for a corrected stream other than the IMO adapter,
 that correction's map) with one JSON metadata entry: method, chosen hyper-parameters, the method
 settings that shaped its logits (ProKeR's views mode, APE's configuration, Tip-F's training),
 class names, the backbone identity and adapter hash the features came from, the correction, the
@@ -43,6 +44,9 @@ _V1_METHODS = frozenset({"zs", "tip", "tipx", "gda"})
 META_KEY = "clipimo_classifier"
 _TENSORS = ("text_weights", "cache_keys", "cache_keys_corrected", "cache_labels")
 _VIEWS = ("cache_views", "cache_views_corrected")  # [E, N, D]: stored for the methods that fit on them
+# The linear probes' trained heads, stored as "head_<name>" tensors so predicting never trains.
+_HEAD_PREFIX = "head_"
+LINEAR_PROBES = ("lp++", "zs-lp", "clap")
 # Backbone identity fields that must agree between the classifier and the model given to predict.
 _IDENTITY_KEYS = ("model", "weights", "config_sha256", "quick_gelu")
 
@@ -69,6 +73,7 @@ class Classifier:
     options: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(MethodOptions()))
     correction: LinearCorrection | None = None  # the corrected stream's map; None: the IMO adapter
     trained_keys: bool = False  # Tip-F: the keys of its stream are the trained ones (scored as Tip)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # LP++: weight/bias/alpha; ZS-LP, CLAP: prototypes
 
     @property
     def needs_adapter(self) -> bool:
@@ -92,6 +97,9 @@ class Classifier:
         (:func:`clipimo.features.corrections.saved_map`)."""
         (method,) = parse_methods([method])
         base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
+        if base == "tda":
+            raise ClipimoError(f"{method} adapts to the test stream it classifies, so it has no fixed classifier to save; "
+                               "save another method")
         backbone = meta.get("backbone")
         if not isinstance(backbone, dict) or not backbone.get("model"):
             raise ClipimoError("the features file records no backbone identity, so a classifier made from it could "
@@ -107,7 +115,7 @@ class Classifier:
         adapter_sha = adapter.get("sha256") if isinstance(adapter, dict) else meta.get("adapter_sha256")
         if corrected and correction is None and not adapter_sha:
             raise ClipimoError(f"{method} uses the corrected stream, but the features file records no adapter")
-        fits_views = base in ("gda", "proker", "tip-f")
+        fits_views = base in ("gda", "proker", "tip-f", *LINEAR_PROBES)
         if fits_views and not feats.has_views:
             raise ClipimoError(f"{method} fits on every augmented view of the support set, but the features file has "
                                "no cache_views: write it with `clipimo features --task` or `clipimo run --save-features`")
@@ -127,6 +135,9 @@ class Classifier:
             key = "cache_keys_corrected" if corrected else "cache_keys"
             tensors[key] = trained.keys(corrected).detach().cpu()
             fits_views = False  # the trained keys are all that is needed
+        head = _trained_head(feats, method, opts, {**hparams, **settings}, device) if base in LINEAR_PROBES else {}
+        if head:
+            fits_views = False
         views = {k: torch.from_numpy(getattr(feats, k)) for k in _VIEWS} if fits_views else {}
         classnames = list(meta.get("classnames") or [str(i) for i in range(feats.num_classes)])
         if len(classnames) != feats.num_classes:
@@ -136,7 +147,7 @@ class Classifier:
                    classnames=classnames, backbone=dict(backbone), adapter_sha256=adapter_sha,
                    logit_scale=feats.logit_scale, logit_bias=feats.logit_bias,
                    provenance={**(provenance or {}), "settings": settings}, options=dataclasses.asdict(opts),
-                   correction=correction, trained_keys=base == "tip-f", **views)
+                   correction=correction, trained_keys=base == "tip-f", head=head, **views)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically as safetensors + JSON metadata."""
@@ -145,6 +156,7 @@ class Classifier:
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance,
                 "options": self.options, "correction": fingerprint(self.correction), "trained_keys": self.trained_keys}
         tensors = {k: getattr(self, k) for k in _TENSORS + _VIEWS if getattr(self, k) is not None}
+        tensors.update({_HEAD_PREFIX + k: v for k, v in self.head.items()})
         tensors.update({k: torch.from_numpy(v) for k, v in map_arrays(self.correction).items()})
         fileio.write_safetensors(path, tensors, META_KEY, meta)
 
@@ -182,8 +194,9 @@ class Classifier:
             val=query, test=query, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
             **{k: getattr(self, k).to(device) for k in _VIEWS if getattr(self, k) is not None})
         out = torch.empty(len(original), len(self.classnames), device=device)
+        head = {k: v.to(device) for k, v in self.head.items()} or None
         for rows, chunk in logits_at(problem, query, self.scored_as, self.hparams,
-                                     options=MethodOptions(**self.options)):
+                                     options=MethodOptions(**self.options), head=head):
             out[rows] = chunk
         return out
 
@@ -228,7 +241,26 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
                       provenance=meta.get("provenance", {}),
                       options=meta.get("options") or dataclasses.asdict(MethodOptions()),
                       correction=correction, trained_keys=bool(meta.get("trained_keys")),
+                      head={k[len(_HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)},
                       **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
+
+
+def _trained_head(feats: FeatureSet, method: str, options: MethodOptions, settings: Mapping[str, Any],
+                  device: str | torch.device) -> dict[str, torch.Tensor]:
+    """A linear probe's head, trained again as the evaluation did (deterministic on one device);
+    LP++ must reach the evaluated epoch."""
+    from . import clap, lpp
+
+    base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
+    problem = Problem.from_features(feats, resolve_device(device))
+    if base == "lp++":
+        trained, epoch, _, _ = lpp.train(problem, corrected, options.seed)
+        if "epoch" in settings and epoch + 1 != settings["epoch"]:
+            raise ClipimoError(f"retraining {method} for the classifier chose epoch {epoch + 1}, the evaluation epoch "
+                               f"{settings['epoch']}: save the classifier on the device the method was evaluated on")
+        return {"weight": trained.weight.cpu(), "bias": trained.bias.cpu(), "alpha": trained.alpha.cpu()}
+    prototypes, _ = clap.train(problem, corrected, base == "clap", options.seed, options.clap_batch)
+    return {"prototypes": prototypes.cpu()}
 
 
 def list_images(source: str | os.PathLike) -> list[str]:
@@ -268,6 +300,10 @@ def predictions_text(predictions: list[dict[str, Any]], fmt: str) -> str:
 
 
 def best_method(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The method with the highest validation top-1 (ties: the first listed)."""
-    return max(results, key=lambda m: results[m]["val_acc"])
+    """The method with the highest validation top-1 (ties: the first listed); methods without one
+    (TDA) are left out."""
+    scored = [m for m in results if results[m]["val_acc"] is not None]
+    if not scored:
+        raise ClipimoError(f"{', '.join(results)} select nothing on val, so none can be saved as a classifier")
+    return max(scored, key=lambda m: results[m]["val_acc"])
 

@@ -40,6 +40,7 @@ class Problem:
     cache_views_corrected: torch.Tensor | None = None
     logit_scale: float = 100.0
     logit_bias: float = 0.0
+    text_norms: torch.Tensor | None = None
 
     @classmethod
     def from_features(cls, feats: FeatureSet, device: str | torch.device = "cpu") -> "Problem":
@@ -58,6 +59,7 @@ class Problem:
             cache_views_corrected=None if feats.cache_views_corrected is None else t(feats.cache_views_corrected),
             logit_scale=feats.logit_scale,
             logit_bias=feats.logit_bias,
+            text_norms=None if feats.text_norms is None else t(feats.text_norms),
         )
 
     @property
@@ -82,7 +84,7 @@ class MethodResult:
     """Top-1 accuracies in percent, the chosen hyper-parameters (empty for zero-shot) and, in
     ``meta``, the non-searched settings that determined the result (views mode, channels, ...)."""
 
-    val_acc: float
+    val_acc: float | None            # None: the method selects nothing on val (TDA)
     test_acc: float
     hparams: dict[str, float] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
@@ -98,9 +100,9 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Settings of the methods beyond the paper (docs/methods.md, "Training-free methods"): Tip-F's
-    minibatch order seed,
-    batch and configuration, ProKeR's views mode and grid, APE's configuration; ``default`` is
+    """Settings of the methods beyond the paper (docs/methods.md): the seed (Tip-F's and ZS-LP/CLAP's minibatch
+    orders, LP++'s bias draw, TDA's stream order), Tip-F's and ZS-LP/CLAP's batch, Tip-F's
+    configuration, ProKeR's views mode and grid, APE's and TDA's configuration; ``default`` is
     clipimo's one setting for every task, ``official`` the released per-dataset values, looked up by
     ``dataset`` (:mod:`clipimo.methods.official`)."""
 
@@ -110,11 +112,14 @@ class MethodOptions:
     proker_grid: str = "default"
     ape_config: str = "default"
     tipf_config: str = "default"
+    clap_batch: int = 256
+    tda_config: str = "default"   # default, official or a YAML file
     dataset: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tipf_batch < 1:
-            raise ClipimoError(f"--tipf-batch must be >= 1, got {self.tipf_batch}")
+        for flag, batch in (("--tipf-batch", self.tipf_batch), ("--clap-batch", self.clap_batch)):
+            if batch < 1:
+                raise ClipimoError(f"{flag} must be >= 1, got {batch}")
         if self.proker_views not in ("auto", "all", "mean"):
             raise ClipimoError(f"--proker-views must be auto, all or mean, got {self.proker_views!r}")
         for flag, value in (("--proker-grid", self.proker_grid), ("--ape-config", self.ape_config),

@@ -78,6 +78,12 @@ def work(method: str, s: Sizes, options: MethodOptions | None = None) -> tuple[f
         mm, el = work("tip", s, options)
         return mm + epochs * (6.0 * s.keys * s.keys * s.dim + 2.0 * s.val * s.keys * s.dim), el + epochs * 4.0 * (
             s.keys + s.val) * s.keys
+    if base in ("lp++", "zs-lp", "clap"):  # 300 epochs over the keys: forward, backward, val pass; test once
+        per_epoch = 6.0 * s.keys * s.dim * s.classes + 2.0 * s.val * s.dim * s.classes
+        extra = 2.0 * max(s.views, 1) * s.keys * s.dim * s.classes if base == "clap" else 0.0
+        return 300 * per_epoch + extra + 2.0 * s.test * s.dim * s.classes, 300 * 5.0 * (s.keys + s.val) * s.classes
+    if base == "tda":  # one pass over the test stream against caches of at most 5 entries per class
+        return 2.0 * s.test * s.dim * s.classes * 6, 10.0 * s.test * s.classes
     raise ValueError(f"no cost model for method {method!r}")
 
 

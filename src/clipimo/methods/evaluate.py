@@ -12,7 +12,7 @@ from ..features.file import FeatureSet, load_features
 from ..utils.device import full_float32, resolve_device
 from ..utils.log import logger, tqdm_disable
 from ..utils.markdown import md_table
-from . import cache, cost
+from . import cache, cost, official
 from .common import MethodOptions, MethodResult, Problem
 from .registry import CACHE_VARIANTS, parse_methods, run_method
 
@@ -25,10 +25,11 @@ def run_methods(feats: FeatureSet | str | os.PathLike, methods: str | Sequence[s
     top-1, top-5 and mean per-class recall at that point in its one test pass. Tip, Tip-X and their IMO variants run together
     (:func:`clipimo.methods.cache.run_many`: they share affinities, KL sums and the test pass)."""
     names = parse_methods(methods)
+    options = options or MethodOptions()
+    official.check_configs(options, names)  # an official configuration that does not exist: before any work
     if not isinstance(feats, FeatureSet):
         feats = load_features(feats)
     problem = Problem.from_features(feats, resolve_device(device))
-    options = options or MethodOptions()
     for line in cost.slow_cell_lines(names, cost.Sizes.of(problem), problem.val.labels.device.type,
                                      torch.get_num_threads(), options):
         logger.warning(line)
@@ -51,9 +52,10 @@ def evaluate_features(feats: FeatureSet | str | os.PathLike, methods: str | Sequ
     accuracies in percent.
 
     ``hparams`` holds the method's searched values only: ``{}`` for zs, alpha/beta for tip and
-    tip-f, alpha/beta/gamma for tipx and ape, alpha for gda, beta/lmbda for proker. The other
-    settings that shaped a result (ProKeR's views mode, APE's channels, Tip-F's epoch and seed)
-    are in :func:`run_methods`' ``MethodResult.meta`` (see :func:`method_settings`).
+    tip-f, alpha/beta/gamma for tipx and ape, alpha for gda, beta/lmbda for proker, epoch for
+    lp++, ``{}`` for zs-lp, clap and tda. ``val_acc`` is None for tda (it selects nothing). The
+    other settings that shaped a result (ProKeR's views mode, APE's channels, Tip-F's epoch and
+    seed, TDA's caches) are in :func:`run_methods`' ``MethodResult.meta`` (see :func:`method_settings`).
     """
     return {k: r.as_dict() for k, r in run_methods(feats, methods, device, progress, options).items()}
 
@@ -68,7 +70,7 @@ def results_table(results: dict[str, dict], markdown: bool = False, settings: di
     :func:`method_settings`) are listed after the hyper-parameters."""
     settings = settings or {}
     header = ("method", "val top-1", "test top-1", "test top-5", "test recall", "hparams")
-    rows = [(name, f"{r['val_acc']:.2f}", f"{r['test_acc']:.2f}", _opt(r.get("test_top5")),
+    rows = [(name, _opt(r["val_acc"]), f"{r['test_acc']:.2f}", _opt(r.get("test_top5")),
              _opt(r.get("test_mean_per_class_recall")),
              ", ".join([f"{k}={v:.4g}" for k, v in r["hparams"].items()]
                        + [f"{k}={v}" for k, v in settings.get(name, {}).items()]) or "-")

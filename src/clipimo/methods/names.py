@@ -10,7 +10,12 @@ from typing import Iterable
 
 IMO_SUFFIX = "-imo"
 # Base methods in display order; every one but zero-shot also runs as "<name>-imo" on the corrected stream.
-BASE_METHODS = ("zs", "tip", "tipx", "gda", "proker", "ape", "tip-f")
+# TDA uses no support labels, so it sits with zero-shot.
+BASE_METHODS = ("zs", "tda", "tip", "tipx", "gda", "proker", "ape", "tip-f", "lp++", "zs-lp", "clap")
+# Methods that use neither support nor val: one result per (dataset, seed, correction), whatever the shots.
+SHOTS_FREE = frozenset({"tda", "tda-imo"})
+# Methods without support labels (CLIP_benchmark's zero-shot task).
+ZERO_SHOT = frozenset({"zs", "tda", "tda-imo"})
 METHOD_NAMES = tuple(n for b in BASE_METHODS for n in ((b,) if b == "zs" else (b, b + IMO_SUFFIX)))
 
 # result key -> what the number is (all in percent, like ``test_acc``)

@@ -1,6 +1,6 @@
-"""The official per-dataset configurations of ProKeR, APE and Tip-Adapter-F (their released RN50
-configs), looked up by the task's dataset name, and the options that
-choose them.
+"""The official per-dataset configurations of ProKeR, APE, Tip-Adapter-F (their released RN50
+configs) and TDA (its released configs), looked up by the task's dataset name, and the options
+that choose them.
 
 Only the released benchmarks have official values; any other task (a custom folder, or a features
 file whose metadata names no dataset) is refused with its name rather than given a guess.
@@ -8,8 +8,9 @@ file whose metadata names no dataset) is refused with its name rather than given
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import ClipimoError
 from .common import MethodOptions
@@ -80,6 +81,40 @@ TIPF_OFFICIAL = {
     "stanford_cars": TipfConfig(3.0, 20), "sun397": TipfConfig(1.17, 20), "ucf101": TipfConfig(3.0, 20),
 }
 
+
+
+@dataclass(frozen=True)
+class TdaConfig:
+    """TDA's two caches: capacity per class, vote weight alpha and sharpness beta each; the
+    negative cache's normalised-entropy band for admission and probability band for its mask."""
+
+    name: str = "default"
+    pos_enabled: bool = True
+    pos_capacity: int = 3
+    pos_alpha: float = 2.0
+    pos_beta: float = 5.0
+    neg_enabled: bool = True
+    neg_capacity: int = 2
+    neg_alpha: float = 0.117
+    neg_beta: float = 1.0
+    entropy_band: tuple[float, float] = (0.2, 0.5)
+    mask_band: tuple[float, float] = (0.03, 1.0)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but the name, JSON-ready (bands as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "name"}
+
+
+# The released per-dataset positive caches (alpha, beta); the shift sets have rows of their own.
+TDA_OFFICIAL = {
+    "caltech101": (5.0, 5.0), "dtd": (2.0, 3.0), "eurosat": (4.0, 8.0), "fgvc": (2.0, 2.0), "food101": (1.0, 1.0),
+    "oxford_flowers": (1.0, 5.0), "oxford_pets": (2.0, 7.0), "stanford_cars": (1.0, 7.0), "sun397": (2.0, 3.0),
+    "ucf101": (3.0, 8.0), "imagenet": (2.0, 5.0), "imagenet_a": (2.0, 5.0), "imagenet_v": (1.0, 8.0),
+    "imagenet_r": (1.0, 8.0), "imagenet_s": (2.363, 7.45),
+}
+_TDA_SHIFT_NAMES = {"imageneta": "imagenet_a", "imagenetv2": "imagenet_v", "imagenetr": "imagenet_r",
+                    "imagenetsketch": "imagenet_s"}
+
 T = TypeVar("T")
 
 
@@ -110,6 +145,44 @@ def tipf_config(options: MethodOptions) -> TipfConfig:
     return lookup(TIPF_OFFICIAL, options.dataset, "--tipf-config")
 
 
+def tda_config(options: MethodOptions) -> TdaConfig:
+    """``default``, the official row of the task's dataset, or a YAML file in the released schema."""
+    choice = options.tda_config
+    if choice == "default":
+        return TdaConfig()
+    if choice == "official":
+        key = re.sub(r"[^a-z0-9]", "", (options.dataset or "").lower())
+        name = _TDA_SHIFT_NAMES.get(key) or official_name(options.dataset)
+        if name not in TDA_OFFICIAL:
+            known = sorted({k for k, v in {**_OFFICIAL_NAMES, **_TDA_SHIFT_NAMES}.items() if v in TDA_OFFICIAL})
+            raise ClipimoError(f"--tda-config official: no official configuration for dataset {options.dataset!r} "
+                               f"(the features metadata must name one of {', '.join(known)}); use --tda-config "
+                               "default or a YAML file")
+        alpha, beta = TDA_OFFICIAL[name]
+        return TdaConfig(name=f"official:{name}", pos_alpha=alpha, pos_beta=beta)
+    return _tda_file(Path(choice))
+
+
+def _tda_file(path: Path) -> TdaConfig:
+    import yaml
+
+    if not path.is_file():
+        raise ClipimoError(f"--tda-config {path}: not default, official or an existing YAML file")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        pos, neg = doc["positive"], doc["negative"]
+        band = [(float(neg[k]["lower"]), float(neg[k]["upper"])) for k in ("entropy_threshold", "mask_threshold")]
+        return TdaConfig(
+            name=f"file:{path}", pos_enabled=bool(pos["enabled"]), pos_capacity=int(pos["shot_capacity"]),
+            pos_alpha=float(pos["alpha"]), pos_beta=float(pos["beta"]), neg_enabled=bool(neg["enabled"]),
+            neg_capacity=int(neg["shot_capacity"]), neg_alpha=float(neg["alpha"]), neg_beta=float(neg["beta"]),
+            entropy_band=band[0], mask_band=band[1])
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ClipimoError(f"--tda-config {path}: expected YAML with positive: {{enabled, shot_capacity, alpha, beta}} "
+                           "and negative: {enabled, shot_capacity, alpha, beta, entropy_threshold: {lower, upper}, "
+                           f"mask_threshold: {{lower, upper}}}}, every key given ({type(exc).__name__}: {exc})") from None
+
+
 def check_configs(options: MethodOptions, methods: list[str]) -> None:
     """Fail before any work when an official configuration asked for does not exist for the task."""
     bases = {m.removesuffix("-imo") for m in methods}
@@ -120,3 +193,5 @@ def check_configs(options: MethodOptions, methods: list[str]) -> None:
         ape_config(opts)
     if "tip-f" in bases:
         tipf_config(opts)
+    if "tda" in bases:
+        tda_config(opts)

@@ -6,7 +6,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from . import ape, cache, gda, proker, tipf, zeroshot
+from ..errors import ClipimoError
+from . import ape, cache, clap, gda, lpp, proker, tipf, zeroshot
 from .common import MethodOptions, Problem, Split, count_hits, percent
 
 
@@ -25,14 +26,26 @@ class FixedPoint:
 
 
 def fixed_point(problem: Problem, method: str, hparams: dict[str, float], chunk_rows: int | None = None,
-                options: MethodOptions = MethodOptions()) -> FixedPoint:
+                options: MethodOptions = MethodOptions(), head: dict[str, torch.Tensor] | None = None) -> FixedPoint:
     """``method`` (e.g. "tipx-imo") at ``hparams`` with the cache of ``problem``.
 
     Tip-F's trained keys are not hyper-parameters: they are trained again (deterministic given
-    ``options``' seed, batch and configuration), as its search did. APE's channels follow
-    ``options``' configuration.
+    ``options``' seed, batch and configuration), as its search did. So are the linear probes'
+    heads (LP++, ZS-LP, CLAP) unless ``head`` gives them (a saved classifier's tensors:
+    ``weight``/``bias``/``alpha`` or ``prototypes``). APE's channels follow ``options``'
+    configuration. TDA has no fixed point: its logits depend on the stream it adapts on.
     """
     base, corrected = method.removesuffix("-imo"), method.endswith("-imo")
+    if base == "tda":
+        raise ClipimoError(f"{method} adapts to the test stream it classifies (its caches fill from those images), "
+                           "so it has no fixed classifier to apply elsewhere")
+    if base == "lp++":
+        trained = lpp.LppHead(**head) if head else lpp.train(problem, corrected, options.seed)[0]
+        return FixedPoint(lambda split: lpp.logits(problem, split, trained, corrected, chunk_rows))
+    if base in ("zs-lp", "clap"):
+        prototypes = head["prototypes"] if head else clap.train(problem, corrected, base == "clap", options.seed,
+                                                                options.clap_batch)[0]
+        return FixedPoint(lambda split: clap.logits(problem, split, prototypes, corrected, chunk_rows))
     if base == "tip-f":
         problem, _ = tipf.trained_problem(problem, corrected, options, chunk_rows=chunk_rows)
         base = "tip"
@@ -56,10 +69,10 @@ def fixed_point(problem: Problem, method: str, hparams: dict[str, float], chunk_
 
 
 def logits_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],
-              chunk_rows: int | None = None,
-              options: MethodOptions = MethodOptions()) -> Iterator[tuple[slice, torch.Tensor]]:
+              chunk_rows: int | None = None, options: MethodOptions = MethodOptions(),
+              head: dict[str, torch.Tensor] | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
     """``(rows, logits)`` chunks of ``method`` on ``split`` (:func:`fixed_point`)."""
-    return fixed_point(problem, method, hparams, chunk_rows, options).logits(split)
+    return fixed_point(problem, method, hparams, chunk_rows, options, head).logits(split)
 
 
 def accuracy_at(problem: Problem, split: Split, method: str, hparams: dict[str, float],

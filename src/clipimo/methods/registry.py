@@ -6,12 +6,14 @@ from functools import partial
 from typing import Callable
 
 from ..errors import ClipimoError
-from . import ape, gda, proker, tip, tipf, tipx, zeroshot
+from . import ape, clap, gda, lpp, proker, tda, tip, tipf, tipx, zeroshot
 from .common import MethodOptions, MethodResult, Problem
 from .names import METHOD_NAMES, base_method, is_imo
 
 _RUNNERS: dict[str, Callable[..., MethodResult]] = {
     "tip": tip.run, "tipx": tipx.run, "gda": gda.run, "proker": proker.run, "ape": ape.run, "tip-f": tipf.run,
+    "lp++": lpp.run, "zs-lp": partial(clap.run, constrained=False), "clap": partial(clap.run, constrained=True),
+    "tda": tda.run,
 }
 # Every name of the vocabulary: zero-shot, and each base method on the original or the corrected stream.
 METHODS: dict[str, Callable[[Problem], MethodResult]] = {
@@ -21,7 +23,8 @@ METHODS: dict[str, Callable[[Problem], MethodResult]] = {
 # The methods :func:`cache.run_many` runs together: name -> (corrected, with_kl).
 CACHE_VARIANTS = {"tip": (False, False), "tip-imo": (True, False), "tipx": (False, True), "tipx-imo": (True, True)}
 # Methods whose results depend on MethodOptions (seed, batch, views mode, grid and config choice).
-TAKES_OPTIONS = frozenset({"proker", "proker-imo", "ape", "ape-imo", "tip-f", "tip-f-imo"})
+TAKES_OPTIONS = frozenset(n for n in METHOD_NAMES
+                          if base_method(n) in ("proker", "ape", "tip-f", "lp++", "zs-lp", "clap", "tda"))
 
 
 def run_method(name: str, problem: Problem, options: MethodOptions | None = None) -> MethodResult:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ClipimoError
+from ..methods.names import ZERO_SHOT
 from ..utils import fileio
 from .records import read_results
 
@@ -79,8 +80,8 @@ def results_csv(results: Mapping[str, Any]) -> str:
 def clip_benchmark_records(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{file name: record}``, one CLIP_benchmark-shaped record per cell and method.
 
-    ``task`` is ``zeroshot_classification`` for zero-shot CLIP and ``fewshot_classification``
-    otherwise; ``method``, ``shots``, ``seed``, ``adapter_sha256`` and ``random_init`` say which
+    ``task`` is ``zeroshot_classification`` for zero-shot CLIP and TDA (no support labels) and
+    ``fewshot_classification`` otherwise; ``method``, ``shots``, ``seed``, ``adapter_sha256`` and ``random_init`` say which
     few-shot cell it is. Metrics missing from older results are omitted, never invented.
     """
     prov = provenance(results["meta"])
@@ -91,7 +92,7 @@ def clip_benchmark_records(results: Mapping[str, Any]) -> dict[str, dict[str, An
             name = f"{c['dataset']}_k{c['shots']}_s{c['seed']}_{m}.json"
             out[name] = {
                 "dataset": c["dataset"], "model": prov["model"], "pretrained": prov["pretrained"],
-                "task": "zeroshot_classification" if m == "zs" else "fewshot_classification",
+                "task": "zeroshot_classification" if m in ZERO_SHOT else "fewshot_classification",
                 "metrics": metrics, "method": m, "shots": c["shots"], "seed": c["seed"],
                 "adapter_sha256": prov["adapter_sha256"] or None, "random_init": prov["random_init"],
             }

@@ -17,11 +17,12 @@ def register(subparsers) -> None:
     p.add_argument("--features", required=True, metavar="FILE", type=path_arg,
                    help="features .npz of one few-shot cell ('clipimo features --task' or 'clipimo run --save-features')")
     add_list_argument(p, "--methods", choices=METHOD_NAMES, default=DEFAULT_METHODS, metavar="NAME",
-                      help="methods to evaluate (repeatable, comma-separated)")
+                      help="methods to evaluate (repeatable, comma-separated; 'all' for every one)")
     add_json_arg(p, "{method: {test_acc, val_acc, hparams, test_top5, test_mean_per_class_recall}}")
     add_device_arg(p, "where the search runs")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--seed", type=int, default=1, help="tip-f: seed of the minibatch order")
+    p.add_argument("--seed", type=int, default=1, help="tip-f, zs-lp, clap: seed of the minibatch order; lp++: of "
+                   "its bias draw; tda: of the test stream order")
     add_method_option_args(p, "--seed orders them")
     p.add_argument("--save-classifier", metavar="FILE", default=None, type=path_arg,
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
@@ -48,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         logger.info(f"corrected stream of the -imo methods: {correction}")
     options = MethodOptions(seed=args.seed, tipf_batch=args.tipf_batch, proker_views=args.proker_views,
                             proker_grid=args.proker_grid, ape_config=args.ape_config, tipf_config=args.tipf_config,
-                            dataset=meta.get("dataset"))
+                            clap_batch=args.clap_batch, tda_config=args.tda_config, dataset=meta.get("dataset"))
     ran = run_methods(feats, args.methods, device=args.device, progress=progress_setting(args), options=options)
     results = {name: r.as_dict() for name, r in ran.items()}
     print(results_table(results, markdown=args.markdown, settings=method_settings(ran)), flush=True)  # shown even if --json fails

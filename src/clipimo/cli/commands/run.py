@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_list_argument(p, "--shots", item=int, default=DEFAULT_SHOTS, metavar="K", help="shot counts")
     add_list_argument(p, "--seeds", item=int, default=DEFAULT_SEEDS, metavar="S", help="few-shot sampling seeds")
     add_list_argument(p, "--methods", choices=METHOD_NAMES, default=DEFAULT_METHODS, metavar="NAME",
-                      help=f"methods, from {','.join(METHOD_NAMES)}")
+                      help=f"methods, from {','.join(METHOD_NAMES)}, or all")
     p.add_argument("--validation", choices=["full", "kshot", "heldout", "test"],
                    help="hyper-parameter validation set (default: full val split; held-out train images where there is none)")
     p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (recorded in the results)")
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                     corrections=args.corrections, textpca_classnames=args.textpca_classnames,
                     imagepca_images=args.imagepca_images, imagepca=args.imagepca, templates=templates,
                     classnames=classnames, proker_views=args.proker_views, proker_grid=args.proker_grid,
-                    ape_config=args.ape_config, tipf_config=args.tipf_config, tipf_batch=args.tipf_batch)
+                    ape_config=args.ape_config, tipf_config=args.tipf_config, tipf_batch=args.tipf_batch,
+                    clap_batch=args.clap_batch, tda_config=args.tda_config)
     extractor = make_extractor(args, distributed=True)
     if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
         from ...experiment.grid import encode_cells
