@@ -126,13 +126,13 @@ def gain_figure(gains: Sequence[Mapping[str, Any]], stem: str | os.PathLike, tit
         ax.axhline(0.0, color="#555555", linewidth=0.8, zorder=0)
         _lines(ax, gains, bases, method_styles(bases), label=lambda b: f"{b}-imo − {b}")
         ax.set_xlabel(GAIN_X_LABEL)
-        ax.set_ylabel("IMO gain (percentage points)")
+        ax.set_ylabel("IMO gain (pp)")  # the long form did not fit the axes' height: the caption spells it out
         ax.set_title(title)
         if random_init:
             watermark(ax)
-        cap = caption(fig, [f"Per seed: X-imo minus X on the same support set; {spread_text(r.get('n') for r in gains)}.",
-                            identity_text(meta)], random_init)
-        legend_top = _legend_below(fig, ax, 3, cap + 0.02)
+        cap = caption(fig, [f"Per seed: X-imo minus X on the same support set, in percentage points (pp); "
+                            f"{spread_text(r.get('n') for r in gains)}.", identity_text(meta)], random_init)
+        legend_top = _legend_below(fig, ax, 3 if len(bases) <= 3 else 2, cap + 0.02)
         place_axes(fig, top_in=0.25, bottom_in=legend_top + 0.38)
     return save_figure(fig, stem, options)
 
@@ -162,7 +162,7 @@ def correction_gain_figure(rows: Sequence[Mapping[str, Any]], stem: str | os.Pat
         ax.axhline(0.0, color="#555555", linewidth=0.8, zorder=0)
         ax.set_xticks(np.arange(len(methods)))
         ax.set_xticklabels(methods)
-        ax.set_ylabel("gain over original features (pp)")
+        ax.set_ylabel("gain over original (pp)")
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
         if random_init:
