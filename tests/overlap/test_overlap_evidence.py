@@ -102,3 +102,16 @@ def test_single_seed_points_get_no_error_caps(tmp_path, monkeypatch):
     caps_one, caps_three = bars["tip-imo − tip"].lines[1], bars["zs-imo − zs"].lines[1]
     assert all(np.isnan(np.asarray(cap.get_ydata(), float)).all() for cap in caps_one)
     assert [list(np.asarray(cap.get_ydata(), float)) for cap in caps_three] == [[1.5, 1.5, 1.5], [2.5, 2.5, 2.5]]
+
+
+def test_report_section_says_when_the_pairs_are_too_few(tmp_path):
+    from clipimo.report.sections import overlap_section
+
+    x, labels = clustered(3, 4, 1.0)
+    few = {**dg.compare_streams(x, None, labels), "source": {"description": "few"}}
+    x, labels = clustered(10, 60, 1.0)
+    many = {**dg.compare_streams(x, None, labels), "source": {"description": "many"}}
+    text = "\n".join(overlap_section([("few.json", few), ("many.json", many)], tmp_path, FigureOptions()))
+    few_part, many_part = text.split("### many")
+    assert "Too few pairs for a meaningful overlap: 18 same-class and 48 different-class pairs" in few_part
+    assert "Too few pairs" not in many_part
