@@ -50,7 +50,8 @@ def test_weights_of_another_architecture_name_it(tmp_path, tiny):
     save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(path))
     with pytest.raises(ClipimoError) as err:
         load_clip("ViT-B-16", str(path))  # --model left at its default
-    assert f"into ViT-B-16, whose tensor shapes are those of {TINY}: pass --model {TINY}" in str(err.value)
+    assert str(err.value) == (f"weights file {path} does not fit ViT-B-16: its tensor shapes are those of {TINY}; "
+                              f"pass --model {TINY}")
 
 
 @pytest.mark.parametrize("name", ["vit_b16.pt", "models--timm--vit_base_patch16_clip_224.openai/snapshots/ab/x.bin",

@@ -146,7 +146,7 @@ def _openai_needs_quick_gelu(name: str) -> bool:
 
 
 def _architecture_hint(checkpoint: str, name: str) -> str:
-    """", whose tensor shapes are those of X: pass --model X" for a file that fits another architecture
+    """"its tensor shapes are those of X; pass --model X" for a file that fits another architecture
     (the usual cause: --model left at its default); "" when the shapes name none."""
     try:
         fits = [n for n in shapes.implied_architectures(shapes.tensor_shapes(checkpoint)) if n != name]
@@ -157,8 +157,8 @@ def _architecture_hint(checkpoint: str, name: str) -> str:
     quick = [n for n in fits if n.endswith("-quickgelu")]
     best = quick[0] if quick and shapes.is_openai_file(checkpoint) else fits[0]
     others = [n for n in fits if n != best][:3]
-    return (f", whose tensor shapes are those of {best}" + (f" (or {', '.join(others)})" if others else "")
-            + f": pass --model {best}")
+    return (f"its tensor shapes are those of {best}" + (f" (or {', '.join(others)})" if others else "")
+            + f"; pass --model {best}")
 
 
 def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
@@ -295,10 +295,13 @@ def load_clip(
         except Exception as err:
             if checkpoint is None:
                 raise
+            fits = _architecture_hint(checkpoint, name)
+            if fits:
+                raise ClipimoError(f"weights file {checkpoint} does not fit {name}: {fits}") from err
             raise ClipimoError(
-                f"could not load weights file {checkpoint} into {name}{_architecture_hint(checkpoint, name)}: "
-                f"{err}. Expected an open_clip or OpenAI CLIP checkpoint (TorchScript .pt, state-dict "
-                ".pt/.pth/.bin, or .safetensors) matching this architecture"
+                f"could not load weights file {checkpoint} into {name}: {err}. Expected an open_clip or "
+                "OpenAI CLIP checkpoint (TorchScript .pt, state-dict .pt/.pth/.bin, or .safetensors) "
+                "matching this architecture"
             ) from err
     model.eval()
     model.clipimo_identity = identity
