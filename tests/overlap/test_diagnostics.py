@@ -240,7 +240,7 @@ def test_cli_overlap_on_images_with_adapter_and_on_its_features_file(tmp_path, i
     printed = capsys.readouterr()
     assert RANDOM_INIT_WARNING in printed.err and RANDOM_INIT_WARNING not in printed.out
     assert "original" in printed.out and "corrected" in printed.out and "bins: 10 over [" in printed.out
-    assert "too few pairs for a meaningful overlap: 18 same-class and 48 different-class pairs" in printed.err
+    assert "too few pairs for a meaningful overlap: with 18 same-class and 48 different-class pairs" in printed.err
     rec = json.loads((out / "overlap.json").read_text())
     assert rec["random_init"] is True and rec["adapter"]["sha256"] and rec["backbone"]["model"] == TINY
     assert rec["n_items"] == 12 and rec["n_classes"] == 3

@@ -70,8 +70,8 @@ def test_few_pairs_warn_many_do_not():
     warning = figures.few_pairs_warning(few)
     noise = few["original"]["overlap_noise"]
     assert noise == pytest.approx(math.sqrt(10 * (1 / 18 + 1 / 48) / (2 * math.pi)))  # 10 bins (the floor)
-    assert warning.startswith("too few pairs for a meaningful overlap: 18 same-class and 48 different-class pairs")
-    assert f"differences below {noise:.2f} are noise" in warning
+    assert warning.startswith("too few pairs for a meaningful overlap: with 18 same-class and 48 different-class pairs")
+    assert f"differences below {noise:.2f} are sampling noise" in warning
     x, labels = clustered(10, 60, 1.0)
     many = dg.compare_streams(x, None, labels)  # 17,700 same-class pairs: noise 0.023
     assert many["original"]["overlap_noise"] < 0.05 and figures.few_pairs_warning(many) is None
@@ -113,5 +113,5 @@ def test_report_section_says_when_the_pairs_are_too_few(tmp_path):
     many = {**dg.compare_streams(x, None, labels), "source": {"description": "many"}}
     text = "\n".join(overlap_section([("few.json", few), ("many.json", many)], tmp_path, FigureOptions()))
     few_part, many_part = text.split("### many")
-    assert "Too few pairs for a meaningful overlap: 18 same-class and 48 different-class pairs" in few_part
+    assert "Too few pairs for a meaningful overlap: with 18 same-class and 48 different-class pairs" in few_part
     assert "Too few pairs" not in many_part

@@ -244,10 +244,11 @@ def few_pairs_warning(record: Mapping[str, Any]) -> str | None:
              if (s := record.get(name)) and (s.get("overlap_noise") or 0) > MAX_OVERLAP_NOISE]
     if not noisy:
         return None
-    n, noise = noisy[0]["n_pairs"], noisy[0]["overlap_noise"]
-    return (f"too few pairs for a meaningful overlap: {n['paired']:,} same-class and {n['unpaired']:,} "
-            f"different-class pairs on {record['bins']['count']} bins read two samples of one distribution as an "
-            f"overlap of about {1 - noise:.2f}, so differences below {noise:.2f} are noise; use more images per class")
+    n, noise = noisy[0]["n_pairs"], min(noisy[0]["overlap_noise"], 1.0)
+    return (f"too few pairs for a meaningful overlap: with {n['paired']:,} same-class and {n['unpaired']:,} "
+            f"different-class pairs on {record['bins']['count']} bins, differences below {noise:.2f} are sampling "
+            f"noise (two samples of one distribution read an overlap of about {1 - noise:.2f}); use more images "
+            "per class")
 
 
 def _bins_of(record: Mapping[str, Any], count: int) -> dict[str, Any]:
