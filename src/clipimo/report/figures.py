@@ -130,8 +130,9 @@ def gain_figure(gains: Sequence[Mapping[str, Any]], stem: str | os.PathLike, tit
         ax.set_title(title)
         if random_init:
             watermark(ax)
-        cap = caption(fig, [f"Per seed: X-imo minus X on the same support set, in percentage points (pp); "
-                            f"{spread_text(r.get('n') for r in gains)}.", identity_text(meta)], random_init)
+        spread = spread_text(r.get("n") for r in gains)
+        cap = caption(fig, [f"Per seed: X-imo minus X on the same support set, in percentage points (pp); {spread}.",
+                            identity_text(meta)], random_init)
         legend_top = _legend_below(fig, ax, 3 if len(bases) <= 3 else 2, cap + 0.02)
         place_axes(fig, top_in=0.25, bottom_in=legend_top + 0.38)
     return save_figure(fig, stem, options)
