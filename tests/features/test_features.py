@@ -10,7 +10,6 @@ from clipimo import FeatureExtractor, add_adapters, load_clip, save_adapters
 from clipimo.cli.app import main
 from clipimo.errors import ClipimoError
 from clipimo.utils import fileio as _io
-from clipimo.utils import log
 
 
 @pytest.fixture()
@@ -193,19 +192,6 @@ def test_backbone_mismatch_needs_explicit_permission(tmp_path, images, adapter_f
     ex = FeatureExtractor(bb, adapter=adapter_file, cache_dir=tmp_path / "c", num_workers=0, progress=False,
                           strict_backbone=False)
     assert ex.image_features(images).corrected is not None
-
-
-def test_openai_weight_file_into_gelu_model_warns(tmp_path, capsys):
-    from safetensors.torch import save_file
-
-    bb = load_clip("ViT-B-16")
-    path = tmp_path / "vitb16.safetensors"
-    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
-    log.configure()  # as clipimo.cli.app does: messages to this test's stderr
-    load_clip("ViT-B-16", str(path))
-    printed = capsys.readouterr()
-    assert f"WARNING: {path}: loading a weights file into ViT-B-16, which uses plain GELU" in printed.err
-    assert "use --model ViT-B-16-quickgelu" in printed.err and printed.out == ""
 
 
 def test_sixteen_bit_image_encodes_like_its_eight_bit_version(tmp_path):

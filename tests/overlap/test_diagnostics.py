@@ -51,9 +51,9 @@ def two_level_features(n_classes: int, per_class: int, a: float, b: float, seed:
 
 def test_two_uniforms_have_the_analytic_overlap_and_bhattacharyya():
     # p = U[0, 0.5] (density 2), q = U[0.25, 1] (density 4/3): they intersect on [0.25, 0.5].
-    p = dg.density(dg.histogram(even(0.0, 0.5, 5000)))
-    q = dg.density(dg.histogram(even(0.25, 1.0, 7500)))
-    width = 2 / dg.DEFAULT_BINS
+    p = dg.density(dg.histogram(even(0.0, 0.5, 5000), 200))
+    q = dg.density(dg.histogram(even(0.25, 1.0, 7500), 200))
+    width = 2 / 200
     assert p.sum() * width == pytest.approx(1.0) and q.sum() * width == pytest.approx(1.0)
     assert dg.overlap_area(p, q) == pytest.approx(0.25 * 4 / 3, abs=1e-9)
     assert dg.bhattacharyya(p, q) == pytest.approx(0.25 * np.sqrt(2 * 4 / 3), abs=1e-9)
@@ -65,10 +65,10 @@ def test_two_uniforms_have_the_analytic_overlap_and_bhattacharyya():
 
 def test_identical_gives_one_and_disjoint_gives_zero():
     v = np.random.default_rng(0).uniform(-0.3, 0.8, 10_000)
-    p = dg.density(dg.histogram(v))
+    p = dg.density(dg.histogram(v, 200))
     assert dg.overlap_area(p, p) == pytest.approx(1.0) and dg.bhattacharyya(p, p) == pytest.approx(1.0)
-    q = dg.density(dg.histogram(even(-0.9, -0.4, 1000)))
-    r = dg.density(dg.histogram(even(0.1, 0.6, 1000)))
+    q = dg.density(dg.histogram(even(-0.9, -0.4, 1000), 200))
+    r = dg.density(dg.histogram(even(0.1, 0.6, 1000), 200))
     assert dg.overlap_area(q, r) == 0.0 and dg.bhattacharyya(q, r) == 0.0
 
 
@@ -76,8 +76,9 @@ def test_bins_match_numpy_histogram_including_edges_and_out_of_range():
     edges = dg.bin_edges(200)
     v = np.concatenate([edges, np.random.default_rng(1).uniform(-1, 1, 5000), [-1.0000001, 1.0000002]])
     ref, _ = np.histogram(np.clip(v, -1, 1), bins=200, range=(-1, 1))
-    np.testing.assert_array_equal(dg.histogram(v), ref)
+    np.testing.assert_array_equal(dg.histogram(v, 200), ref)
     assert dg.histogram([1.0 + 1e-6])[-1] == 1 and dg.histogram([-1.5])[0] == 1
+    assert len(dg.histogram([0.0])) == dg.FINE_BINS == 4000  # the counting grid
     with pytest.raises(ValueError):
         dg.bin_edges(0)
 
@@ -87,15 +88,16 @@ def test_bins_match_numpy_histogram_including_edges_and_out_of_range():
 def test_two_level_features_give_point_masses_and_zero_overlap():
     a, b = 0.735, 0.215  # mid-bin values
     x, labels = two_level_features(4, 5, a, b)
-    h = dg.similarity_histograms(x, labels, chunk_elements=37)
+    h = dg.similarity_histograms(x, labels, bins=200, chunk_elements=37)
     assert h.exact and h.total_pairs == 20 * 19 // 2
     assert h.n_paired == 4 * (5 * 4 // 2) and h.n_unpaired == h.total_pairs - h.n_paired
     assert h.paired[int((a + 1) * 100)] == h.n_paired and h.unpaired[int((b + 1) * 100)] == h.n_unpaired
-    rec = dg.overlap_record(h, dg.feature_variance(x))
+    rec = dg.overlap_record(dg.similarity_histograms(x, labels, chunk_elements=37), dg.feature_variance(x))
     assert rec["overlap"] == 0.0 and rec["bhattacharyya"] == 0.0
     assert rec["paired_mean_sim"] == pytest.approx(a) and rec["unpaired_mean_sim"] == pytest.approx(b)
-    # Equal levels: the two point masses coincide, overlap and Bhattacharyya are 1.
-    y, lab = two_level_features(3, 4, 0.415, 0.415)
+    # Equal levels: the two point masses coincide, overlap and Bhattacharyya are 1 (0.41525: the middle
+    # of a fine counting bin, so float rounding cannot split the mass across two bins).
+    y, lab = two_level_features(3, 4, 0.41525, 0.41525)
     same = dg.overlap_stats(y, lab)
     assert same["overlap"] == pytest.approx(1.0) and same["bhattacharyya"] == pytest.approx(1.0)
 
@@ -115,7 +117,7 @@ def test_chunked_exact_equals_direct_full_matrix():
     ref_p, _ = np.histogram(np.clip(s[iu][same], -1, 1), bins=200, range=(-1, 1))
     ref_u, _ = np.histogram(np.clip(s[iu][~same], -1, 1), bins=200, range=(-1, 1))
     for chunk in (1, 157, 1000, 10 ** 9):
-        h = dg.similarity_histograms(x, labels, chunk_elements=chunk)
+        h = dg.similarity_histograms(x, labels, bins=200, chunk_elements=chunk)
         np.testing.assert_array_equal(h.paired, ref_p)
         np.testing.assert_array_equal(h.unpaired, ref_u)
         assert h.paired_sum == pytest.approx(s[iu][same].sum()) and h.unpaired_sum == pytest.approx(s[iu][~same].sum())
@@ -159,14 +161,19 @@ def test_feature_variance_formula():
 
 
 def test_compare_streams_and_undefined_cases():
-    x, labels = two_level_features(3, 4, 0.635, 0.305)
-    y, _ = two_level_features(3, 4, 0.905, 0.105, rotation=5)
+    x, labels = two_level_features(3, 4, 0.63525, 0.30525)  # mid fine-bin values
+    y, _ = two_level_features(3, 4, 0.90525, 0.10525, rotation=5)
     rec = dg.compare_streams(x, y, labels, bins=100, sample_pairs=3000, seed=1)
-    assert rec["bins"] == {"count": 100, "low": -1.0, "high": 1.0, "width": 0.02}
+    # Both streams' similarities lie in fine bins 2210-3810 (width 0.0005, from -1), 1,601 of them, so
+    # 100 bins of 17 fine bins (0.0085), the 99 spare fine bins split 49 below, 50 above.
+    assert rec["bins"]["count"] == 100 and rec["bins"]["rule"] == "fixed"
+    assert rec["bins"]["width"] == pytest.approx(0.0085)
+    assert rec["bins"]["low"] == pytest.approx(-1 + (2210 - 49) * 0.0005)
+    assert rec["bins"]["high"] == pytest.approx(-1 + (2210 - 49 + 1700) * 0.0005)
     assert len(rec["original"]["paired_density"]) == 100
     assert rec["original"]["n_pairs"] == rec["corrected"]["n_pairs"]  # same sampled pairs
     assert rec["original"]["overlap"] == 0.0 and rec["corrected"]["overlap"] == 0.0
-    assert rec["corrected"]["paired_mean_sim"] == pytest.approx(0.905)
+    assert rec["corrected"]["paired_mean_sim"] == pytest.approx(0.90525)
     assert rec["delta"]["variance"] == pytest.approx(rec["corrected"]["variance"] - rec["original"]["variance"])
     assert dg.compare_streams(x, None, labels)["corrected"] is None
     one_class = dg.overlap_stats(x, np.zeros(len(x), dtype=int))
@@ -232,7 +239,8 @@ def test_cli_overlap_on_images_with_adapter_and_on_its_features_file(tmp_path, i
     assert cli(["overlap", "--images", str(image_tree), "--out", str(out)] + common) == 0
     printed = capsys.readouterr()
     assert RANDOM_INIT_WARNING in printed.err and RANDOM_INIT_WARNING not in printed.out
-    assert "original" in printed.out and "corrected" in printed.out
+    assert "original" in printed.out and "corrected" in printed.out and "bins: 10 over [" in printed.out
+    assert "too few pairs for a meaningful overlap: with 18 same-class and 48 different-class pairs" in printed.err
     rec = json.loads((out / "overlap.json").read_text())
     assert rec["random_init"] is True and rec["adapter"]["sha256"] and rec["backbone"]["model"] == TINY
     assert rec["n_items"] == 12 and rec["n_classes"] == 3
@@ -241,8 +249,8 @@ def test_cli_overlap_on_images_with_adapter_and_on_its_features_file(tmp_path, i
         assert s["mode"] == "exact" and s["sample_size"] is None
         assert s["n_pairs"] == {"paired": 3 * 6, "unpaired": 66 - 18, "total": 66}
         assert 0 <= s["overlap"] <= 1 and 0 <= s["bhattacharyya"] <= 1 + 1e-9 and s["variance"] > 0
-        # --bins auto: 18 paired pairs, Rice rule ceil(2 * 18^(1/3)) = 6, times 4 = 24 bins.
-        assert len(s["paired_density"]) == rec["bins"]["count"] == 24
+        # --bins auto: 18 paired pairs, Rice rule ceil(2 * 18^(1/3)) = 6, raised to the floor of 10.
+        assert len(s["paired_density"]) == rec["bins"]["count"] == 10
     assert rec["corrected"]["paired_mean_sim"] != rec["original"]["paired_mean_sim"]  # the adapter changed things
     assert_figure({"png": out / "overlap.png"})
 
@@ -319,12 +327,15 @@ def test_cli_overlap_on_section8_features_file(tmp_path, capsys):
 
 
 def test_auto_bins_follow_the_pair_count():
-    many = np.repeat(np.arange(10), 10)  # 450 paired pairs: ceil(2 * 450^(1/3)) = 16 -> 64 bins
-    assert dg.auto_bins(many) == 64
-    assert dg.auto_bins(np.repeat(np.arange(2), 2)) == 20  # 2 paired pairs: 12, raised to the floor of 20
-    assert dg.auto_bins(np.repeat(np.arange(100), 100)) == 200  # 495,000 pairs: capped at 200
-    # A sample of 4,950 of the 4,950 pairs changes nothing; a tenth of them gives 45 paired -> 32 bins.
-    assert dg.auto_bins(many, sample_pairs=4950) == 64 and dg.auto_bins(many, sample_pairs=495) == 32
+    assert dg.auto_bins(450) == 16  # ceil(2 * 450^(1/3)) = ceil(15.33)
+    assert dg.auto_bins(2) == 10  # ceil(2 * 2^(1/3)) = 3, raised to the floor of 10
+    assert dg.auto_bins(495_000) == 159  # ceil(2 * 79.1)
+    assert dg.auto_bins(10 ** 7) == 200  # 431, capped
+    # The smaller group decides: 10 classes of 10 images, 450 same-class pairs of 4,950.
+    labels = np.repeat(np.arange(10), 10)
+    x = np.random.default_rng(0).normal(size=(100, 16))
+    assert dg.compare_streams(x, None, labels)["bins"] == pytest.approx(
+        {**dg.compare_streams(x, None, labels, bins=16)["bins"], "rule": "auto: Rice rule on 450 pairs"})
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -63,6 +63,7 @@ def load_dataset(name: str, root: str | os.PathLike, verify_files: bool = True) 
     split file and the first missing images.
     """
     spec = get_spec(name)
+    root = Path(root).expanduser()  # "~/data" from Python or a YAML file: no shell expanded it
     dataset_dir = spec.find_dir(root)
     if dataset_dir is None:
         raise ClipimoError(

@@ -22,8 +22,9 @@ from ..errors import ClipimoError
 from ..features.extractor import FeatureExtractor
 from ..methods.registry import METHODS
 from ..model.backbone import load_clip
-from ..overlap.stats import auto_bins, compare_streams
+from ..overlap.stats import compare_streams
 from ..report.builder import build_report
+from ..report.figures import few_pairs_warning
 from ..report.overlap_file import overlap_file_record, write_overlap
 from ..report.style import FigureOptions
 from ..train import make_config, train
@@ -188,7 +189,9 @@ def run_demo(
         "labels": feats.labels.numpy(),
     }
     labels = feats.labels.numpy()
-    stats = compare_streams(feats.original.numpy(), feats.corrected.numpy(), labels, bins=auto_bins(labels))
+    stats = compare_streams(feats.original.numpy(), feats.corrected.numpy(), labels)
+    if warning := few_pairs_warning(stats):
+        logger.warning(f"demo overlap: {warning}")
     overlap = overlap_file_record(src, stats, n_classes=len(TASK_PHOTOS))
     write_overlap(overlap, out / "overlap", options=figures)
 

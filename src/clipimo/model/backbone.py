@@ -28,7 +28,7 @@ from ..errors import ClipimoError
 from ..utils import fileio
 from ..utils.device import resolve_device
 from ..utils.log import logger
-from . import hub, tiny_timm
+from . import hub, shapes, tiny_timm
 
 RANDOM_INIT_SEED = 0
 _NONE_VALUES = {None, "", "none", "None", "random"}
@@ -145,6 +145,22 @@ def _openai_needs_quick_gelu(name: str) -> bool:
     return bool(open_clip.get_pretrained_cfg(name, "openai").get("quick_gelu")) and not cfg.get("quick_gelu")
 
 
+def _architecture_hint(checkpoint: str, name: str) -> str:
+    """"its tensor shapes are those of X; pass --model X" for a file that fits another architecture
+    (the usual cause: --model left at its default); "" when the shapes name none."""
+    try:
+        fits = [n for n in shapes.implied_architectures(shapes.tensor_shapes(checkpoint)) if n != name]
+    except Exception:  # an unreadable file: the load error itself says why
+        return ""
+    if not fits:
+        return ""
+    quick = [n for n in fits if n.endswith("-quickgelu")]
+    best = quick[0] if quick and shapes.is_openai_file(checkpoint) else fits[0]
+    others = [n for n in fits if n != best][:3]
+    return (f"its tensor shapes are those of {best}" + (f" (or {', '.join(others)})" if others else "")
+            + f"; pass --model {best}")
+
+
 def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
     """The already-downloaded weights file for a pretrained tag, without touching the network."""
     if cfg.get("hf_hub"):
@@ -259,10 +275,10 @@ def load_clip(
     torchscript = bool(checkpoint) and _is_torchscript(Path(checkpoint))
     if torchscript:
         kwargs["force_quick_gelu"] = True
-    elif checkpoint and not tag_cfg and _openai_needs_quick_gelu(name):
+    elif checkpoint and not tag_cfg and _openai_needs_quick_gelu(name) and shapes.is_openai_file(checkpoint):
         logger.warning(
-            "%s: loading a weights file into %s, which uses plain GELU; if these are OpenAI CLIP weights "
-            "(trained with QuickGELU) use --model %s-quickgelu, or the features are wrong", checkpoint, name, name,
+            "%s: OpenAI CLIP weights (by their name) were trained with QuickGELU, but %s uses plain GELU: "
+            "use --model %s-quickgelu, or the features are wrong", Path(checkpoint).name, name, name,
         )
     identity["config_sha256"] = hashlib.sha256(
         json.dumps(open_clip.get_model_config(name), sort_keys=True).encode()
@@ -279,6 +295,9 @@ def load_clip(
         except Exception as err:
             if checkpoint is None:
                 raise
+            fits = _architecture_hint(checkpoint, name)
+            if fits:
+                raise ClipimoError(f"weights file {checkpoint} does not fit {name}: {fits}") from err
             raise ClipimoError(
                 f"could not load weights file {checkpoint} into {name}: {err}. Expected an open_clip or "
                 "OpenAI CLIP checkpoint (TorchScript .pt, state-dict .pt/.pth/.bin, or .safetensors) "

@@ -141,12 +141,10 @@ def sample_size(n: int, sample_pairs: int | None = None, exact: bool = False,
     return None
 
 
-def parse_bins(value: str | int, labels: np.ndarray, sample: int | None) -> int:
+def parse_bins(value: str | int) -> int | str:
     """``--bins``: a positive integer, or 'auto' (:func:`clipimo.overlap.stats.auto_bins`)."""
     if str(value).strip().lower() == "auto":
-        from .stats import auto_bins
-
-        return auto_bins(labels, sample)
+        return "auto"
     try:
         bins = int(value)
     except ValueError:
@@ -160,6 +158,7 @@ def measure_overlap(src: dict[str, Any], bins: str | int = "auto", sample_pairs:
                     exact: bool = False, max_exact_pairs: int = DEFAULT_MAX_EXACT_PAIRS,
                     seed: int = 0) -> dict[str, Any]:
     """The ``overlap.json`` record of a source from :func:`load_feature_source` or :func:`encode_source`."""
+    from ..report.figures import few_pairs_warning
     from ..report.overlap_file import overlap_file_record
     from .stats import compare_streams
 
@@ -176,8 +175,11 @@ def measure_overlap(src: dict[str, Any], bins: str | int = "auto", sample_pairs:
         raise ClipimoError(f"{what}: every class has a single image; paired (same-class) similarities need a "
                            "class with at least 2 images")
     sample = sample_size(n, sample_pairs, exact, max_exact_pairs, seed)
-    figures = compare_streams(src["original"], src["corrected"], labels, bins=parse_bins(bins, labels, sample),
+    figures = compare_streams(src["original"], src["corrected"], labels, bins=parse_bins(bins),
                               sample_pairs=sample, seed=seed)
+    warning = few_pairs_warning(figures)
+    if warning:
+        logger.warning("%s: %s", what, warning)
     return overlap_file_record(src, figures, n_classes=int(len(counts)))
 
 
@@ -204,5 +206,6 @@ def overlap_text(record: dict[str, Any]) -> str:
                      "the same pairs for both streams")
     else:
         lines.append(f"pairs: exact, all {s['total_pairs']:,} pairs i<j of {s['n_items']:,} images")
-    lines.append(f"bins: {record['bins']['count']} over [-1, 1]")
+    b = record["bins"]
+    lines.append(f"bins: {b['count']} over [{b['low']:.3f}, {b['high']:.3f}] ({b.get('rule', 'fixed')})")
     return "\n".join(lines)

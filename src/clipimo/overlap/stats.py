@@ -2,10 +2,17 @@
 
 For a labelled set of image features, the cosine similarity of every unordered pair ``i < j``
 (self-pairs excluded) is split into *paired* (same class) and *unpaired* (different class) and
-histogrammed on fixed bins over ``[-1, 1]``. From the two densities:
+counted on a fine fixed grid over ``[-1, 1]`` (``FINE_BINS``). The densities are then read on
+bins over the data's range, whole groups of fine bins from the lowest to the highest occupied one
+(of every stream compared, so both streams share their bins), their count chosen from the number
+of pairs (``choose_bins``). From the two densities of a stream:
 
 - overlap       = sum_b min(p_b, q_b) * width   (area of the intersection; 1 = identical, 0 = disjoint)
 - Bhattacharyya = sum_b sqrt(p_b q_b) * width   (1 = identical, 0 = disjoint)
+
+Both are estimates that need many pairs: two samples of one distribution, ``n_p`` and ``n_u``
+pairs on ``k`` bins, read an overlap of about ``1 - sqrt(k (1/n_p + 1/n_u) / (2 pi))`` (each bin's
+count difference is about normal; ``overlap_noise``), so a change smaller than that is noise.
 
 The exact computation walks the upper triangle of the similarity matrix in row chunks, so memory
 stays ``O(chunk x N)`` however large the split; for very large splits a seeded uniform sample of
@@ -26,21 +33,22 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..defaults import AUTO_BINS_RANGE, DEFAULT_BINS
+from ..defaults import AUTO_BINS_RANGE
 
 SIM_RANGE = (-1.0, 1.0)
+FINE_BINS = 4000  # the counting grid: width 0.0005, far below any bin the densities are read on
 # Elements of one chunk's similarity block (rows x columns): 2M float64 values = 16 MB (peak ~4x).
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
 
 
-def bin_edges(bins: int = DEFAULT_BINS) -> np.ndarray:
+def bin_edges(bins: int = FINE_BINS) -> np.ndarray:
     """The ``bins + 1`` fixed, equally spaced edges over ``[-1, 1]``."""
     if int(bins) != bins or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     return np.linspace(SIM_RANGE[0], SIM_RANGE[1], int(bins) + 1)
 
 
-def bin_indices(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
+def bin_indices(values: np.ndarray, bins: int = FINE_BINS) -> np.ndarray:
     """Bin index of each value on the fixed bins, consistent with ``np.histogram(range=(-1, 1))``.
 
     Values outside ``[-1, 1]`` (NaN excluded) are clipped into the end bins.
@@ -56,56 +64,108 @@ def bin_indices(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return idx
 
 
-def auto_bins(labels: Any, sample_pairs: int | None = None) -> int:
-    """A bin count for the pairs of ``labels``: the Rice rule (``2 n^(1/3)`` bins) for the smaller
-    of the paired/unpaired groups, times 4 because the fixed bins span all of ``[-1, 1]`` while
-    one group's similarities rarely span more than a quarter of it; kept within 20-200.
-
-    Few pairs then get wide bins (a smooth density, not isolated spikes), many pairs fine ones.
-    With ``sample_pairs`` the group sizes are the expected ones in the sample.
-    """
-    counts = np.unique(np.asarray(labels), return_counts=True)[1].astype(np.int64)
-    total = int(counts.sum()) * (int(counts.sum()) - 1) // 2
-    paired = int((counts * (counts - 1) // 2).sum())
-    smaller = min(paired, total - paired)
-    if sample_pairs is not None and total:
-        smaller = smaller * min(1.0, sample_pairs / total)
-    rice = math.ceil(2 * max(smaller, 1) ** (1 / 3))
-    return int(min(max(4 * rice, AUTO_BINS_RANGE[0]), AUTO_BINS_RANGE[1]))
+def auto_bins(n_pairs: int) -> int:
+    """A bin count for a group of ``n_pairs`` similarities over its range: the Rice rule
+    (``2 n^(1/3)``), kept within ``AUTO_BINS_RANGE``. Few pairs get wide bins (a smooth density,
+    not isolated spikes), many pairs fine ones."""
+    rice = math.ceil(2 * max(int(n_pairs), 1) ** (1 / 3))
+    return int(min(max(rice, AUTO_BINS_RANGE[0]), AUTO_BINS_RANGE[1]))
 
 
-def histogram(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
+@dataclass(frozen=True)
+class Bins:
+    """``count`` bins of ``step`` fine bins each, the first starting at fine bin ``first``."""
+
+    first: int
+    step: int
+    count: int
+    rule: str  # how the count was chosen
+
+    @property
+    def width(self) -> float:
+        return self.step * (SIM_RANGE[1] - SIM_RANGE[0]) / FINE_BINS
+
+    @property
+    def edges(self) -> np.ndarray:
+        return SIM_RANGE[0] + (self.first + self.step * np.arange(self.count + 1)) * (
+            (SIM_RANGE[1] - SIM_RANGE[0]) / FINE_BINS)
+
+    def counts(self, fine: np.ndarray) -> np.ndarray:
+        """Fine-grid counts summed into these bins."""
+        return np.asarray(fine[self.first:self.first + self.step * self.count], dtype=np.int64).reshape(
+            self.count, self.step).sum(axis=1)
+
+    def record(self) -> dict[str, Any]:
+        lo, hi = self.edges[[0, -1]]
+        return {"count": self.count, "low": float(lo), "high": float(hi), "width": self.width, "rule": self.rule}
+
+
+def choose_bins(hists: Any, bins: int | str = "auto") -> Bins:
+    """Bins over the data's range: from the lowest to the highest fine bin any of ``hists`` (the
+    streams compared) occupies; ``bins`` of them, or with ``"auto"`` :func:`auto_bins` of the
+    smaller of the paired/unpaired groups (the group that limits the estimate)."""
+    hists = list(hists)
+    if any(h.bins != FINE_BINS for h in hists):
+        raise ValueError(f"densities are read from histograms on the {FINE_BINS}-bin counting grid")
+    occupied = np.nonzero(np.any([h.paired + h.unpaired > 0 for h in hists], axis=0))[0]
+    lo, hi = (int(occupied[0]), int(occupied[-1])) if len(occupied) else (0, FINE_BINS - 1)
+    smaller = min(min(h.n_paired, h.n_unpaired) or max(h.n_paired, h.n_unpaired) for h in hists)
+    if str(bins).strip().lower() == "auto":
+        count, rule = auto_bins(smaller), f"auto: Rice rule on {smaller:,} pairs"
+    else:
+        count, rule = int(bins), "fixed"
+        if count < 1 or count != bins:
+            raise ValueError(f"bins must be a positive integer or 'auto', got {bins!r}")
+    if count > FINE_BINS:
+        raise ValueError(f"bins must be at most {FINE_BINS}, got {count}")
+    span = hi - lo + 1
+    step = math.ceil(span / count)  # whole fine bins: exactly ``count`` bins, the range centred in them
+    first = min(max(lo - (step * count - span) // 2, 0), FINE_BINS - step * count)
+    return Bins(first, step, count, rule)
+
+
+def histogram(values: np.ndarray, bins: int = FINE_BINS) -> np.ndarray:
     """Counts of ``values`` on the fixed bins over ``[-1, 1]`` (clipped, see module doc)."""
     return np.bincount(bin_indices(np.ravel(values), bins), minlength=bins).astype(np.int64)
 
 
-def density(counts: np.ndarray, bins: int | None = None) -> np.ndarray:
-    """Probability density of a histogram on the fixed bins (integrates to 1; zeros if empty)."""
+def density(counts: np.ndarray, width: float | None = None) -> np.ndarray:
+    """Probability density of a histogram (integrates to 1; zeros if empty); bins of ``width``,
+    by default the fixed bins over ``[-1, 1]``."""
     counts = np.asarray(counts, dtype=np.float64)
-    width = (SIM_RANGE[1] - SIM_RANGE[0]) / (bins or len(counts))
+    width = width or (SIM_RANGE[1] - SIM_RANGE[0]) / len(counts)
     total = counts.sum()
     if total <= 0:
         return np.zeros_like(counts)
     return counts / (total * width)
 
 
-def _check_densities(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _check_densities(p: np.ndarray, q: np.ndarray, width: float | None) -> tuple[np.ndarray, np.ndarray, float]:
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
     if p.shape != q.shape or p.ndim != 1:
         raise ValueError(f"densities must be 1-D arrays of equal length, got {p.shape} and {q.shape}")
-    return p, q, (SIM_RANGE[1] - SIM_RANGE[0]) / len(p)
+    return p, q, width or (SIM_RANGE[1] - SIM_RANGE[0]) / len(p)
 
 
-def overlap_area(p: np.ndarray, q: np.ndarray) -> float:
-    """Area of the intersection of two densities on the fixed bins: ``sum min(p, q) * width``."""
-    p, q, width = _check_densities(p, q)
+def overlap_area(p: np.ndarray, q: np.ndarray, width: float | None = None) -> float:
+    """Area of the intersection of two densities on bins of ``width`` (default: the fixed bins over
+    ``[-1, 1]``): ``sum min(p, q) * width``."""
+    p, q, width = _check_densities(p, q, width)
     return float(np.minimum(p, q).sum() * width)
 
 
-def bhattacharyya(p: np.ndarray, q: np.ndarray) -> float:
-    """Bhattacharyya coefficient of two densities on the fixed bins: ``sum sqrt(p q) * width``."""
-    p, q, width = _check_densities(p, q)
+def bhattacharyya(p: np.ndarray, q: np.ndarray, width: float | None = None) -> float:
+    """Bhattacharyya coefficient of two densities on bins of ``width``: ``sum sqrt(p q) * width``."""
+    p, q, width = _check_densities(p, q, width)
     return float(np.sqrt(p * q).sum() * width)
+
+
+def overlap_noise(n_paired: int, n_unpaired: int, bins: int) -> float | None:
+    """About how far below 1 the overlap of two samples of one distribution reads with these pair
+    counts on ``bins`` bins (the order of the estimate's sampling error; module doc)."""
+    if n_paired < 1 or n_unpaired < 1:
+        return None
+    return math.sqrt(bins * (1 / n_paired + 1 / n_unpaired) / (2 * math.pi))
 
 
 def _as_features(feats: Any, name: str = "features") -> np.ndarray:
@@ -187,7 +247,7 @@ def _labels(labels: Any, n: int) -> np.ndarray:
 def similarity_histograms(
     feats: Any,
     labels: Any,
-    bins: int = DEFAULT_BINS,
+    bins: int = FINE_BINS,
     sample_pairs: int | None = None,
     seed: int = 0,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
@@ -282,17 +342,20 @@ def _finite_or_none(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def overlap_record(hist: SimilarityHistograms, variance: float | None = None) -> dict[str, Any]:
-    """JSON-ready figures of one feature stream from its histograms.
+def overlap_record(hist: SimilarityHistograms, variance: float | None = None, bins: Bins | None = None) -> dict[str, Any]:
+    """JSON-ready figures of one feature stream from its histograms, read on ``bins`` (default:
+    :func:`choose_bins` of this stream alone).
 
     ``overlap`` and ``bhattacharyya`` are ``None`` when one of the two groups has no pairs (every
     class a singleton, or a single class).
     """
-    p, q = hist.paired_density, hist.unpaired_density
+    bins = bins or choose_bins([hist])
+    p, q = density(bins.counts(hist.paired), bins.width), density(bins.counts(hist.unpaired), bins.width)
     defined = hist.n_paired > 0 and hist.n_unpaired > 0
     return {
-        "overlap": overlap_area(p, q) if defined else None,
-        "bhattacharyya": bhattacharyya(p, q) if defined else None,
+        "overlap": overlap_area(p, q, bins.width) if defined else None,
+        "bhattacharyya": bhattacharyya(p, q, bins.width) if defined else None,
+        "overlap_noise": overlap_noise(hist.n_paired, hist.n_unpaired, bins.count),
         "variance": variance,
         "paired_mean_sim": _finite_or_none(hist.paired_sum / hist.n_paired) if hist.n_paired else None,
         "unpaired_mean_sim": _finite_or_none(hist.unpaired_sum / hist.n_unpaired) if hist.n_unpaired else None,
@@ -310,46 +373,48 @@ def overlap_record(hist: SimilarityHistograms, variance: float | None = None) ->
 def overlap_stats(
     feats: Any,
     labels: Any,
-    bins: int = DEFAULT_BINS,
+    bins: int | str = "auto",
     sample_pairs: int | None = None,
     seed: int = 0,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> dict[str, Any]:
-    """Overlap, Bhattacharyya coefficient, variance and densities of one labelled feature set."""
-    hist = similarity_histograms(feats, labels, bins, sample_pairs, seed, chunk_elements)
-    return overlap_record(hist, feature_variance(feats))
-
-
-def bins_record(bins: int = DEFAULT_BINS) -> dict[str, Any]:
-    return {"count": int(bins), "low": SIM_RANGE[0], "high": SIM_RANGE[1],
-            "width": (SIM_RANGE[1] - SIM_RANGE[0]) / int(bins)}
+    """Overlap, Bhattacharyya coefficient, variance and densities of one labelled feature set, on
+    ``bins`` bins (or ``"auto"``) over its similarities' range."""
+    hist = similarity_histograms(feats, labels, FINE_BINS, sample_pairs, seed, chunk_elements)
+    return overlap_record(hist, feature_variance(feats), choose_bins([hist], bins))
 
 
 def compare_streams(
     original: Any,
     corrected: Any | None,
     labels: Any,
-    bins: int = DEFAULT_BINS,
+    bins: int | str = "auto",
     sample_pairs: int | None = None,
     seed: int = 0,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> dict[str, Any]:
-    """Original vs corrected figures (same pairs for both when sampled) and their differences.
+    """Original vs corrected figures (same pairs for both when sampled, same bins over the range
+    of both) and their differences.
 
     Returns ``{"bins", "original", "corrected" (or None), "delta" (corrected - original, or None)}``.
     """
-    kw = dict(bins=bins, sample_pairs=sample_pairs, seed=seed, chunk_elements=chunk_elements)
-    orig = overlap_stats(original, labels, **kw)
-    corr = None
-    delta = None
+    kw = dict(bins=FINE_BINS, sample_pairs=sample_pairs, seed=seed, chunk_elements=chunk_elements)
+    hists = [similarity_histograms(original, labels, **kw)]
     if corrected is not None:
         c = _as_features(corrected, "corrected features")
         o = _as_features(original, "original features")
         if c.shape != o.shape:
             raise ValueError(f"corrected features have shape {c.shape}, original {o.shape}: they must match")
-        corr = overlap_stats(c, labels, **kw)
+        hists.append(similarity_histograms(c, labels, **kw))
+    common = choose_bins(hists, bins)
+    orig = overlap_record(hists[0], feature_variance(original), common)
+    corr = None
+    delta = None
+    if corrected is not None:
+        corr = overlap_record(hists[1], feature_variance(corrected), common)
         delta = {
             key: (corr[key] - orig[key]) if corr[key] is not None and orig[key] is not None else None
             for key in ("overlap", "bhattacharyya", "variance", "paired_mean_sim", "unpaired_mean_sim")
         }
-    return {"bins": bins_record(bins), "original": orig, "corrected": corr, "delta": delta}
+    return {"bins": common.record(), "original": orig, "corrected": corr, "delta": delta}
+

@@ -1,5 +1,5 @@
 """The figures of a run and of an overlap record: accuracy vs shots (one dataset, or a grid over
-all), IMO gain vs shots, and the paired/unpaired similarity densities original vs corrected.
+all), IMO gain vs shots, and per feature stream the same-/different-class similarity densities.
 
 Style, captions and output formats come from :mod:`clipimo.report.style`.
 """
@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..defaults import MAX_OVERLAP_NOISE
 from ..methods.names import order_methods
 from .records import is_random_init
 from .style import (
@@ -31,8 +32,9 @@ from .style import (
     watermark,
 )
 
-ORIGINAL_COLOUR = "#E69F00"   # Okabe-Ito orange / blue: distinguishable with colour-vision deficiency
-CORRECTED_COLOUR = "#0072B2"
+SAME_COLOUR = "#0072B2"       # Okabe-Ito blue / vermillion: distinguishable with colour-vision deficiency
+DIFFERENT_COLOUR = "#D55E00"
+OVERLAP_COLOUR = "#7F7F7F"
 GAIN_X_LABEL = "shots per class"
 Written = dict[str, Path]
 
@@ -50,14 +52,21 @@ def _shots_axis(ax: Axes, shots: Sequence[int]) -> bool:
     return log_x
 
 
+def _spread(row: Mapping[str, Any]) -> float:
+    """The std of a summary row, NaN (nothing drawn) when it has none: a single seed."""
+    std = row.get("std")
+    return np.nan if std is None or (row.get("n") or 2) < 2 else float(std)
+
+
 def _lines(ax: Axes, rows: Sequence[Mapping[str, Any]], methods: Sequence[str], styles: Mapping[str, Any],
            label=lambda m: m) -> None:
-    """One error-bar line per method (mean, std) over shots; dodged a little on a log axis."""
+    """One error-bar line per method (mean, std) over shots; dodged a little on a log axis. A point
+    without a spread (one seed) gets no error bar, not a zero-length one with caps."""
     shots = sorted({int(r["shots"]) for r in rows})
     log_x = _shots_axis(ax, shots)
     n = len(methods)
     for k, m in enumerate(methods):
-        pts = sorted((int(r["shots"]), float(r["mean"]), float(r.get("std") or 0.0)) for r in rows if r["method"] == m)
+        pts = sorted((int(r["shots"]), float(r["mean"]), _spread(r)) for r in rows if r["method"] == m)
         if not pts:
             continue
         x = np.array([p[0] for p in pts], dtype=float)
@@ -117,13 +126,14 @@ def gain_figure(gains: Sequence[Mapping[str, Any]], stem: str | os.PathLike, tit
         ax.axhline(0.0, color="#555555", linewidth=0.8, zorder=0)
         _lines(ax, gains, bases, method_styles(bases), label=lambda b: f"{b}-imo − {b}")
         ax.set_xlabel(GAIN_X_LABEL)
-        ax.set_ylabel("IMO gain (percentage points)")
+        ax.set_ylabel("IMO gain (pp)")  # the long form did not fit the axes' height: the caption spells it out
         ax.set_title(title)
         if random_init:
             watermark(ax)
-        cap = caption(fig, [f"Per seed: X-imo minus X on the same support set; {spread_text(r.get('n') for r in gains)}.",
+        spread = spread_text(r.get("n") for r in gains)
+        cap = caption(fig, [f"Per seed: X-imo minus X on the same support set, in percentage points (pp); {spread}.",
                             identity_text(meta)], random_init)
-        legend_top = _legend_below(fig, ax, 3, cap + 0.02)
+        legend_top = _legend_below(fig, ax, 3 if len(bases) <= 3 else 2, cap + 0.02)
         place_axes(fig, top_in=0.25, bottom_in=legend_top + 0.38)
     return save_figure(fig, stem, options)
 
@@ -148,12 +158,12 @@ def correction_gain_figure(rows: Sequence[Mapping[str, Any]], stem: str | os.Pat
             recs = [index.get((m, corr)) for m in methods]
             x = np.arange(len(methods)) + (j - (len(corrections) - 1) / 2) * width
             ax.bar(x, [r["mean"] if r else np.nan for r in recs], width,
-                   yerr=[(r.get("std") or 0.0) if r else 0.0 for r in recs], capsize=2, label=corr,
+                   yerr=[_spread(r) if r else np.nan for r in recs], capsize=2, label=corr,
                    color=colours[f"c{j}"]["color"])
         ax.axhline(0.0, color="#555555", linewidth=0.8, zorder=0)
         ax.set_xticks(np.arange(len(methods)))
         ax.set_xticklabels(methods)
-        ax.set_ylabel("gain over original features (pp)")
+        ax.set_ylabel("gain over original (pp)")
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
         if random_init:
@@ -217,38 +227,55 @@ def _change(record: Mapping[str, Any], key: str) -> str:
     return f"{o:.3f} → {c:.3f} ({c - o:+.3f})"
 
 
-def _pairs_text(stats: Mapping[str, Any], bins: int) -> str:
+def _pairs_text(stats: Mapping[str, Any], bins: Mapping[str, Any]) -> str:
     n = stats.get("n_pairs", {})
-    text = f"{n.get('paired', 0):,} paired / {n.get('unpaired', 0):,} unpaired pairs"
+    text = f"{n.get('paired', 0):,} same-class / {n.get('unpaired', 0):,} different-class pairs"
     if stats.get("mode") == "sampled":
         text += f", sampled {stats.get('sample_size', 0):,} of {stats.get('total_pairs', 0):,} (seed {stats.get('seed')})"
     else:
         text += ", exact"
-    return text + f"; {bins} bins over [-1, 1]"
+    rule = bins.get("rule", "fixed")
+    return text + f"; {bins['count']} bins over [{bins['low']:.2f}, {bins['high']:.2f}] ({rule})"
+
+
+def few_pairs_warning(record: Mapping[str, Any]) -> str | None:
+    """A sentence for an overlap record whose pairs are too few for its overlap to mean anything
+    (a stream's ``overlap_noise`` above ``MAX_OVERLAP_NOISE``), else None."""
+    noisy = [s for name in ("original", "corrected")
+             if (s := record.get(name)) and (s.get("overlap_noise") or 0) > MAX_OVERLAP_NOISE]
+    if not noisy:
+        return None
+    n, noise = noisy[0]["n_pairs"], min(noisy[0]["overlap_noise"], 1.0)
+    return (f"too few pairs for a meaningful overlap: with {n['paired']:,} same-class and {n['unpaired']:,} "
+            f"different-class pairs on {record['bins']['count']} bins, differences below {noise:.2f} are sampling "
+            f"noise (two samples of one distribution read an overlap of about {1 - noise:.2f}); use more images "
+            "per class")
+
+
+def _bins_of(record: Mapping[str, Any], count: int) -> dict[str, Any]:
+    """The record's bins; a record from before bins over the data's range has the fixed [-1, 1] ones."""
+    return {"low": -1.0, "high": 1.0, **(record.get("bins") or {}), "count": count}
 
 
 def _x_range(densities: Sequence[np.ndarray], edges: np.ndarray, xlim: tuple[float, float] | None) -> tuple[float, float]:
-    """The fixed range if given, else the occupied bins with a margin; an end at 1.0 gets a small
-    pad so the last bin's edge is drawn, not cut."""
-    if xlim is None:
-        occupied = np.nonzero(np.any(np.stack(densities) > 0, axis=0))[0]
-        lo, hi = (edges[occupied[0]], edges[occupied[-1] + 1]) if len(occupied) else (-1.0, 1.0)
-        margin = max(0.02, 0.05 * (hi - lo))
-        lo, hi = max(-1.0, lo - margin), min(1.0, hi + margin)
-    else:
-        lo, hi = xlim
-    pad = 0.015 * (hi - lo)
-    return (lo - pad if lo <= -1.0 else lo), (hi + pad if hi >= 1.0 else hi)
+    """The fixed range if given, else the occupied bins with a margin."""
+    if xlim is not None:
+        return xlim
+    occupied = np.nonzero(np.any(np.stack(densities) > 0, axis=0))[0]
+    lo, hi = (edges[occupied[0]], edges[occupied[-1] + 1]) if len(occupied) else (edges[0], edges[-1])
+    margin = max(0.01, 0.04 * (hi - lo))
+    return lo - margin, hi + margin
 
 
 def overlap_figure(record: Mapping[str, Any], stem: str | os.PathLike, title: str | None = None,
                    options: FigureOptions = FigureOptions(), xlim: tuple[float, float] | None = None) -> Written:
-    """Paired and unpaired similarity densities, one panel each, original and corrected overlaid.
+    """Per stream (original, corrected) one panel: the same-class and different-class similarity
+    densities on one axis with their intersection shaded, whose area is the overlap in the title.
 
-    The title states overlap and Bhattacharyya coefficient original → corrected (change); the
-    caption the pairs, bins, backbone and adapter. ``xlim`` fixes the x-range (to compare
-    datasets or backbones); without it the occupied range is shown.
-    ``record`` is ``diagnostics.compare_streams``' output, optionally with the provenance keys of
+    The caption states the pairs, the bins (over the data's range), the sampling noise when the
+    pairs are too few, the backbone and the adapter. ``xlim`` fixes the x-range (to compare datasets
+    or backbones); without it the occupied range is shown. ``record`` is
+    ``clipimo.overlap.stats.compare_streams``' output, optionally with the provenance keys of
     ``overlap.json`` (``source``, ``backbone``, ``adapter``, ``random_init``).
     """
     streams = [(name, record[name]) for name in ("original", "corrected") if record.get(name)]
@@ -256,43 +283,51 @@ def overlap_figure(record: Mapping[str, Any], stem: str | os.PathLike, title: st
         raise ValueError("overlap record holds neither an 'original' nor a 'corrected' stream")
     if xlim is not None and not (-1.0 <= xlim[0] < xlim[1] <= 1.0):
         raise ValueError(f"x-range must satisfy -1 <= low < high <= 1, got {xlim}")
-    bins = len(streams[0][1]["paired_density"])
-    edges = np.linspace(-1.0, 1.0, bins + 1)
+    bins = _bins_of(record, len(streams[0][1]["paired_density"]))
+    edges = np.linspace(bins["low"], bins["high"], bins["count"] + 1)
     dens = {(name, kind): np.asarray(stats[f"{kind}_density"], dtype=float)
             for name, stats in streams for kind in ("paired", "unpaired")}
     lo, hi = _x_range(list(dens.values()), edges, xlim)
     random_init = is_random_init(record)
-    colours = {"original": ORIGINAL_COLOUR, "corrected": CORRECTED_COLOUR}
+    height = 1.6 * len(streams) + 1.9
     with style():
-        fig = Figure(figsize=(COLUMN_WIDTH_IN, 4.3))
-        axes = fig.subplots(2, 1, sharex=True)
-        for ax, kind, label in zip(axes, ("paired", "unpaired"), ("paired (same class)", "unpaired (different class)")):
-            for name, stats in streams:
-                d = dens[(name, kind)]
-                ax.stairs(d, edges, fill=True, color=colours[name], alpha=0.25, linewidth=0)
-                ax.stairs(d, edges, color=colours[name], linewidth=1.1, linestyle="-" if name == "original" else "--",
-                          label=f"{name}, mean {_fmt(stats.get(f'{kind}_mean_sim'))}")
+        fig = Figure(figsize=(COLUMN_WIDTH_IN, height))
+        axes = np.atleast_1d(fig.subplots(len(streams), 1, sharex=True, squeeze=False)).ravel()
+        for ax, (name, stats) in zip(axes, streams):
+            p, q = dens[(name, "paired")], dens[(name, "unpaired")]
+            ax.stairs(np.minimum(p, q), edges, fill=True, color=OVERLAP_COLOUR, alpha=0.35, linewidth=0,
+                      label="intersection: its area is the overlap")
+            for kind, d, colour, text in (("paired", p, SAME_COLOUR, "same class"),
+                                          ("unpaired", q, DIFFERENT_COLOUR, "different class")):
+                ax.stairs(d, edges, color=colour, linewidth=1.1, linestyle="-" if kind == "paired" else "--",
+                          label=f"{text}, mean {_fmt(stats.get(f'{kind}_mean_sim'))}")
             ax.set_ylim(0, None)
             ax.margins(y=0.08)
             ax.set_ylabel("density")
-            ax.set_title(label, fontsize=8, loc="left")
+            ax.set_title(f"{name}: overlap {_fmt(stats.get('overlap'))}, BC {_fmt(stats.get('bhattacharyya'))}",
+                         fontsize=8, loc="left")
             ax.grid(alpha=0.3)
             ax.legend(loc="best", frameon=False)
             if random_init:
                 watermark(ax)
         axes[-1].set_xlim(lo, hi)
-        axes[-1].set_xlabel("cosine similarity")
+        axes[-1].set_xlabel("cosine similarity of image pairs")
         source = (record.get("source") or {}).get("description")
         head = title or ("Intra-modal overlap" + (f": {source}" if source else ""))
-        fig.suptitle(f"{head}\noverlap {_change(record, 'overlap')}\nBC {_change(record, 'bhattacharyya')}",
-                     fontsize=8, y=1 - 0.04 / 4.3, va="top")
-        lines = [_pairs_text(streams[0][1], bins) + ".", identity_text(record)]
+        fig.suptitle(f"{head}\nsame- vs different-class overlap {_change(record, 'overlap')}\n"
+                     f"Bhattacharyya {_change(record, 'bhattacharyya')}", fontsize=8, y=1 - 0.04 / height, va="top")
+        lines = [_pairs_text(streams[0][1], bins) + "."]
+        warning = few_pairs_warning(record)
+        if warning:
+            lines.append(warning[0].upper() + warning[1:] + ".")
+        lines.append(identity_text(record))
         if xlim is not None:
-            outside = max(float(d[(edges[1:] <= lo) | (edges[:-1] >= hi)].sum() * (2 / bins)) for d in dens.values())
+            width = edges[1] - edges[0]
+            outside = max(float(d[(edges[1:] <= lo) | (edges[:-1] >= hi)].sum() * width) for d in dens.values())
             lines.insert(1, f"x-range fixed to [{xlim[0]:g}, {xlim[1]:g}]"
                          + (f"; up to {outside:.1%} of a density lies outside it." if outside > 0 else "."))
         cap = caption(fig, lines, random_init)
-        place_axes(fig, top_in=0.62, bottom_in=cap + 0.38, left_in=0.5, hspace=0.3)
+        place_axes(fig, top_in=0.85, bottom_in=cap + 0.38, left_in=0.5, hspace=0.35)
     return save_figure(fig, stem, options)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from ..utils.log import RANDOM_INIT_WARNING
 from ..utils.markdown import quote_warning
-from .figures import Written, overlap_figure, run_figures
+from .figures import Written, few_pairs_warning, overlap_figure, run_figures
 from .overlap_file import overlap_table
 from .style import FigureOptions, slug
 
@@ -65,5 +65,7 @@ def overlap_section(overlaps: Sequence[tuple[str, Mapping[str, Any]]], out_dir: 
         out += [f"### {desc}", "", f"From `{path}`.", ""]
         if record.get("random_init"):
             out += [quote_warning(RANDOM_INIT_WARNING), ""]
+        if few := few_pairs_warning(record):
+            out += [quote_warning(few[0].upper() + few[1:] + "."), ""]
         out += [overlap_table(record), "", figure_link(files, out_dir, f"overlap: {desc}", options), ""]
     return out

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ClipimoError
 from ..utils import fileio
+from ..utils.log import logger
 
 # Fields that may change between a run and its resumption (they do not alter the trajectory).
 RUN_CONTROL_FIELDS = frozenset({
@@ -199,7 +200,25 @@ def make_config(method: str, yaml_path: str | os.PathLike | None = None, **overr
     cfg = cls(**values)
     _check_choices(cls, cfg)
     validate(cfg)
+    _warn_unfinished_warmups(cfg)
     return cfg
+
+
+def _warn_unfinished_warmups(cfg: TrainConfig) -> None:
+    """A DINO run shorter than its warm-ups never trains at the peak learning rate or at the final
+    teacher temperature: legitimate for a smoke run, a surprise otherwise."""
+    if not isinstance(cfg, DinoConfig):
+        return
+    if cfg.epochs < cfg.warmup_epochs:
+        logger.warning("--epochs %s is shorter than the learning-rate warm-up (--warmup-epochs %g): the learning "
+                       "rate rises for the whole run and ends at about %.0f%% of its peak",
+                       cfg.epochs, cfg.warmup_epochs, 100 * cfg.epochs / cfg.warmup_epochs)
+    if cfg.epochs < cfg.warmup_teacher_temp_epochs:
+        last = cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * (
+            (cfg.epochs - 1) / (cfg.warmup_teacher_temp_epochs - 1))
+        logger.warning("--epochs %s is shorter than the teacher-temperature warm-up (--warmup-teacher-temp-epochs "
+                       "%s): the teacher temperature ends at %.3g, not --teacher-temp %s",
+                       cfg.epochs, cfg.warmup_teacher_temp_epochs, last, cfg.teacher_temp)
 
 
 def validate(cfg: TrainConfig) -> None:

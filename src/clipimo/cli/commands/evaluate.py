@@ -12,7 +12,7 @@ from ..config import add_list_argument, path_arg
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="evaluate training-free methods on a features .npz",
-        description="Search each method's hyper-parameters on val and report val/test top-1 (%%). "
+        description="Search each method's hyper-parameters on val and report val/test top-1 (%). "
                     f"Methods: {', '.join(METHOD_NAMES)}.")
     p.add_argument("--features", required=True, metavar="FILE", type=path_arg,
                    help="features .npz of one few-shot cell ('clipimo features --task' or 'clipimo run --save-features')")

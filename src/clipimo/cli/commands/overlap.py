@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=path_arg,
                    help="output folder for overlap.json and the figure overlap.<format>")
     p.add_argument("--bins", default="auto",
-                   help="histogram bins over [-1, 1], or 'auto' (default): from the number of pairs, "
-                        f"{AUTO_BINS_RANGE[0]}-{AUTO_BINS_RANGE[1]}")
+                   help="histogram bins over the similarities' range, or 'auto' (default): the Rice rule on "
+                        f"the smaller group's pair count, {AUTO_BINS_RANGE[0]}-{AUTO_BINS_RANGE[1]}")
     p.add_argument("--xlim", default=None, metavar="LOW,HIGH",
                    help="fixed x-range of the figure, e.g. -0.2,1 (to compare datasets or backbones); "
                         "default: the occupied range")
