@@ -4,8 +4,9 @@
 #
 # Which torch build: with an NVIDIA GPU (nvidia-smi lists one) the default wheels, which bundle CUDA.
 # Without one, the CPU build from PyTorch's CPU wheel index (a fraction of the download and disk) when
-# that index answers; otherwise (offline, or a machine limited to a mirror) the default wheels, which
-# run on CPU too. TORCH_INDEX_URL=URL forces the index torch and torchvision come from, e.g. a CUDA one:
+# that index answers; otherwise the default wheels, which run on CPU too. A machine whose pip is
+# configured with its own index, extra index or wheel folder (a mirror) keeps those sources and is
+# not probed. TORCH_INDEX_URL=URL forces the index torch and torchvision come from, e.g. a CUDA one:
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,8 @@ torch_index="${TORCH_INDEX_URL:-}"
 if [ -z "$torch_index" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         echo "setup: NVIDIA GPU found: installing the default torch wheels (with CUDA)" >&2
+    elif $PY -m pip config list 2>/dev/null | grep -qE '(index-url|find-links)='; then
+        echo "setup: no GPU found; pip is configured with its own package sources: installing torch from them" >&2
     elif index_answers "$CPU_INDEX"; then
         torch_index=$CPU_INDEX
         echo "setup: no GPU found: installing torch's CPU build" >&2
