@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -41,12 +42,20 @@ def test_run_writes_tables_and_resumes(task, tmp_path, capsys):
     assert "RANDOM-INIT" in md and "### 2 shots" in md and " ± " in md
     assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 4 * 5
     assert len(list((out / "supports").glob("*.json"))) == 4
+    # a log file shows each cell start and finish, with its time; stdout ends with the summary table
+    started = re.findall(r"^cell (\d)/4: (\S+) started$", printed.err, re.MULTILINE)
+    assert [int(i) for i, _ in started] == [1, 2, 3, 4]
+    assert sorted(n for _, n in started) == sorted(p.stem for p in (out / "cells").glob("*.json"))
+    assert len(re.findall(r"^cell \d/4: \S+ finished in [\d.]+s \(elapsed .*, ETA .*\)$", printed.err, re.MULTILINE)) == 4
+    zs_1shot = np.mean([c["methods"]["zs"]["test_acc"] for c in results["cells"] if c["shots"] == 1])
+    assert "### 1 shot" in printed.out and f"{zs_1shot:.2f}" in printed.out
 
     # resume: finished cells are skipped; a lost cell is recomputed from cached features only
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     lost = sorted(stamp)[0]
     (out / "cells" / lost).unlink()
     assert main(_args(task, out)) == 0
+    assert len(re.findall(r"^cell \d/4: \S+ reused \(stored, up to date\)", capsys.readouterr().err, re.MULTILINE)) == 3
     now = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert {k for k in stamp if now[k] != stamp[k]} == {lost}
     again = json.loads((out / "results.json").read_text())

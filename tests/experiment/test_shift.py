@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -38,7 +39,11 @@ def test_shift_cli_and_report(small_imagenet, small_specs, tmp_path, capsys):
                  "--seeds", "1,2", "--methods", "zs,tip,tip-imo", "--augment-passes", "1", "--model", TINY,
                  "--adapter", str(small_imagenet / "adapter.safetensors"), "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"]) == 0
+    printed = capsys.readouterr()
     record = json.loads((out / "shift.json").read_text())
+    # a log file shows each unit of work: per seed, the tuning on the source, then each target
+    steps = re.findall(r"^shift (\d)/4: seed (\d): (\S+)", printed.err, re.MULTILINE)
+    assert steps == [("1", "1", "3"), ("2", "1", "ImageNetA"), ("3", "2", "3"), ("4", "2", "ImageNetA")]
     assert {(r["target"], r["method"]) for r in record["rows"]} == {
         (t, m) for t in ("ImageNet", "ImageNetA") for m in ("zs", "tip", "tip-imo")}
     assert record["validation"][0]["protocol"] == "heldout" and not record["validation"][0]["tuned_on_test"]
@@ -48,7 +53,7 @@ def test_shift_cli_and_report(small_imagenet, small_specs, tmp_path, capsys):
         assert len(accs) == row["n"] == 2
         assert row["test_acc"] == pytest.approx(float(np.mean(accs)))
         assert row["std"] == pytest.approx(float(np.std(accs, ddof=1)))  # sample std (ddof=1), as the results tables
-    assert "RANDOM-INIT" in capsys.readouterr().out
+    assert "RANDOM-INIT" in printed.out
     results = {"meta": {"backbone": record["backbone"], "random_init": True, "methods": ["zs"], "shots": [1],
                         "seeds": [1], "datasets": ["x"]},
                "cells": [{"dataset": "x", "shots": 1, "seed": 1, "validation": {"protocol": "full"},

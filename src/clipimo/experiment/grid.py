@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +45,7 @@ from ..report.export import results_csv, write_clip_benchmark
 from ..report.tables import results_markdown
 from ..utils import fileio
 from ..utils.lock import folder_lock
-from ..utils.log import logger, tqdm_disable, warn_random_init
+from ..utils.log import Progress, duration, logger, tqdm_disable, warn_random_init
 from ..version import __version__
 from .cell import (
     CACHE_AUGMENT_PASSES,
@@ -224,6 +225,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
 
     cells: list[dict] = []
     bar = tqdm(list(todo.items()), desc="cells", disable=tqdm_disable(progress))
+    steps = Progress("cell", len(todo))
     for (source, shots, seed), methods in bar:
         try:
             data = dataset(source)
@@ -231,11 +233,16 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             if source in {dataset(s).source for s in cfg.datasets}:
                 raise
             logger.warning(f"leaving out the stored cells of {source} (shots {shots}, seed {seed}): {err}")
+            steps.update(f"{source} shots {shots} seed {seed} left out")
             continue
         cell = plan_cell(data, shots, seed, cfg.cell, run_fp)
         bar.set_postfix_str(cell.name)
-        cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features,
-                               maps))
+        logger.info(f"cell {steps.done + 1}/{steps.total}: {cell.name} started")
+        began = time.perf_counter()
+        stored_cell = stored.get(cell.name)
+        cells.append(_run_cell(cell, methods, stored_cell, extractor, cfg, out, device, save_features, maps))
+        steps.update(f"{cell.name} " + ("reused (stored, up to date)" if cells[-1] is stored_cell else
+                                        f"finished in {duration(time.perf_counter() - began)}"))
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
     results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},

@@ -18,7 +18,7 @@ from ..report.aggregate import STD_LABEL, mean_std
 from ..utils import fileio
 from ..utils.device import full_float32, resolve_device
 from ..utils.lock import folder_lock
-from ..utils.log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
+from ..utils.log import RANDOM_INIT_WARNING, Progress, tqdm_disable, warn_random_init
 from ..utils.markdown import md_table
 from ..version import __version__
 from .cell import cell_features, feature_meta, open_source, plan_cell, require_adapter
@@ -49,6 +49,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
         warn_random_init()
     per_seed: list[dict[str, Any]] = []
     records = []
+    steps = Progress("shift", len(cfg.seeds) * (1 + len(shifted)))
     for seed in tqdm(cfg.seeds, desc="seeds", disable=tqdm_disable(progress)):
         feats, record = cell_features(extractor, plan_cell(source, cfg.shots[0], seed, cfg.cell, {}), cfg.cell, out / "supports")
         records.append(record)
@@ -57,6 +58,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
         problem = Problem.from_features(feats, dev)
         per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
                      for m, r in tuned.items()]
+        steps.update(f"seed {seed}: {len(tuned)} method(s) tuned on {SOURCE} {cfg.shots[0]}-shot")
         with full_float32():  # as the search ran (Tip-F retrains its keys here)
             fixed = {m: fixed_point(problem, m, r["hparams"], options=options) for m, r in tuned.items()}
             for target in shifted:
@@ -67,6 +69,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
                     acc = fixed[m].accuracy(split, target.imagenet_classes)
                     per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc,
                                      "hparams": r["hparams"]})
+                steps.update(f"seed {seed}: {target.name} scored ({len(tf.labels)} test images)")
     rows = []
     for target in [SOURCE] + [t.name for t in shifted]:
         for m in cfg.methods:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +35,7 @@ from ..model.backbone import Backbone
 from ..model.hub import resolve_adapter
 from ..utils import fileio
 from ..utils.distributed import DistEnv, run_sharded
-from ..utils.log import tqdm_disable
+from ..utils.log import duration, logger, tqdm_disable
 
 # 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling
 FEATURE_FORMAT_VERSION = 3
@@ -206,6 +207,7 @@ class FeatureExtractor:
             bar.update()
             return feats
 
+        began, encoded = time.perf_counter(), self.encoded_images
         parts = run_sharded(len(shards), shard, self.env)
         bar.close()
         feats = _concat(parts)
@@ -213,6 +215,11 @@ class FeatureExtractor:
             first, why = next(iter(feats.skipped.items()))
             raise ClipimoError(f"{desc}: all {len(items)} image(s) are unreadable, e.g. {first} ({why}); "
                                "--skip-unreadable leaves nothing to encode")
+        if self.env.is_main:  # one line per image list, so a log file shows the encoding's progress
+            how = (f"encoded in {duration(time.perf_counter() - began)}" if self.encoded_images > encoded
+                   else "read from the feature cache")
+            views = f" x {passes} views" if passes else ""
+            logger.info(f"{desc}: {len(feats.paths)} images{views} {how}")
         return feats
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:

@@ -68,5 +68,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=progress_setting(args),
                              save_features=args.save_features, settings_yaml=config_yaml(effective_config(args)))
-    print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
+    from ...report.tables import accuracy_tables
+    from ...utils.log import logger
+
+    logger.info(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
+    print("\n".join(accuracy_tables(results)).rstrip())  # the summary, as results on stdout
     return 0
