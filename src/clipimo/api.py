@@ -110,15 +110,15 @@ def evaluate_task(task: str, shots: int, seed: int, methods: str | Sequence[str]
 
     ``options``: those of :func:`task_features` (``root``, ``validation``, ``templates``, ...) and of
     :func:`build_extractor` (``model``, ``pretrained``, ``adapter``, ``cache_dir``, ...)."""
-    from .experiment.cell import require_adapter
     from .methods.evaluate import evaluate_features
+    from .methods.names import require_adapter
     from .methods.registry import parse_methods
 
     names = parse_methods(methods)
     if "extractor" not in options:
         options["extractor"] = build_extractor(device=device, **{k: options.pop(k) for k in list(options)
                                                                  if k in _EXTRACTOR_OPTIONS})
-    require_adapter(names, options["extractor"])
+    require_adapter(names, options["extractor"].adapter_hash is not None)
     cell = task_features(task, shots, seed, **options)
     return evaluate_features(cell.features, names, device=device)
 

@@ -49,12 +49,6 @@ def cell_name(dataset: str, shots: int, seed: int) -> str:
     return f"{dataset}_k{shots}_s{seed}"
 
 
-def require_adapter(methods: list[str], extractor: FeatureExtractor) -> None:
-    imo = [m for m in methods if m.endswith("-imo")]
-    if imo and extractor.adapter_hash is None:
-        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
-
-
 def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
     """What a saved features file says about where its features came from."""
     return {
@@ -63,6 +57,7 @@ def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
         "adapter": None if extractor.adapter_hash is None else {
             "path": str(extractor.adapter_path), "sha256": extractor.adapter_hash},
         "precision": extractor.precision,
+        "source": extractor.source,
     }
 
 

@@ -37,7 +37,7 @@ from ..methods import official, proker
 from ..methods.common import MethodOptions
 from ..methods.evaluate import method_settings, run_methods
 from ..methods.gda import GDA_ALPHAS
-from ..methods.names import is_imo
+from ..methods.names import is_imo, require_adapter
 from ..methods.registry import parse_methods
 from ..methods.search import PAPER_GRID
 from ..report.aggregate import summarise
@@ -57,7 +57,6 @@ from .cell import (
     feature_meta,
     open_source,
     plan_cell,
-    require_adapter,
     save_cell_features,
 )
 from .fingerprint import fingerprint_changes
@@ -176,23 +175,35 @@ def encode_cells(cfg: RunConfig, extractor: FeatureExtractor) -> None:
                 cell_features(extractor, plan_cell(data, shots, seed, cfg.cell, {}), cfg.cell)
 
 
+def open_sources(cfg: RunConfig) -> dict[str, OpenedDataset]:
+    """Every dataset of the grid opened (keyed by the name given and by its source) and the methods'
+    per-dataset configurations checked: what can fail cheaply, done before a model loads."""
+    opened: dict[str, OpenedDataset] = {}
+    for source in cfg.datasets:
+        data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
+        opened[source] = opened.setdefault(data.source, data)
+        official.check_configs(cfg.method_options(1, data.splits.name), cfg.methods)
+    return opened
+
+
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
                    progress: bool | None = None, save_features: bool = False,
-                   settings_yaml: str | None = None) -> dict[str, Any]:
+                   settings_yaml: str | None = None,
+                   datasets: dict[str, OpenedDataset] | None = None) -> dict[str, Any]:
     """Run every missing or stale cell, then write results.json/.csv/.md in ``out`` describing every
     cell the folder holds; returns the results. The folder is locked against a concurrent run.
     ``settings_yaml`` (the command's settings) is saved as ``out/config.yaml`` once the folder is
-    known to hold this configuration, so a killed run can be continued from it."""
+    known to hold this configuration, so a killed run can be continued from it. ``datasets``: the
+    grid's datasets from :func:`open_sources`, when the caller opened them before loading the model."""
     out = Path(out)
     if "imo" in cfg.corrections:
-        require_adapter(cfg.methods, extractor)
+        require_adapter(cfg.methods, extractor.adapter_hash is not None)
     with folder_lock(out):
-        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml)
+        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml, dict(datasets or {}))
 
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
-                save_features: bool, settings_yaml: str | None) -> dict[str, Any]:
-    opened: dict[str, OpenedDataset] = {}
+                save_features: bool, settings_yaml: str | None, opened: dict[str, OpenedDataset]) -> dict[str, Any]:
 
     def dataset(source: str) -> OpenedDataset:
         if source not in opened:

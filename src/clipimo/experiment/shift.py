@@ -8,11 +8,12 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from ..data import SHIFT_SETS, load_dataset
+from ..data import SHIFT_SETS, DatasetSplits, load_dataset
 from ..errors import ClipimoError
 from ..features.extractor import FeatureExtractor
 from ..methods.common import Problem, Split
 from ..methods.evaluate import evaluate_features
+from ..methods.names import require_adapter
 from ..methods.predict import fixed_point
 from ..report.aggregate import STD_LABEL, mean_std
 from ..utils import fileio
@@ -21,30 +22,37 @@ from ..utils.lock import folder_lock
 from ..utils.log import RANDOM_INIT_WARNING, Progress, tqdm_disable, warn_random_init
 from ..utils.markdown import md_table
 from ..version import __version__
-from .cell import cell_features, feature_meta, open_source, plan_cell, require_adapter
+from .cell import OpenedDataset, cell_features, feature_meta, open_source, plan_cell
 from .grid import RunConfig
 
 SOURCE = "ImageNet"
 
 
+def open_shift(cfg: RunConfig, targets: Sequence[str] = SHIFT_SETS) -> tuple[OpenedDataset, list[DatasetSplits]]:
+    """The source and the target sets, opened and checked (one shot count; each set's class count):
+    what can fail cheaply, done before a model loads."""
+    if len(cfg.shots) != 1:
+        raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
+    return open_source(SOURCE, cfg.root), [load_dataset(t, cfg.root) for t in targets]
+
+
 def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
-              device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+              device: str = "cpu", progress: bool | None = None,
+              opened: tuple[OpenedDataset, list[DatasetSplits]] | None = None) -> dict[str, Any]:
     """Tune every method on the ImageNet cell of each seed in ``cfg`` (one shot count), score the targets.
 
     Writes ``out/shift.json`` (per-seed and mean rows) and ``out/shift.md``; returns the record.
+    ``opened``: :func:`open_shift`'s datasets, when the caller opened them before loading the model.
     """
-    if len(cfg.shots) != 1:
-        raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
-    require_adapter(cfg.methods, extractor)
+    source, shifted = opened or open_shift(cfg, targets)
+    require_adapter(cfg.methods, extractor.adapter_hash is not None)
     out, dev = Path(out), resolve_device(device)
     with folder_lock(out):
-        return _run_locked(cfg, extractor, out, targets, dev, progress)
+        return _run_locked(cfg, extractor, out, source, shifted, dev, progress)
 
 
-def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets: Sequence[str],
-                dev, progress: bool | None) -> dict[str, Any]:
-    source = open_source(SOURCE, cfg.root)
-    shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
+def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, source: OpenedDataset,
+                shifted: list[DatasetSplits], dev, progress: bool | None) -> dict[str, Any]:
     if extractor.backbone.random_init:
         warn_random_init()
     per_seed: list[dict[str, Any]] = []
