@@ -32,7 +32,7 @@ from ..defaults import DEFAULT_SHARD_SIZE
 from ..errors import ClipimoError
 from ..model.adapter import adapter_state, adapters_enabled, has_adapters, load_adapters
 from ..model.backbone import Backbone
-from ..model.hub import resolve_adapter
+from ..model.hub import is_hub_ref, resolve_adapter
 from ..utils import fileio
 from ..utils.distributed import DistEnv, run_sharded
 from ..utils.log import duration, logger, tqdm_disable
@@ -119,6 +119,8 @@ class FeatureExtractor:
         ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
         self.backbone = backbone
         self.adapter_hash: str | None = None
+        self.adapter_source = None if adapter is None else (str(adapter) if is_hub_ref(adapter)
+                                                            else str(Path(adapter).expanduser().resolve()))
         adapter = None if adapter is None else resolve_adapter(adapter)
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
@@ -137,6 +139,12 @@ class FeatureExtractor:
         self.shard_size = shard_size
         self.env = env or DistEnv(device=backbone.device)
         self.encoded_images = 0
+
+    @property
+    def source(self) -> dict[str, str | None]:
+        """How to build this extractor's model again (model, pretrained, adapter as given; files
+        absolute), recorded next to the identity and hashes that check it."""
+        return {**self.backbone.source, "adapter": self.adapter_source}
 
     def _current_adapter_state(self) -> str | None:
         """Digest of the adapter tensors now in the model: cached features are only valid for the

@@ -107,6 +107,7 @@ def run_images(args: argparse.Namespace) -> int:
         "random_init": extractor.backbone.random_init,
         "adapter_sha256": extractor.adapter_hash,
         "precision": extractor.precision,
+        "source": extractor.source,
         "passes": args.passes,
         "seed": args.seed if args.passes else None,
         "classnames": classnames,
