@@ -106,21 +106,12 @@ def write_clip_benchmark(out: str | os.PathLike, results: Mapping[str, Any]) -> 
     return folder
 
 
-def run_file(path: str | os.PathLike) -> Path:
-    """``results.json`` of a run folder (or the file itself)."""
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ClipimoError(f"{path}: no results.json there (expected a 'clipimo run' output folder or its results.json)")
-    return file
-
-
 def merge_runs(paths: Sequence[str | os.PathLike]) -> str:
     """One CSV of the per-cell rows of several runs (folders or results.json files), with a ``run``
     column naming each row's source; hyper-parameter columns are the union over the runs."""
     if not paths:
         raise ClipimoError("results merge: give at least one run folder")
-    runs = [(str(p), read_results(run_file(p))) for p in paths]
+    runs = [(str(p), read_results(p)) for p in paths]
     hparams = _hparam_names([r for _, r in runs])
     rows = [{"run": name, **row} for name, res in runs for row in result_rows(res, hparams)]
     if not rows:

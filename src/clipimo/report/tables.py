@@ -12,7 +12,7 @@ import numpy as np
 from ..methods.names import IMO_SUFFIX, METRIC_KEYS, base_method, order_methods
 from ..utils.log import RANDOM_INIT_WARNING
 from ..utils.markdown import cell_text, md_table, quote_warning
-from .aggregate import STD_LABEL, correction_gains, imo_gains, summarise
+from .aggregate import STD_LABEL, correction_gains, imo_gains, mean_std, summarise
 from .records import validate_results
 
 # ---- Markdown helpers ----------------------------------------------------------------------------
@@ -273,24 +273,44 @@ def hparam_table(results: Mapping[str, Any]) -> list[str]:
 
 
 def shift_table(results: Mapping[str, Any]) -> list[str]:
+    """Methods x targets, mean ± std over seeds; the source (where the hyper-parameters were tuned)
+    is its own column and stays out of the targets' average."""
     shift = results.get("shift")
     if not shift or not shift.get("rows"):
         return []
     rows = shift["rows"]
+    source = shift.get("source")
     targets = list(dict.fromkeys(r["target"] for r in rows))
+    shifted = [t for t in targets if t != source]
     methods = order_methods(r["method"] for r in rows)
-    index = {(r["target"], r["method"]): float(r["test_acc"]) for r in rows}
+    index = {(r["target"], r["method"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in shift.get("per_seed", [])})
     out = ["## Distribution shift", "",
-           f"Cache and hyper-parameters from {shift.get('source', 'the source dataset')} "
-           f"({shift.get('shots', '?')} shots) applied unchanged to each target; top-1 test accuracy (%).", ""]
+           f"Cache and hyper-parameters from {source or 'the source dataset'} ({shift.get('shots', '?')} shots) "
+           f"applied unchanged to each target; top-1 test accuracy (%), mean ± {STD_LABEL} over "
+           f"{f'n = {len(seeds)} seeds' if seeds else 'the seeds'}. The target average leaves the source out"
+           + (" (its ± is over the seeds' averages)." if seeds else "."), ""]
     table = []
     for m in methods:
-        vals = [index.get((t, m)) for t in targets]
-        have = [v for v in vals if v is not None]
-        avg = f"{np.mean(have):.2f}" if len(have) == len(targets) and have else "—"
-        table.append([m] + [f"{v:.2f}" if v is not None else "—" for v in vals] + [avg])
-    out += [md_table(["Method"] + targets + ["average"], table), ""]
+        cells = [index.get((t, m)) for t in targets]
+        table.append([m] + [_pm(float(r["test_acc"]), r.get("std"), r.get("n")) if r else "—" for r in cells]
+                     + [_target_average(shift, shifted, m, seeds)])
+    header = [f"{t} (source)" if t == source else t for t in targets]
+    out += [md_table(["Method"] + header + ["target average"], table), ""]
     return out
+
+
+def _target_average(shift: Mapping[str, Any], shifted: Sequence[str], method: str, seeds: Sequence[int]) -> str:
+    """Mean over the shifted targets (per seed first when the per-seed records are there)."""
+    index = {(r["target"], r["method"]): float(r["test_acc"]) for r in shift["rows"]}
+    if not shifted or any((t, method) not in index for t in shifted):
+        return "—"
+    per_seed = {(r["target"], r["method"], r["seed"]): float(r["test_acc"]) for r in shift.get("per_seed", [])}
+    if seeds and all((t, method, s) in per_seed for t in shifted for s in seeds):
+        means = [float(np.mean([per_seed[(t, method, s)] for t in shifted])) for s in seeds]
+        mean, std = mean_std(means)
+        return _pm(mean, std, len(means))
+    return f"{np.mean([index[(t, method)] for t in shifted]):.2f}"
 
 
 # ---- entry point ---------------------------------------------------------------------------------
