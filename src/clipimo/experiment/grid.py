@@ -57,7 +57,9 @@ from .cell import (
     feature_meta,
     open_source,
     plan_cell,
+    relabel,
     save_cell_features,
+    shared_folder_names,
 )
 from .fingerprint import fingerprint_changes
 
@@ -205,10 +207,12 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
                 save_features: bool, settings_yaml: str | None, opened: dict[str, OpenedDataset]) -> dict[str, Any]:
 
+    shared: set[str] = set()  # folder names of two or more custom tasks: their labels carry a hash
+
     def dataset(source: str) -> OpenedDataset:
         if source not in opened:
             data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
-            opened[source] = opened.setdefault(data.source, data)
+            opened[source] = opened.setdefault(data.source, relabel(data, shared))
         return opened[source]
 
     for source in cfg.datasets:  # before anything is encoded or written
@@ -229,10 +233,15 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         data = dataset(source)
         todo.update({(data.source, k, s): cfg.methods for k in cfg.shots for s in cfg.seeds})
     stored = {p.stem: fileio.read_json(p, "cell") for p in sorted((out / "cells").glob("*.json"))}
+    stored_names = {}  # a stored cell is found by what it is, not by its file name (labels may change)
     for name, done in stored.items():
         key = (done.get("source"), done.get("shots"), done.get("seed"))
+        stored_names[key] = name
         if key not in todo and key[0] is not None:  # an earlier run's cell: checked like the others
             todo[key] = list(done.get("methods", {}))
+    shared.update(shared_folder_names([*opened.values(), *stored.values()]))
+    for data in opened.values():
+        relabel(data, shared)
 
     cells: list[dict] = []
     bar = tqdm(list(todo.items()), desc="cells", disable=tqdm_disable(progress))
@@ -250,10 +259,16 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         bar.set_postfix_str(cell.name)
         logger.info(f"cell {steps.done + 1}/{steps.total}: {cell.name} started")
         began = time.perf_counter()
-        stored_cell = stored.get(cell.name)
+        old_name = stored_names.get((source, shots, seed))
+        stored_cell = stored.get(old_name) if old_name else None
         cells.append(_run_cell(cell, methods, stored_cell, extractor, cfg, out, device, save_features, maps))
         steps.update(f"{cell.name} " + ("reused (stored, up to date)" if cells[-1] is stored_cell else
                                         f"finished in {duration(time.perf_counter() - began)}"))
+        if old_name and old_name != cell.name:  # stored under an earlier label: keep it under today's
+            cells[-1] = {**cells[-1], "dataset": cell.dataset.label}
+            fileio.write_json(out / "cells" / f"{cell.name}.json", cells[-1])
+            (out / "cells" / f"{old_name}.json").unlink()
+            logger.info(f"{old_name}: renamed {cell.name} (dataset label {cell.dataset.label})")
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
     results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},
@@ -318,6 +333,7 @@ def _results_meta(cfg: RunConfig, extractor: FeatureExtractor, cells: list[dict]
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter": feature_meta(extractor)["adapter"],
+        "source": extractor.source,  # how to load the model again (files by path; not part of the fingerprint)
         "methods": methods,
         "datasets": list(dict.fromkeys(c["dataset"] for c in cells)),
         "shots": sorted({c["shots"] for c in cells}),
@@ -341,5 +357,5 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     """results.json/.csv/.md and one CLIP_benchmark-shaped JSON per cell and method."""
     fileio.write_json(out / "results.json", results)
     fileio.write_text(out / "results.csv", results_csv(results))
-    fileio.write_text(out / "results.md", results_markdown(results))
+    fileio.write_text(out / "results.md", results_markdown(results, base=out))
     write_clip_benchmark(out, results)

@@ -94,6 +94,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, source: 
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter": feature_meta(extractor)["adapter"],
+        "source": extractor.source,
         "config": dataclasses.asdict(cfg),
         "clipimo_version": __version__,
     }

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ClipimoError
 from ..utils import fileio
-from .records import read_results
+from .records import read_results, weights_name
 
 # result key -> CLIP_benchmark metric name
 CLIP_BENCHMARK_METRICS = {"test_acc": "acc1", "test_top5": "acc5", "test_mean_per_class_recall": "mean_per_class_recall"}
@@ -26,12 +26,14 @@ _METRIC_COLUMNS = ("val_acc", "test_acc", "test_top5", "test_mean_per_class_reca
 
 
 def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """``model``, ``pretrained``, ``adapter`` (path), ``adapter_sha256`` and ``random_init`` of a run."""
+    """``model``, ``pretrained`` (the weights by name: tag or file name), ``weights`` (their identity,
+    a weights file by its sha256), ``adapter`` (path), ``adapter_sha256`` and ``random_init`` of a run."""
     backbone = meta.get("backbone") or {}
     adapter = meta.get("adapter") or {}
     return {
         "model": backbone.get("model", ""),
-        "pretrained": backbone.get("weights", ""),
+        "pretrained": weights_name(meta),
+        "weights": backbone.get("weights", ""),
         "adapter": adapter.get("path", ""),
         "adapter_sha256": adapter.get("sha256", ""),
         "random_init": bool(meta.get("random_init", backbone.get("random_init"))),
@@ -93,7 +95,8 @@ def clip_benchmark_records(results: Mapping[str, Any]) -> dict[str, dict[str, An
                 "dataset": c["dataset"], "model": prov["model"], "pretrained": prov["pretrained"],
                 "task": "zeroshot_classification" if m == "zs" else "fewshot_classification",
                 "metrics": metrics, "method": m, "shots": c["shots"], "seed": c["seed"],
-                "adapter_sha256": prov["adapter_sha256"] or None, "random_init": prov["random_init"],
+                "weights": prov["weights"], "adapter_sha256": prov["adapter_sha256"] or None,
+                "random_init": prov["random_init"],
             }
     return out
 

@@ -94,3 +94,30 @@ def check_shift_matches(results: Mapping[str, Any], shift: Mapping[str, Any], sh
 def is_random_init(meta: Mapping[str, Any]) -> bool:
     """Whether a results ``meta`` or an overlap record comes from a random-init backbone."""
     return bool(meta.get("random_init", (meta.get("backbone") or {}).get("random_init")))
+
+
+def weights_name(meta: Mapping[str, Any]) -> str:
+    """The weights of a run (or shift) record as people name them: a tag (``openai``), a weights file
+    by its file name, a Hub file without its revision, or the random-init label. The hash that
+    identifies the weights stays in ``backbone.weights`` (shown next to the name where it matters)."""
+    weights = str((meta.get("backbone") or {}).get("weights", ""))
+    if weights.startswith("tag:"):
+        return weights[len("tag:"):]
+    if weights.startswith("hf-hub:"):
+        return weights.split("@", 1)[0]
+    if weights.startswith("sha256:"):
+        path = (meta.get("source") or {}).get("pretrained")
+        return Path(path).name if path else f"weights file (sha256 {weights[len('sha256:'):][:12]}...)"
+    return weights
+
+
+def shown_path(path: str | os.PathLike, base: str | os.PathLike | None) -> str:
+    """A path as a report shows it: relative to the report's folder ``base`` (so the report reads
+    the same wherever the tree is moved), absolute without one."""
+    absolute = os.path.abspath(path)
+    if base is None:
+        return absolute
+    try:
+        return Path(os.path.relpath(absolute, os.path.abspath(base))).as_posix()
+    except ValueError:  # another drive (Windows)
+        return absolute
