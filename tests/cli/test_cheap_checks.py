@@ -31,6 +31,9 @@ def test_misspelt_dataset_is_named_with_a_suggestion(tmp_path, capsys, no_model)
     err = _error(capsys, ["run", "--datasets", "caltec101", "--model", TINY, "--methods", "zs",
                           "--out", str(tmp_path / "o")])
     assert "unknown dataset 'caltec101'" in err and "did you mean Caltech101?" in err
+    err = _error(capsys, ["features", "--task", "eurosatt", "--shots", "1", "--model", TINY,
+                          "--out", str(tmp_path / "f.npz")])
+    assert "unknown dataset 'eurosatt'" in err and "did you mean EuroSAT?" in err
     err = _error(capsys, ["run", "--datasets", "qqqq", "--model", TINY, "--methods", "zs", "--out", str(tmp_path / "o")])
     assert "unknown dataset 'qqqq'" in err and "did you mean" not in err
 
