@@ -98,8 +98,9 @@ def task_features(task: str, shots: int, seed: int, *, extractor: FeatureExtract
     templates, classnames = prompt_options(templates, classnames)
     spec = CellSpec(validation, allow_test_tuning,
                     CACHE_AUGMENT_PASSES if augment_passes is None else augment_passes, skip_unreadable)
+    data = open_source(str(task), str(root), templates, classnames)  # a bad name fails before a model loads
     extractor = extractor or build_extractor(**extractor_options)
-    cell = plan_cell(open_source(str(task), str(root), templates, classnames), shots, seed, spec, {})
+    cell = plan_cell(data, shots, seed, spec, {})
     feats, record = cell_features(extractor, cell, spec)
     return TaskFeatures(feats, cell, record, extractor)
 
@@ -110,15 +111,16 @@ def evaluate_task(task: str, shots: int, seed: int, methods: str | Sequence[str]
 
     ``options``: those of :func:`task_features` (``root``, ``validation``, ``templates``, ...) and of
     :func:`build_extractor` (``model``, ``pretrained``, ``adapter``, ``cache_dir``, ...)."""
-    from .experiment.cell import require_adapter
     from .methods.evaluate import evaluate_features
+    from .methods.names import require_adapter
     from .methods.registry import parse_methods
 
     names = parse_methods(methods)
     if "extractor" not in options:
+        require_adapter(names, options.get("adapter") is not None)  # before the model loads
         options["extractor"] = build_extractor(device=device, **{k: options.pop(k) for k in list(options)
                                                                  if k in _EXTRACTOR_OPTIONS})
-    require_adapter(names, options["extractor"])
+    require_adapter(names, options["extractor"].adapter_hash is not None)
     cell = task_features(task, shots, seed, **options)
     return evaluate_features(cell.features, names, device=device)
 

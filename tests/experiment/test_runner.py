@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,6 +29,8 @@ def test_run_writes_tables_and_resumes(task, tmp_path, capsys):
     assert printed.err.count("RANDOM-INIT") == 1 and "RANDOM-INIT" not in printed.out
     results = json.loads((out / "results.json").read_text())
     assert len(results["cells"]) == 4 and results["meta"]["random_init"] is True
+    assert results["meta"]["source"] == {"model": TINY, "pretrained": None,
+                                         "adapter": str((task / "adapter.safetensors").resolve())}
     for cell in results["cells"]:
         assert set(cell["methods"]) == {"zs", "tip", "tip-imo", "tipx", "tipx-imo"}
         assert cell["validation"]["protocol"] == "full" and not cell["validation"]["tuned_on_test"]
@@ -41,12 +44,20 @@ def test_run_writes_tables_and_resumes(task, tmp_path, capsys):
     assert "RANDOM-INIT" in md and "### 2 shots" in md and " ± " in md
     assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 4 * 5
     assert len(list((out / "supports").glob("*.json"))) == 4
+    # a log file shows each cell start and finish, with its time; stdout ends with the summary table
+    started = re.findall(r"^cell (\d)/4: (\S+) started$", printed.err, re.MULTILINE)
+    assert [int(i) for i, _ in started] == [1, 2, 3, 4]
+    assert sorted(n for _, n in started) == sorted(p.stem for p in (out / "cells").glob("*.json"))
+    assert len(re.findall(r"^cell \d/4: \S+ finished in [\d.]+s \(elapsed .*, ETA .*\)$", printed.err, re.MULTILINE)) == 4
+    zs_1shot = np.mean([c["methods"]["zs"]["test_acc"] for c in results["cells"] if c["shots"] == 1])
+    assert "### 1 shot" in printed.out and f"{zs_1shot:.2f}" in printed.out
 
     # resume: finished cells are skipped; a lost cell is recomputed from cached features only
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     lost = sorted(stamp)[0]
     (out / "cells" / lost).unlink()
     assert main(_args(task, out)) == 0
+    assert len(re.findall(r"^cell \d/4: \S+ reused \(stored, up to date\)", capsys.readouterr().err, re.MULTILINE)) == 3
     now = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert {k for k in stamp if now[k] != stamp[k]} == {lost}
     again = json.loads((out / "results.json").read_text())
@@ -145,13 +156,36 @@ def test_two_tasks_with_one_folder_name_get_their_own_cells(task, tmp_path):
     assert main(_small(task, tmp_path / "both", f"{a},{b}")) == 0
     both = json.loads((tmp_path / "both" / "results.json").read_text())
     assert len(both["cells"]) == 2 and len({c["dataset"] for c in both["cells"]}) == 2
-    assert all(c["dataset"].startswith("task-") for c in both["cells"])
-    for path in (a, b):  # each cell equals that task evaluated alone
+    assert all(c["dataset"].startswith("task-") for c in both["cells"])  # the hash tells the two apart
+    for path in (a, b):  # each cell equals that task evaluated alone, labelled by its folder name alone
         assert main(_small(task, tmp_path / path.parent.name, path)) == 0
         alone = json.loads((tmp_path / path.parent.name / "results.json").read_text())["cells"][0]
-        match = [c for c in both["cells"] if c["dataset"] == alone["dataset"]]
+        assert alone["dataset"] == "task"
+        match = [c for c in both["cells"] if c["source"] == alone["source"]]
         assert match and match[0]["methods"] == alone["methods"]
         assert match[0]["fingerprint"]["dataset"]["location"] == str(path)
+
+
+def test_custom_task_labels_change_without_losing_stored_cells(task, tmp_path, capsys):
+    """A task is `task` alone, `task-<hash>` once another folder called task joins the results folder;
+    a stored cell is found by its source, shots and seed under either name (and renamed), not recomputed.
+    This also resumes folders whose cells an earlier clipimo stored under hashed labels."""
+    a = _copy_task(task, tmp_path / "a" / "task")
+    b = _copy_task(task, tmp_path / "b" / "task")
+    out = tmp_path / "res"
+    assert main(_small(task, out, a)) == 0
+    first = json.loads((out / "cells" / "task_k1_s1.json").read_text())
+    capsys.readouterr()
+    assert main(_small(task, out, b)) == 0
+    err = capsys.readouterr().err
+    names = sorted(p.stem for p in (out / "cells").glob("*.json"))
+    assert len(names) == 2 and all(n.startswith("task-") and n.endswith("_k1_s1") for n in names)
+    assert re.search(r"^cell \d/2: task-\w+_k1_s1 reused \(stored, up to date\)", err, re.MULTILINE)
+    moved = next(json.loads((out / "cells" / f"{n}.json").read_text()) for n in names
+                 if json.loads((out / "cells" / f"{n}.json").read_text())["source"] == str(a))
+    assert moved["methods"] == first["methods"] and moved["dataset"] != "task"
+    assert {c["dataset"] for c in json.loads((out / "results.json").read_text())["cells"]} == set(
+        n.removesuffix("_k1_s1") for n in names)
 
 
 def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path, capsys):
@@ -161,7 +195,7 @@ def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path,
     # another shot count into the same folder adds to the results; 8 shots > 4 train images per class
     assert main(_small(task, out, data, "--shots", "8")) == 0
     err = capsys.readouterr().err
-    assert "WARNING: task-" in err and "_k8_s1: 3 class(es) have fewer than 8 train images, so fewer shots: " \
+    assert "WARNING: task_k8_s1" in err and "_k8_s1: 3 class(es) have fewer than 8 train images, so fewer shots: " \
                                      "blue (4), green (4), red (4)" in err
     results = json.loads((out / "results.json").read_text())
     assert [(c["shots"], c["actual_shots"]["min"]) for c in results["cells"]] == [(1, 1), (8, 4)]
@@ -169,7 +203,7 @@ def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path,
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert sorted((r["shots"], r["min_shots_per_class"]) for r in rows) == [("1", "1"), ("1", "1"), ("8", "4"), ("8", "4")]
     md = (out / "results.md").read_text()
-    assert "fewer train images than k" in md and "| task-" in md and " † |" in md
+    assert "fewer train images than k" in md and "| task †" in md and " † |" in md
 
     # a rerun with nothing changed reuses both cells silently
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -40,7 +41,11 @@ def test_shift_cli_and_report(small_imagenet, small_specs, tmp_path, capsys):
                  "--seeds", "1,2", "--methods", "zs,tip,tip-imo", "--augment-passes", "1", "--model", TINY,
                  "--adapter", str(small_imagenet / "adapter.safetensors"), "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"]) == 0
+    printed = capsys.readouterr()
     record = json.loads((out / "shift.json").read_text())
+    # a log file shows each unit of work: per seed, the tuning on the source, then each target
+    steps = re.findall(r"^shift (\d)/4: seed (\d): (\S+)", printed.err, re.MULTILINE)
+    assert steps == [("1", "1", "3"), ("2", "1", "ImageNetA"), ("3", "2", "3"), ("4", "2", "ImageNetA")]
     assert {(r["target"], r["method"]) for r in record["rows"]} == {
         (t, m) for t in ("ImageNet", "ImageNetA") for m in ("zs", "tip", "tip-imo")}
     assert record["validation"][0]["protocol"] == "heldout" and not record["validation"][0]["tuned_on_test"]
@@ -50,8 +55,9 @@ def test_shift_cli_and_report(small_imagenet, small_specs, tmp_path, capsys):
         assert len(accs) == row["n"] == 2
         assert row["test_acc"] == pytest.approx(float(np.mean(accs)))
         assert row["std"] == pytest.approx(float(np.std(accs, ddof=1)))  # sample std (ddof=1), as the results tables
-    assert "RANDOM-INIT" in capsys.readouterr().out
-    results = {"meta": {"backbone": record["backbone"], "random_init": True, "methods": ["zs"], "shots": [1],
+    assert "RANDOM-INIT" in printed.out
+    results = {"meta": {"backbone": record["backbone"], "adapter": record["adapter"], "random_init": True,
+                        "methods": ["zs"], "shots": [1],
                         "seeds": [1], "datasets": ["x"]},
                "cells": [{"dataset": "x", "shots": 1, "seed": 1, "validation": {"protocol": "full"},
                           "methods": {"zs": {"test_acc": 50.0, "val_acc": 50.0, "hparams": {}}}}]}
@@ -62,3 +68,15 @@ def test_shift_cli_and_report(small_imagenet, small_specs, tmp_path, capsys):
     assert "## Distribution shift" in report
     tip_a = next(r for r in record["rows"] if (r["target"], r["method"]) == ("ImageNetA", "tip-imo"))
     assert f"{tip_a['test_acc']:.2f}" in report
+
+
+def test_shift_class_counts_are_checked_before_the_model_loads(small_imagenet, tmp_path, capsys, monkeypatch):
+    """The fixture's ImageNet has a few classes, the registry expects 1,000 (no small_specs here)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the cheap checks")
+
+    monkeypatch.setattr("clipimo.model.backbone.load_clip", refuse)
+    assert main(["shift", "--root", str(small_imagenet), "--targets", "ImageNetA", "--shots", "1",
+                 "--methods", "zs", "--model", TINY, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ImageNet: found" in err and "expected 1000" in err and "\n" not in err

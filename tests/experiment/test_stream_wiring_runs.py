@@ -73,6 +73,7 @@ class StandInExtractor:
         self.backbone = SimpleNamespace(identity={"model": "stand-in", "weights": "none", "random_init": False},
                                         random_init=False, logit_scale_bias=SCALE_BIAS)
         self.adapter_hash, self.adapter_path, self.precision = "cd" * 32, Path("/stand-in/adapter.safetensors"), "fp32"
+        self.source = {"model": "stand-in", "pretrained": None, "adapter": str(self.adapter_path)}
         self.calls: list[tuple[list, int, int]] = []
 
     def image_features(self, items, passes=0, seed=0, skip_unreadable=False, desc=""):

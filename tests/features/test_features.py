@@ -47,11 +47,15 @@ def test_both_streams_and_original_matches_plain_open_clip(tmp_path, images, ada
     assert feats.labels.tolist() == [lab for _, lab in images]
 
 
-def test_second_identical_call_encodes_nothing(tmp_path, images, adapter_file):
+def test_second_identical_call_encodes_nothing(tmp_path, images, adapter_file, capsys):
+    log.configure()  # as clipimo.cli.app does: one log line per image list on this test's stderr
     ex = extractor(tmp_path, adapter_file)
-    first = ex.image_features(images, passes=2, seed=5)
+    first = ex.image_features(images, passes=2, seed=5, desc="pool")
     assert ex.encoded_images == 2 * len(images)
-    again = ex.image_features(images, passes=2, seed=5)
+    again = ex.image_features(images, passes=2, seed=5, desc="pool")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"pool: {len(images)} images x 2 views encoded in ") and lines[0].endswith("s")
+    assert lines[1:] == [f"pool: {len(images)} images x 2 views read from the feature cache"]
     fresh = extractor(tmp_path, adapter_file)
     third = fresh.image_features(images, passes=2, seed=5)
     assert ex.encoded_images == 2 * len(images) and fresh.encoded_images == 0

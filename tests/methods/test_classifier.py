@@ -60,17 +60,55 @@ def test_predictions_match_a_hand_computation_of_the_method(made, capsys):
         assert [t["probability"] for t in p["top_k"]] == pytest.approx(values.tolist(), abs=1e-5)
 
 
-def test_predict_refuses_another_adapter_or_backbone(made, tmp_path, capsys):
+def test_predict_takes_model_weights_and_adapter_from_the_classifier(made, capsys):
+    """No model flags: the classifier file records them; the predictions equal those with the flags."""
+    root, common = made
+    clf = load_classifier(root / "clf.safetensors")
+    assert clf.source == {"model": TINY, "pretrained": None, "adapter": str((root / "adapter.safetensors").resolve())}
+    base = ["predict", "--classifier", str(root / "clf.safetensors"), "--images", str(root / "task" / "test"),
+            "--cache-dir", str(root / "cache"), "--workers", "0"]
+    assert main(base) == 0
+    recorded = capsys.readouterr().out
+    assert main(base + ["--model", TINY, "--adapter", str(root / "adapter.safetensors")]) == 0
+    assert capsys.readouterr().out == recorded and len(recorded.splitlines()) == 1 + 9
+
+
+def test_predict_refuses_another_adapter_or_backbone_before_loading(made, tmp_path, capsys, monkeypatch):
     root, common = made
     bb = load_clip(TINY)
     add_adapters(bb.model)
     other = tmp_path / "other_adapter.safetensors"
     save_adapters(bb.model, other)
-    argv = ["predict", "--classifier", str(root / "clf.safetensors"), "--images", str(root / "task" / "test"), *common]
-    assert main(argv + ["--adapter", str(other)]) == 2
-    assert "is not the one the classifier was made with" in capsys.readouterr().err
-    assert main(argv) == 2
-    assert "needs the corrected stream: pass the adapter file" in capsys.readouterr().err
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the checks")
+
+    monkeypatch.setattr("clipimo.model.backbone.load_clip", refuse)
+    clf_path = root / "clf.safetensors"
+    argv = ["predict", "--classifier", str(clf_path), "--images", str(root / "task" / "test"), *common]
+
+    def error(*extra, classifier=None):
+        args = list(argv) if classifier is None else [*argv[:2], str(classifier), *argv[3:]]
+        assert main(args + list(extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "a model was loaded" not in err
+        return err
+
+    assert "is not the one the classifier was made with" in error("--adapter", str(other))
+    assert error("--model", "ViT-B-32") == (f"clipimo predict: error: the classifier was made with {TINY} "
+                                            "(random-init(seed=0)), not --model ViT-B-32: drop --model to use the "
+                                            "classifier's")
+    assert "not --pretrained openai" in error("--pretrained", "openai")
+    assert "--top-k must be >= 1" in error("--top-k", "0")
+    assert "expected a .csv or .json" in error("--out", str(tmp_path / "p.txt"))
+    clf = load_classifier(clf_path)
+    gone = tmp_path / "gone.safetensors"
+    dataclasses.replace(clf, source={**clf.source, "adapter": str(tmp_path / "moved.safetensors")}).save(gone)
+    assert "adapter file " + str(tmp_path / "moved.safetensors") + " is not there" in error(classifier=gone)
+    old = tmp_path / "old.safetensors"  # written before classifiers recorded their source
+    dataclasses.replace(clf, source={}).save(old)
+    assert "needs the corrected stream: pass the adapter file" in error(classifier=old)
+    monkeypatch.undo()
 
     clf = load_classifier(root / "clf.safetensors")
     moved = dataclasses.replace(clf, backbone={**clf.backbone, "weights": "sha256:0123"})

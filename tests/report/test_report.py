@@ -171,6 +171,44 @@ def test_report_without_random_init_and_with_test_tuning_and_no_summary(tmp_path
     assert "over n = 1 seeds" in text and "RANDOM INIT" not in (tmp_path / "plots" / "acc_oxfordpets.png").read_bytes().decode("latin-1")
 
 
+def test_shift_section_keeps_the_spread_and_leaves_the_source_out_of_the_average(tmp_path):
+    res = make_results(shift=False)
+    per_seed = [{"target": t, "seed": s, "method": "tip", "test_acc": base + 2 * s}
+                for t, base in (("ImageNet", 70.0), ("ImageNetV2", 60.0), ("ImageNetA", 30.0)) for s in (1, 2, 3)]
+    rows = []
+    for t in ("ImageNet", "ImageNetV2", "ImageNetA"):
+        accs = [r["test_acc"] for r in per_seed if r["target"] == t]
+        rows.append({"target": t, "method": "tip", "test_acc": float(np.mean(accs)),
+                     "std": float(np.std(accs, ddof=1)), "n": 3})
+    res["shift"] = {"source": "ImageNet", "shots": 16, "seeds": [1, 2, 3], "rows": rows, "per_seed": per_seed}
+    text = build_report(res, tmp_path / "rep").read_text()
+    header = next(line for line in text[text.index("## Distribution shift"):].splitlines() if line.startswith("| Method"))
+    assert header == "| Method | ImageNet (source) | ImageNetV2 | ImageNetA | target average |"
+    # per seed s the target mean is (60 + 2s + 30 + 2s) / 2 = 45 + 2s: 47, 49, 51 -> 49.00 ± 2.00
+    assert table_row(text, "tip", "## Distribution shift")[1:] == ["74.00 ± 2.00", "64.00 ± 2.00", "34.00 ± 2.00",
+                                                                   "49.00 ± 2.00"]
+
+
+def test_report_refuses_a_shift_of_another_model_and_reads_run_folders(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    res = make_results(shift=False)
+    (run / "results.json").write_text(json.dumps(res))
+    shift = {"source": "ImageNet", "shots": 16, "backbone": res["meta"]["backbone"], "adapter": res["meta"]["adapter"],
+             "rows": [{"target": "ImageNetV2", "method": "tip", "test_acc": 60.0, "std": 1.0, "n": 2}]}
+    (tmp_path / "sh").mkdir()
+    (tmp_path / "sh" / "shift.json").write_text(json.dumps(shift))
+    assert cli(["report", "--results", str(run), "--shift", str(tmp_path / "sh"), "--out", str(tmp_path / "r")]) == 0
+    assert "| tip | 60.00 ± 1.00 | 60.00 |" in (tmp_path / "r" / "report.md").read_text()
+    capsys.readouterr()
+    other = {**shift, "adapter": {"path": "b.safetensors", "sha256": "cd" * 32},
+             "backbone": {**shift["backbone"], "weights": "tag:openai"}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ClipimoError, match=r"differ in: weights, adapter\); give the shift result of the same model"):
+        cli(["report", "--results", str(run), "--shift", str(tmp_path / "other.json"), "--out", str(tmp_path / "r2")])
+    assert not (tmp_path / "r2").exists()
+
+
 def test_results_validation_errors(tmp_path):
     with pytest.raises(ClipimoError, match="does not exist"):
         read_results(tmp_path / "missing.json")

@@ -97,3 +97,35 @@ def test_report_has_top5_recall_tables_and_figures_in_every_format(tmp_path):
     assert main(["report", "--results", str(res_path), "--out", str(tmp_path / "vec"), "--format", "svg,pdf"]) == 0
     assert "plots/acc_grid.svg" in image_links((tmp_path / "vec" / "report.md").read_text())
     assert not list((tmp_path / "vec" / "plots").glob("*.png"))
+
+
+def test_weights_are_named_by_tag_or_file_name_with_the_hash_kept(tmp_path):
+    """People read `openai` or `my_clip.pt`; the sha256 that identifies a file stays in `weights`."""
+    res = make_results(datasets=("EuroSAT",), shots=(1,), seeds=(1,), random_init=False, shift=False)
+    sha = "0123456789abcdef" * 4
+    res["meta"]["backbone"] = {"model": "ViT-B-16", "weights": f"sha256:{sha}", "random_init": False}
+    res["meta"]["source"] = {"model": "ViT-B-16", "pretrained": "/data/weights/my_clip.pt", "adapter": None}
+    rec = clip_benchmark_records(res)["EuroSAT_k1_s1_tip.json"]
+    assert (rec["pretrained"], rec["weights"]) == ("my_clip.pt", f"sha256:{sha}")
+    row = rows_of(results_csv(res))[0]
+    assert (row["pretrained"], row["weights"]) == ("my_clip.pt", f"sha256:{sha}")
+    from clipimo.report.builder import build_report
+
+    text = build_report(res, tmp_path / "rep").read_text()
+    assert f"weights `my_clip.pt` (sha256 `{sha[:16]}…`)" in text
+    del res["meta"]["source"]  # a run from before sources were recorded: the hash, shortened
+    assert clip_benchmark_records(res)["EuroSAT_k1_s1_tip.json"]["pretrained"] == f"weights file (sha256 {sha[:12]}...)"
+    res["meta"]["backbone"]["weights"] = "tag:openai"
+    assert clip_benchmark_records(res)["EuroSAT_k1_s1_tip.json"]["pretrained"] == "openai"
+    res["meta"]["backbone"]["weights"] = "hf-hub:org/repo/open_clip_model.safetensors@abc123"
+    assert clip_benchmark_records(res)["EuroSAT_k1_s1_tip.json"]["pretrained"] == "hf-hub:org/repo/open_clip_model.safetensors"
+
+
+def test_report_paths_are_relative_to_the_report_folder(tmp_path):
+    from clipimo.report.builder import build_report
+
+    res = make_results(datasets=("EuroSAT",), shots=(1,), seeds=(1,), shift=False)
+    res["meta"]["adapter"] = {"path": str(tmp_path / "adapters" / "imo.safetensors"), "sha256": "ab" * 32}
+    text = build_report(res, tmp_path / "runs" / "rep", results_path=str(tmp_path / "runs" / "results.json")).read_text()
+    assert "- **Adapter:** `../../adapters/imo.safetensors`" in text
+    assert "- **Results file:** `../results.json`" in text and str(tmp_path) not in text

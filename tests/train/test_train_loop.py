@@ -2,7 +2,9 @@
 from a damaged checkpoint, checkpoints on SIGTERM, and reports unreadable images in workers plainly."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,7 +135,12 @@ def test_piped_train_keeps_stdout_for_results_and_quiet_drops_info(data, tmp_pat
     assert proc.stdout == f"{adapter}\n"  # the exported adapter is the only result
     assert f"wrote {adapter} (supervised, 2 steps)" in proc.stderr
     assert proc.stderr.count("RANDOM-INIT BACKBONE") == 1
-    assert "train supervised" not in proc.stderr and "step/s" not in proc.stderr  # no bar in a pipe
+    assert "%|" not in proc.stderr and "step/s" not in proc.stderr  # no bar in a pipe
+    # but one log line per logging window, with the loss metrics.jsonl holds and the time left
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    line = re.search(r"^train supervised: step 2/2: epoch 0, loss (\S+), .* images/s \(elapsed .*, ETA 0s\)$",
+                     proc.stderr, re.MULTILINE)
+    assert line and line.group(1).rstrip(",") == f"{last['loss']:.4g}"
 
     # -q: the same run resumed at its last step writes the adapter again, silently but for warnings
     assert main(["-q", "train", "supervised", *flags, "--out", str(out)]) == 0

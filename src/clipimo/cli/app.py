@@ -13,6 +13,7 @@ import sys
 
 from ..errors import ClipimoError
 from ..utils import log
+from ..utils.threads import apply_thread_policy
 from ..version import __version__
 from . import config as cliconfig
 from .output import results_stream
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_thread_policy()  # before any command loads torch (see clipimo.utils.threads)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)

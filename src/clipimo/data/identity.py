@@ -50,10 +50,10 @@ def dataset_identity(splits: DatasetSplits) -> dict[str, Any]:
     }
 
 
-def dataset_label(splits: DatasetSplits, custom: bool) -> str:
-    """A readable name that is unique per dataset: benchmarks keep their name (one data root per
-    results folder); custom task folders get a short hash of their resolved location, so two
-    folders both called ``task`` never share results."""
-    if not custom:
+def dataset_label(splits: DatasetSplits, disambiguate: bool = False) -> str:
+    """The name a dataset gets in results: its own name (a custom task's: its folder name), with a
+    short hash of its resolved location when another task folder in the same results has that name
+    (``disambiguate``), so two folders both called ``task`` never share results."""
+    if not disambiguate:
         return splits.name
     return f"{splits.name}-{digest(str(Path(splits.root).resolve()))[:8]}"

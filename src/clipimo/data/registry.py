@@ -1,6 +1,7 @@
 """The benchmark datasets: where each lives under a data root, and what it should contain."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,10 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return _LOOKUP[_key(name)]
     except KeyError:
+        close = difflib.get_close_matches(_key(name), _LOOKUP, n=3, cutoff=0.6)
+        guess = list(dict.fromkeys(_LOOKUP[k].name for k in close))
+        hint = f"did you mean {' or '.join(guess)}? " if guess else ""
         raise ClipimoError(
-            f"unknown dataset {name!r}; known: {', '.join(DATASETS)}"
+            f"unknown dataset {name!r} (not a benchmark name, nor an existing task folder); {hint}"
+            f"known: {', '.join(DATASETS)}"
         ) from None

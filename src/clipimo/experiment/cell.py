@@ -7,6 +7,9 @@ from a :class:`CellSpec`, the few settings a cell depends on.
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +52,6 @@ def cell_name(dataset: str, shots: int, seed: int) -> str:
     return f"{dataset}_k{shots}_s{seed}"
 
 
-def require_adapter(methods: list[str], extractor: FeatureExtractor) -> None:
-    imo = [m for m in methods if m.endswith("-imo")]
-    if imo and extractor.adapter_hash is None:
-        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")
-
-
 def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
     """What a saved features file says about where its features came from."""
     return {
@@ -63,6 +60,7 @@ def feature_meta(extractor: FeatureExtractor) -> dict[str, Any]:
         "adapter": None if extractor.adapter_hash is None else {
             "path": str(extractor.adapter_path), "sha256": extractor.adapter_hash},
         "precision": extractor.precision,
+        "source": extractor.source,
     }
 
 
@@ -97,8 +95,28 @@ def open_source(source: str, root: str, templates: list[str] | None = None,
     label and identity."""
     custom = Path(source).expanduser().is_dir()
     splits = open_dataset(source, root, templates=templates, classnames=classnames)
-    return OpenedDataset(splits.root if custom else splits.name, splits, dataset_label(splits, custom),
+    return OpenedDataset(splits.root if custom else splits.name, splits, dataset_label(splits),
                          dataset_identity(splits))
+
+
+def _custom_folder(source: Any) -> str | None:
+    """The folder name of a custom task's source (a resolved folder path), None for a benchmark name."""
+    return Path(source).name if isinstance(source, str) and os.path.isabs(source) else None
+
+
+def shared_folder_names(datasets: Iterable[OpenedDataset | dict]) -> set[str]:
+    """Folder names that two or more custom tasks (opened datasets or stored cells) share."""
+    sources = {d.source if isinstance(d, OpenedDataset) else d.get("source") for d in datasets}
+    names = Counter(n for n in map(_custom_folder, sources) if n)
+    return {n for n, count in names.items() if count > 1}
+
+
+def relabel(data: OpenedDataset, shared: set[str]) -> OpenedDataset:
+    """A custom task is labelled by its folder name, with a hash of its location when another task in
+    the same results shares that name; returns ``data``, relabelled in place."""
+    if _custom_folder(data.source) is not None:
+        data.label = dataset_label(data.splits, disambiguate=_custom_folder(data.source) in shared)
+    return data
 
 
 def plan_cell(data: OpenedDataset, shots: int, seed: int, spec: CellSpec, run_fp: dict) -> Cell:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ from ..methods import official, proker
 from ..methods.common import MethodOptions
 from ..methods.evaluate import method_settings, run_methods
 from ..methods.gda import GDA_ALPHAS
-from ..methods.names import SHOTS_FREE, is_imo
+from ..methods.names import SHOTS_FREE, is_imo, require_adapter
 from ..methods.registry import parse_methods
 from ..methods.search import PAPER_GRID
 from ..report.aggregate import summarise
@@ -44,7 +45,7 @@ from ..report.export import results_csv, write_clip_benchmark
 from ..report.tables import results_markdown
 from ..utils import fileio
 from ..utils.lock import folder_lock
-from ..utils.log import logger, tqdm_disable, warn_random_init
+from ..utils.log import Progress, duration, logger, tqdm_disable, warn_random_init
 from ..version import __version__
 from .cell import (
     CACHE_AUGMENT_PASSES,
@@ -56,8 +57,9 @@ from .cell import (
     feature_meta,
     open_source,
     plan_cell,
-    require_adapter,
+    relabel,
     save_cell_features,
+    shared_folder_names,
 )
 from .fingerprint import fingerprint_changes
 
@@ -205,28 +207,42 @@ def encode_cells(cfg: RunConfig, extractor: FeatureExtractor) -> None:
                 cell_features(extractor, plan_cell(data, shots, seed, cfg.cell, {}), cfg.cell)
 
 
+def open_sources(cfg: RunConfig) -> dict[str, OpenedDataset]:
+    """Every dataset of the grid opened (keyed by the name given and by its source) and the methods'
+    per-dataset configurations checked: what can fail cheaply, done before a model loads."""
+    opened: dict[str, OpenedDataset] = {}
+    for source in cfg.datasets:
+        data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
+        opened[source] = opened.setdefault(data.source, data)
+        official.check_configs(cfg.method_options(1, data.splits.name), cfg.methods)
+    return opened
+
+
 def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, device: str = "cpu",
                    progress: bool | None = None, save_features: bool = False,
-                   settings_yaml: str | None = None) -> dict[str, Any]:
+                   settings_yaml: str | None = None,
+                   datasets: dict[str, OpenedDataset] | None = None) -> dict[str, Any]:
     """Run every missing or stale cell, then write results.json/.csv/.md in ``out`` describing every
     cell the folder holds; returns the results. The folder is locked against a concurrent run.
     ``settings_yaml`` (the command's settings) is saved as ``out/config.yaml`` once the folder is
-    known to hold this configuration, so a killed run can be continued from it."""
+    known to hold this configuration, so a killed run can be continued from it. ``datasets``: the
+    grid's datasets from :func:`open_sources`, when the caller opened them before loading the model."""
     out = Path(out)
     if "imo" in cfg.corrections:
-        require_adapter(cfg.methods, extractor)
+        require_adapter(cfg.methods, extractor.adapter_hash is not None)
     with folder_lock(out):
-        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml)
+        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml, dict(datasets or {}))
 
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
-                save_features: bool, settings_yaml: str | None) -> dict[str, Any]:
-    opened: dict[str, OpenedDataset] = {}
+                save_features: bool, settings_yaml: str | None, opened: dict[str, OpenedDataset]) -> dict[str, Any]:
+
+    same_names: set[str] = set()  # folder names of two or more custom tasks: their labels carry a hash
 
     def dataset(source: str) -> OpenedDataset:
         if source not in opened:
             data = open_source(source, cfg.root, cfg.templates, cfg.classnames)
-            opened[source] = opened.setdefault(data.source, data)
+            opened[source] = opened.setdefault(data.source, relabel(data, same_names))
         return opened[source]
 
     for source in cfg.datasets:  # before anything is encoded or written
@@ -247,14 +263,20 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         data = dataset(source)
         todo.update({(data.source, k, s): cfg.methods for k in cfg.shots for s in cfg.seeds})
     stored = {p.stem: fileio.read_json(p, "cell") for p in sorted((out / "cells").glob("*.json"))}
+    stored_names = {}  # a stored cell is found by what it is, not by its file name (labels may change)
     for name, done in stored.items():
         key = (done.get("source"), done.get("shots"), done.get("seed"))
+        stored_names[key] = name
         if key not in todo and key[0] is not None:  # an earlier run's cell: checked like the others
             todo[key] = list(done.get("methods", {}))
+    same_names.update(shared_folder_names([*opened.values(), *stored.values()]))
+    for data in opened.values():
+        relabel(data, same_names)
 
     cells: list[dict] = []
     shared: dict[tuple, tuple[dict, dict | None]] = {}  # (source, seed, correction, method) -> (result, settings)
     bar = tqdm(list(todo.items()), desc="cells", disable=tqdm_disable(progress))
+    steps = Progress("cell", len(todo))
     for (source, shots, seed), methods in bar:
         try:
             data = dataset(source)
@@ -262,11 +284,22 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             if source in {dataset(s).source for s in cfg.datasets}:
                 raise
             logger.warning(f"leaving out the stored cells of {source} (shots {shots}, seed {seed}): {err}")
+            steps.update(f"{source} shots {shots} seed {seed} left out")
             continue
         cell = plan_cell(data, shots, seed, cfg.cell, run_fp)
         bar.set_postfix_str(cell.name)
-        cells.append(_run_cell(cell, methods, stored.get(cell.name), extractor, cfg, out, device, save_features,
-                               maps, shared))
+        logger.info(f"cell {steps.done + 1}/{steps.total}: {cell.name} started")
+        began = time.perf_counter()
+        old_name = stored_names.get((source, shots, seed))
+        stored_cell = stored.get(old_name) if old_name else None
+        cells.append(_run_cell(cell, methods, stored_cell, extractor, cfg, out, device, save_features, maps, shared))
+        steps.update(f"{cell.name} " + ("reused (stored, up to date)" if cells[-1] is stored_cell else
+                                        f"finished in {duration(time.perf_counter() - began)}"))
+        if old_name and old_name != cell.name:  # stored under an earlier label: keep it under today's
+            cells[-1] = {**cells[-1], "dataset": cell.dataset.label}
+            fileio.write_json(out / "cells" / f"{cell.name}.json", cells[-1])
+            (out / "cells" / f"{old_name}.json").unlink()
+            logger.info(f"{old_name}: renamed {cell.name} (dataset label {cell.dataset.label})")
     order = {d: i for i, d in enumerate(dict.fromkeys(dataset(s).label for s in cfg.datasets))}
     cells.sort(key=lambda c: (order.get(c["dataset"], len(order)), c["dataset"], c["shots"], c["seed"]))
     results = {"meta": {**_results_meta(cfg, extractor, cells), "corrections": fingerprint["corrections"]},
@@ -336,6 +369,7 @@ def _results_meta(cfg: RunConfig, extractor: FeatureExtractor, cells: list[dict]
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter": feature_meta(extractor)["adapter"],
+        "source": extractor.source,  # how to load the model again (files by path; not part of the fingerprint)
         "methods": methods,
         "datasets": list(dict.fromkeys(c["dataset"] for c in cells)),
         "shots": sorted({c["shots"] for c in cells}),
@@ -359,5 +393,5 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     """results.json/.csv/.md and one CLIP_benchmark-shaped JSON per cell and method."""
     fileio.write_json(out / "results.json", results)
     fileio.write_text(out / "results.csv", results_csv(results))
-    fileio.write_text(out / "results.md", results_markdown(results))
+    fileio.write_text(out / "results.md", results_markdown(results, base=out))
     write_clip_benchmark(out, results)

@@ -8,51 +8,60 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from ..data import SHIFT_SETS, load_dataset
+from ..data import SHIFT_SETS, DatasetSplits, load_dataset
 from ..errors import ClipimoError
 from ..features.extractor import FeatureExtractor
 from ..methods.common import Problem, Split
 from ..methods.evaluate import evaluate_features
+from ..methods.names import require_adapter
 from ..methods.predict import fixed_point
 from ..report.aggregate import STD_LABEL, mean_std
 from ..utils import fileio
 from ..utils.device import full_float32, resolve_device
 from ..utils.lock import folder_lock
-from ..utils.log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
+from ..utils.log import RANDOM_INIT_WARNING, Progress, tqdm_disable, warn_random_init
 from ..utils.markdown import md_table
 from ..version import __version__
-from .cell import cell_features, feature_meta, open_source, plan_cell, require_adapter
+from .cell import OpenedDataset, cell_features, feature_meta, open_source, plan_cell
 from .grid import RunConfig
 
 SOURCE = "ImageNet"
 
 
+def open_shift(cfg: RunConfig, targets: Sequence[str] = SHIFT_SETS) -> tuple[OpenedDataset, list[DatasetSplits]]:
+    """The source and the target sets, opened and checked (one shot count; each set's class count):
+    what can fail cheaply, done before a model loads."""
+    if len(cfg.shots) != 1:
+        raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
+    return open_source(SOURCE, cfg.root), [load_dataset(t, cfg.root) for t in targets]
+
+
 def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
-              device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+              device: str = "cpu", progress: bool | None = None,
+              opened: tuple[OpenedDataset, list[DatasetSplits]] | None = None) -> dict[str, Any]:
     """Tune every method on the ImageNet cell of each seed in ``cfg`` (one shot count), score the targets.
 
     Writes ``out/shift.json`` (per-seed and mean rows) and ``out/shift.md``; returns the record.
+    ``opened``: :func:`open_shift`'s datasets, when the caller opened them before loading the model.
     """
-    if len(cfg.shots) != 1:
-        raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
     streaming = [m for m in cfg.methods if m.removesuffix("-imo") == "tda"]
     if streaming:
         raise ClipimoError(f"shift applies each method tuned on ImageNet unchanged to the targets; {', '.join(streaming)} "
                            "adapts on each test stream instead: evaluate it on the targets' features directly")
-    require_adapter(cfg.methods, extractor)
+    source, shifted = opened or open_shift(cfg, targets)
+    require_adapter(cfg.methods, extractor.adapter_hash is not None)
     out, dev = Path(out), resolve_device(device)
     with folder_lock(out):
-        return _run_locked(cfg, extractor, out, targets, dev, progress)
+        return _run_locked(cfg, extractor, out, source, shifted, dev, progress)
 
 
-def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets: Sequence[str],
-                dev, progress: bool | None) -> dict[str, Any]:
-    source = open_source(SOURCE, cfg.root)
-    shifted = [load_dataset(t, cfg.root) for t in targets]  # fail on a missing set before encoding anything
+def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, source: OpenedDataset,
+                shifted: list[DatasetSplits], dev, progress: bool | None) -> dict[str, Any]:
     if extractor.backbone.random_init:
         warn_random_init()
     per_seed: list[dict[str, Any]] = []
     records = []
+    steps = Progress("shift", len(cfg.seeds) * (1 + len(shifted)))
     for seed in tqdm(cfg.seeds, desc="seeds", disable=tqdm_disable(progress)):
         feats, record = cell_features(extractor, plan_cell(source, cfg.shots[0], seed, cfg.cell, {}), cfg.cell, out / "supports")
         records.append(record)
@@ -61,6 +70,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
         problem = Problem.from_features(feats, dev)
         per_seed += [{"target": SOURCE, "seed": seed, "method": m, "test_acc": r["test_acc"], "hparams": r["hparams"]}
                      for m, r in tuned.items()]
+        steps.update(f"seed {seed}: {len(tuned)} method(s) tuned on {SOURCE} {cfg.shots[0]}-shot")
         with full_float32():  # as the search ran (Tip-F retrains its keys here)
             fixed = {m: fixed_point(problem, m, r["hparams"], options=options) for m, r in tuned.items()}
             for target in shifted:
@@ -71,6 +81,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
                     acc = fixed[m].accuracy(split, target.imagenet_classes)
                     per_seed.append({"target": target.name, "seed": seed, "method": m, "test_acc": acc,
                                      "hparams": r["hparams"]})
+                steps.update(f"seed {seed}: {target.name} scored ({len(tf.labels)} test images)")
     rows = []
     for target in [SOURCE] + [t.name for t in shifted]:
         for m in cfg.methods:
@@ -87,6 +98,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
         "backbone": extractor.backbone.identity,
         "random_init": extractor.backbone.random_init,
         "adapter": feature_meta(extractor)["adapter"],
+        "model_source": extractor.source,  # how to rebuild the model ("source" is the tuned dataset)
         "config": dataclasses.asdict(cfg),
         "clipimo_version": __version__,
     }

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,10 +32,10 @@ from ..defaults import DEFAULT_SHARD_SIZE
 from ..errors import ClipimoError
 from ..model.adapter import adapter_state, adapters_enabled, has_adapters, load_adapters
 from ..model.backbone import Backbone
-from ..model.hub import resolve_adapter
+from ..model.hub import is_hub_ref, resolve_adapter
 from ..utils import fileio
 from ..utils.distributed import DistEnv, run_sharded
-from ..utils.log import tqdm_disable
+from ..utils.log import duration, logger, tqdm_disable
 
 # 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling
 FEATURE_FORMAT_VERSION = 3
@@ -118,6 +119,8 @@ class FeatureExtractor:
         ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
         self.backbone = backbone
         self.adapter_hash: str | None = None
+        self.adapter_source = None if adapter is None else (str(adapter) if is_hub_ref(adapter)
+                                                            else str(Path(adapter).expanduser().resolve()))
         adapter = None if adapter is None else resolve_adapter(adapter)
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
@@ -136,6 +139,12 @@ class FeatureExtractor:
         self.shard_size = shard_size
         self.env = env or DistEnv(device=backbone.device)
         self.encoded_images = 0
+
+    @property
+    def source(self) -> dict[str, str | None]:
+        """How to build this extractor's model again (model, pretrained, adapter as given; files
+        absolute), recorded next to the identity and hashes that check it."""
+        return {**self.backbone.source, "adapter": self.adapter_source}
 
     def _current_adapter_state(self) -> str | None:
         """Digest of the adapter tensors now in the model: cached features are only valid for the
@@ -206,6 +215,7 @@ class FeatureExtractor:
             bar.update()
             return feats
 
+        began, encoded = time.perf_counter(), self.encoded_images
         parts = run_sharded(len(shards), shard, self.env)
         bar.close()
         feats = _concat(parts)
@@ -213,6 +223,11 @@ class FeatureExtractor:
             first, why = next(iter(feats.skipped.items()))
             raise ClipimoError(f"{desc}: all {len(items)} image(s) are unreadable, e.g. {first} ({why}); "
                                "--skip-unreadable leaves nothing to encode")
+        if self.env.is_main:  # one line per image list, so a log file shows the encoding's progress
+            how = (f"encoded in {duration(time.perf_counter() - began)}" if self.encoded_images > encoded
+                   else "read from the feature cache")
+            views = f" x {passes} views" if passes else ""
+            logger.info(f"{desc}: {len(feats.paths)} images{views} {how}")
         return feats
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:

@@ -27,6 +27,7 @@ import torch
 from ..errors import ClipimoError
 from ..features.corrections import MAP_KEYS, LinearCorrection, fingerprint, map_arrays, saved_map
 from ..features.file import FeatureSet
+from ..model.hub import is_hub_ref
 from ..utils import fileio
 from ..utils.device import resolve_device
 from .common import MethodOptions, Problem, Split
@@ -74,6 +75,9 @@ class Classifier:
     correction: LinearCorrection | None = None  # the corrected stream's map; None: the IMO adapter
     trained_keys: bool = False  # Tip-F: the keys of its stream are the trained ones (scored as Tip)
     head: dict[str, torch.Tensor] = field(default_factory=dict)  # LP++: weight/bias/alpha; ZS-LP, CLAP: prototypes
+    # How the features were made: model, pretrained and adapter as given (files absolute), so
+    # `clipimo predict` needs no model flags; ``backbone`` and ``adapter_sha256`` check them.
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def needs_adapter(self) -> bool:
@@ -147,18 +151,54 @@ class Classifier:
                    classnames=classnames, backbone=dict(backbone), adapter_sha256=adapter_sha,
                    logit_scale=feats.logit_scale, logit_bias=feats.logit_bias,
                    provenance={**(provenance or {}), "settings": settings}, options=dataclasses.asdict(opts),
-                   correction=correction, trained_keys=base == "tip-f", head=head, **views)
+                   correction=correction, trained_keys=base == "tip-f", head=head,
+                   source=dict(meta.get("source") or {}), **views)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically as safetensors + JSON metadata."""
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "hparams": self.hparams,
                 "classnames": self.classnames, "backbone": self.backbone, "adapter_sha256": self.adapter_sha256,
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "provenance": self.provenance,
-                "options": self.options, "correction": fingerprint(self.correction), "trained_keys": self.trained_keys}
+                "options": self.options, "correction": fingerprint(self.correction), "trained_keys": self.trained_keys,
+                "source": self.source}
         tensors = {k: getattr(self, k) for k in _TENSORS + _VIEWS if getattr(self, k) is not None}
         tensors.update({_HEAD_PREFIX + k: v for k, v in self.head.items()})
         tensors.update({k: torch.from_numpy(v) for k, v in map_arrays(self.correction).items()})
         fileio.write_safetensors(path, tensors, META_KEY, meta)
+
+    def model_source(self, model: str | None = None, pretrained: str | None = None,
+                     adapter: str | None = None) -> dict[str, str | None]:
+        """The model, weights and adapter to predict with: those the classifier records, each replaced
+        by the value given. A value that contradicts the record (another architecture or tag, a weights
+        or adapter file with another hash) or a recorded file that is gone fails here, in one line,
+        before any model loads; :meth:`check_extractor` checks the loaded model again."""
+        ident, rec = self.backbone, self.source
+        weights = str(ident.get("weights", ""))
+        recorded_pretrained = rec.get("pretrained") if rec else (weights[4:] if weights.startswith("tag:") else None)
+        chosen = {"model": model or rec.get("model") or ident.get("model"),
+                  "pretrained": recorded_pretrained if pretrained is None else pretrained,
+                  "adapter": adapter or rec.get("adapter")}
+        made = f"the classifier was made with {ident.get('model')} ({weights})"
+        if model and not model.endswith(".json") and ident.get("model") and model != ident["model"]:
+            raise ClipimoError(f"{made}, not --model {model}: drop --model to use the classifier's")
+        if pretrained is not None:
+            _check_weights(pretrained, ident, made)
+        elif weights.startswith("sha256:") and not (chosen["pretrained"] and os.path.isfile(chosen["pretrained"])):
+            raise ClipimoError(f"{made}; its weights file {chosen['pretrained'] or '(not recorded)'} is not there: "
+                               "pass --pretrained FILE")
+        if self.needs_adapter and not chosen["adapter"]:
+            raise ClipimoError(f"the classifier's method {self.method} needs the corrected stream: pass the adapter "
+                               f"file it was made with (--adapter, sha256 {str(self.adapter_sha256)[:12]}...)")
+        if adapter is None and not self.needs_adapter:  # the original stream alone: no adapter to load
+            chosen["adapter"] = None
+        path = chosen["adapter"]
+        if path and not is_hub_ref(path):
+            if not os.path.isfile(path):
+                raise ClipimoError(f"the classifier's adapter file {path} is not there: pass --adapter FILE")
+            if self.adapter_sha256 and fileio.sha256_file(path) != self.adapter_sha256:
+                raise ClipimoError(f"the adapter {path} is not the one the classifier was made with "
+                                   f"(sha256 {self.adapter_sha256[:12]}...)")
+        return chosen
 
     def check_extractor(self, extractor: FeatureExtractor) -> None:
         """Refuse a backbone or adapter other than the ones the classifier's features came from."""
@@ -219,6 +259,19 @@ class Classifier:
                 for path, vs, ix in zip(feats.paths, values, indices)]
 
 
+def _check_weights(pretrained: str, identity: Mapping[str, Any], made: str) -> None:
+    """A --pretrained value that cannot be the recorded weights: another tag, a file with another hash,
+    weights for random init or none for trained weights."""
+    weights = str(identity.get("weights", ""))
+    none = pretrained.lower() in ("", "none")
+    if none != bool(identity.get("random_init")):
+        raise ClipimoError(f"{made}, not --pretrained {pretrained}")
+    if weights.startswith("tag:") and not os.path.exists(pretrained) and pretrained != weights[4:]:
+        raise ClipimoError(f"{made}, not --pretrained {pretrained}")
+    if weights.startswith("sha256:") and os.path.isfile(pretrained) and fileio.sha256_file(pretrained) != weights[7:]:
+        raise ClipimoError(f"{made}; --pretrained {pretrained} is another file (sha256 differs)")
+
+
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """Read a classifier file written by :meth:`Classifier.save` (``clipimo evaluate --save-classifier``)."""
     tensors, meta = fileio.read_safetensors(path, META_KEY, "classifier file")
@@ -242,6 +295,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
                       options=meta.get("options") or dataclasses.asdict(MethodOptions()),
                       correction=correction, trained_keys=bool(meta.get("trained_keys")),
                       head={k[len(_HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)},
+                      source=meta.get("source") or {},
                       **{k: tensors[k] for k in _TENSORS + _VIEWS if k in tensors})
 
 

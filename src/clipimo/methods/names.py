@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..errors import ClipimoError
+
 IMO_SUFFIX = "-imo"
 # Base methods in display order; every one but zero-shot also runs as "<name>-imo" on the corrected stream.
 # TDA uses no support labels, so it sits with zero-shot.
@@ -44,3 +46,11 @@ def order_methods(methods: Iterable[str]) -> list[str]:
     bases = list(dict.fromkeys(base_method(m) for m in rest))
     rest_sorted = [m for b in bases for m in (b, b + IMO_SUFFIX) if m in rest]
     return known + rest_sorted
+
+
+def require_adapter(methods: Iterable[str], has_adapter: bool) -> None:
+    """The ``-imo`` methods read the adapter's corrected stream: without one, a single error (which
+    the command line raises from its flags, before any model loads)."""
+    imo = [m for m in methods if is_imo(m)]
+    if imo and not has_adapter:
+        raise ClipimoError(f"methods {', '.join(imo)} need an IMO adapter (--adapter FILE)")

@@ -51,6 +51,9 @@ class Backbone:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # How to load it again: the model and pretrained values as given (a weights file as its absolute
+    # path). Not part of ``identity``: moving a file does not change the features.
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def random_init(self) -> bool:
@@ -230,6 +233,15 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None, cache_dir: 
     )
 
 
+def weights_source(pretrained: str | os.PathLike | None, identity: dict[str, Any]) -> str | None:
+    """The ``pretrained`` value that loads these weights again: a tag or Hub reference as given, a
+    file as its absolute path, None for random init."""
+    if identity.get("random_init"):
+        return None
+    text = str(pretrained)
+    return str(Path(text).expanduser().resolve()) if str(identity.get("weights", "")).startswith("sha256:") else text
+
+
 class _OpenClipRandomInitFilter(logging.Filter):
     """open_clip says "No pretrained weights loaded" on the root logger, outside -q; clipimo's own
     RANDOM-INIT banner already says it once per command."""
@@ -260,6 +272,7 @@ def load_clip(
     every report built on it must say so.
     """
     device = resolve_device(device)  # a clear error for --device cuda without CUDA
+    given = str(name)
     name = resolve_model_name(name)
     require_packages(name)
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
@@ -317,4 +330,6 @@ def load_clip(
         mean=tuple(pp["mean"]),
         std=tuple(pp["std"]),
         device=torch.device(device),
+        source={"model": str(Path(given).resolve()) if given.endswith(".json") else given,
+                "pretrained": weights_source(pretrained, identity)},
     )

@@ -67,7 +67,7 @@ def build_report(
     meta = results["meta"]
     random_init = is_random_init(meta)
     gains = imo_gains(results["cells"], results["summary"])
-    lines = report_header(results, results_path)
+    lines = report_header(results, results_path, base=out_dir)
     lines += validation_notes(results)
     lines += accuracy_tables(results)
     lines += metric_tables(results)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import ClipimoError
 from ..methods.names import ZERO_SHOT
 from ..utils import fileio
-from .records import read_results
+from .records import read_results, weights_name
 
 # result key -> CLIP_benchmark metric name
 CLIP_BENCHMARK_METRICS = {"test_acc": "acc1", "test_top5": "acc5", "test_mean_per_class_recall": "mean_per_class_recall"}
@@ -27,12 +27,14 @@ _METRIC_COLUMNS = ("val_acc", "test_acc", "test_top5", "test_mean_per_class_reca
 
 
 def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """``model``, ``pretrained``, ``adapter`` (path), ``adapter_sha256`` and ``random_init`` of a run."""
+    """``model``, ``pretrained`` (the weights by name: tag or file name), ``weights`` (their identity,
+    a weights file by its sha256), ``adapter`` (path), ``adapter_sha256`` and ``random_init`` of a run."""
     backbone = meta.get("backbone") or {}
     adapter = meta.get("adapter") or {}
     return {
         "model": backbone.get("model", ""),
-        "pretrained": backbone.get("weights", ""),
+        "pretrained": weights_name(meta),
+        "weights": backbone.get("weights", ""),
         "adapter": adapter.get("path", ""),
         "adapter_sha256": adapter.get("sha256", ""),
         "random_init": bool(meta.get("random_init", backbone.get("random_init"))),
@@ -94,7 +96,8 @@ def clip_benchmark_records(results: Mapping[str, Any]) -> dict[str, dict[str, An
                 "dataset": c["dataset"], "model": prov["model"], "pretrained": prov["pretrained"],
                 "task": "zeroshot_classification" if m in ZERO_SHOT else "fewshot_classification",
                 "metrics": metrics, "method": m, "shots": c["shots"], "seed": c["seed"],
-                "adapter_sha256": prov["adapter_sha256"] or None, "random_init": prov["random_init"],
+                "weights": prov["weights"], "adapter_sha256": prov["adapter_sha256"] or None,
+                "random_init": prov["random_init"],
             }
     return out
 
@@ -107,21 +110,12 @@ def write_clip_benchmark(out: str | os.PathLike, results: Mapping[str, Any]) -> 
     return folder
 
 
-def run_file(path: str | os.PathLike) -> Path:
-    """``results.json`` of a run folder (or the file itself)."""
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ClipimoError(f"{path}: no results.json there (expected a 'clipimo run' output folder or its results.json)")
-    return file
-
-
 def merge_runs(paths: Sequence[str | os.PathLike]) -> str:
     """One CSV of the per-cell rows of several runs (folders or results.json files), with a ``run``
     column naming each row's source; hyper-parameter columns are the union over the runs."""
     if not paths:
         raise ClipimoError("results merge: give at least one run folder")
-    runs = [(str(p), read_results(run_file(p))) for p in paths]
+    runs = [(str(p), read_results(p)) for p in paths]
     hparams = _hparam_names([r for _, r in runs])
     rows = [{"run": name, **row} for name, res in runs for row in result_rows(res, hparams)]
     if not rows:

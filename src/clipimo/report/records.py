@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ClipimoError
@@ -44,18 +45,79 @@ def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a ``results.json`` written by ``clipimo run``."""
-    return validate_results(fileio.read_json(path, "results"), str(path))
+    """Read and check a ``results.json`` written by ``clipimo run`` (or its run folder)."""
+    file = run_file(path)
+    return validate_results(fileio.read_json(file, "results"), str(file))
+
+
+def run_file(path: str | os.PathLike, name: str = "results.json") -> Path:
+    """``name`` in a command's output folder, or the JSON file itself (read later, which names it if missing)."""
+    path = Path(path)
+    if path.suffix == ".json" and not path.is_dir():
+        return path
+    file = path / name
+    if not file.is_file():
+        raise ClipimoError(f"{path}: no {name} there (expected a clipimo output folder or its {name})")
+    return file
 
 
 def read_shift(path: str | os.PathLike) -> dict[str, Any]:
-    """A shift.json written by ``clipimo shift``."""
+    """A shift.json written by ``clipimo shift`` (or its output folder)."""
+    path = run_file(path, "shift.json")
     record = fileio.read_json(path, "shift")
     if not isinstance(record.get("rows"), list):
         raise ClipimoError(f"shift file {path}: expected a 'rows' list (written by 'clipimo shift')")
     return record
 
 
+_MODEL_KEYS = ("model", "weights", "config_sha256", "quick_gelu")
+
+
+def check_shift_matches(results: Mapping[str, Any], shift: Mapping[str, Any], shift_path: str) -> None:
+    """A report puts a shift record next to the run's tables only when both come from one backbone,
+    weights and adapter: otherwise the numbers describe different models."""
+    meta = results.get("meta", {})
+    ours, theirs = meta.get("backbone") or {}, shift.get("backbone") or {}
+    differ = [k for k in _MODEL_KEYS if ours.get(k) != theirs.get(k) and (k in ours or k in theirs)]
+    adapter = [(r.get("adapter") or {}).get("sha256") for r in (meta, shift)]
+    if adapter[0] != adapter[1]:
+        differ.append("adapter")
+    if differ:
+        def name(ident: Mapping[str, Any], sha: str | None) -> str:
+            return f"{ident.get('model')} ({ident.get('weights')}), adapter {sha[:12] + '...' if sha else 'none'}"
+
+        raise ClipimoError(f"--shift {shift_path} was made with {name(theirs, adapter[1])}, the results with "
+                           f"{name(ours, adapter[0])} (differ in: {', '.join(differ)}); give the shift result of "
+                           "the same model")
+
+
 def is_random_init(meta: Mapping[str, Any]) -> bool:
     """Whether a results ``meta`` or an overlap record comes from a random-init backbone."""
     return bool(meta.get("random_init", (meta.get("backbone") or {}).get("random_init")))
+
+
+def weights_name(meta: Mapping[str, Any]) -> str:
+    """The weights of a run (or shift) record as people name them: a tag (``openai``), a weights file
+    by its file name, a Hub file without its revision, or the random-init label. The hash that
+    identifies the weights stays in ``backbone.weights`` (shown next to the name where it matters)."""
+    weights = str((meta.get("backbone") or {}).get("weights", ""))
+    if weights.startswith("tag:"):
+        return weights[len("tag:"):]
+    if weights.startswith("hf-hub:"):
+        return weights.split("@", 1)[0]
+    if weights.startswith("sha256:"):
+        path = (meta.get("source") or {}).get("pretrained")
+        return Path(path).name if path else f"weights file (sha256 {weights[len('sha256:'):][:12]}...)"
+    return weights
+
+
+def shown_path(path: str | os.PathLike, base: str | os.PathLike | None) -> str:
+    """A path as a report shows it: relative to the report's folder ``base`` (so the report reads
+    the same wherever the tree is moved), absolute without one."""
+    absolute = os.path.abspath(path)
+    if base is None:
+        return absolute
+    try:
+        return Path(os.path.relpath(absolute, os.path.abspath(base))).as_posix()
+    except ValueError:  # another drive (Windows)
+        return absolute

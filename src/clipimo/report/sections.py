@@ -9,6 +9,7 @@ from ..utils.log import RANDOM_INIT_WARNING
 from ..utils.markdown import quote_warning
 from .figures import Written, few_pairs_warning, overlap_figure, run_figures
 from .overlap_file import overlap_table
+from .records import shown_path
 from .style import FigureOptions, slug
 
 PLOTS_DIR = "plots"
@@ -62,7 +63,7 @@ def overlap_section(overlaps: Sequence[tuple[str, Mapping[str, Any]]], out_dir: 
             stem += "_"
         used.add(stem)
         files = overlap_figure(record, out_dir / PLOTS_DIR / stem, options=options, xlim=xlim)
-        out += [f"### {desc}", "", f"From `{path}`.", ""]
+        out += [f"### {desc}", "", f"From `{shown_path(path, out_dir)}`.", ""]
         if record.get("random_init"):
             out += [quote_warning(RANDOM_INIT_WARNING), ""]
         if few := few_pairs_warning(record):

@@ -4,6 +4,7 @@ report (:mod:`.builder`) interleaves them with figures."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -12,8 +13,8 @@ import numpy as np
 from ..methods.names import IMO_SUFFIX, METRIC_KEYS, base_method, order_methods
 from ..utils.log import RANDOM_INIT_WARNING
 from ..utils.markdown import cell_text, md_table, quote_warning
-from .aggregate import STD_LABEL, correction_gains, imo_gains, summarise
-from .records import validate_results
+from .aggregate import STD_LABEL, correction_gains, imo_gains, mean_std, summarise
+from .records import shown_path, validate_results, weights_name
 
 # ---- Markdown helpers ----------------------------------------------------------------------------
 
@@ -47,7 +48,9 @@ def method_order(results: Mapping[str, Any]) -> list[str]:
 
 # ---- sections ------------------------------------------------------------------------------------
 
-def report_header(results: Mapping[str, Any], results_path: str | None = None) -> list[str]:
+def report_header(results: Mapping[str, Any], results_path: str | None = None,
+                  base: str | os.PathLike | None = None) -> list[str]:
+    """Banners and the setup list; paths relative to ``base``, the folder the report is written to."""
     meta = results["meta"]
     backbone = meta.get("backbone") or {}
     random_init = bool(meta.get("random_init", backbone.get("random_init")))
@@ -61,12 +64,15 @@ def report_header(results: Mapping[str, Any], results_path: str | None = None) -
     adapter = meta.get("adapter")
     if adapter:
         sha = adapter.get("sha256") or ""
-        adapter_text = f"`{adapter.get('path', '?')}` (sha256 `{sha[:16]}{'…' if len(sha) > 16 else ''}`)"
+        where = shown_path(adapter["path"], base) if adapter.get("path") else "?"
+        adapter_text = f"`{where}` (sha256 `{sha[:16]}{'…' if len(sha) > 16 else ''}`)"
     else:
         adapter_text = "none (IMO variants cannot differ from their originals without an adapter)"
     extra = {k: v for k, v in backbone.items() if k not in ("model", "weights", "random_init")}
     out += ["## Setup", ""]
-    out += [f"- **Backbone:** model `{backbone.get('model', '?')}`, weights `{backbone.get('weights', '?')}`"
+    weights, shown = str(backbone.get("weights", "?")), weights_name(meta)
+    out += [f"- **Backbone:** model `{backbone.get('model', '?')}`, weights `{shown}`"
+            + (f" (sha256 `{weights[len('sha256:'):][:16]}…`)" if weights.startswith("sha256:") else "")
             + (" — **random init**" if random_init else "")]
     if extra:
         out += ["  - " + ", ".join(f"{k}: `{cell_text(v)}`" for k, v in extra.items())]
@@ -78,7 +84,7 @@ def report_header(results: Mapping[str, Any], results_path: str | None = None) -
             out += [f"- **{label}:** " + ", ".join(str(v) for v in meta[key])]
     out += [f"- **clipimo:** {meta.get('clipimo_version', '?')}, results created {meta.get('created', '?')}"]
     if results_path:
-        out += [f"- **Results file:** `{results_path}`"]
+        out += [f"- **Results file:** `{shown_path(results_path, base)}`"]
     out += [""]
     return out
 
@@ -273,32 +279,53 @@ def hparam_table(results: Mapping[str, Any]) -> list[str]:
 
 
 def shift_table(results: Mapping[str, Any]) -> list[str]:
+    """Methods x targets, mean ± std over seeds; the source (where the hyper-parameters were tuned)
+    is its own column and stays out of the targets' average."""
     shift = results.get("shift")
     if not shift or not shift.get("rows"):
         return []
     rows = shift["rows"]
+    source = shift.get("source")
     targets = list(dict.fromkeys(r["target"] for r in rows))
+    shifted = [t for t in targets if t != source]
     methods = order_methods(r["method"] for r in rows)
-    index = {(r["target"], r["method"]): float(r["test_acc"]) for r in rows}
+    index = {(r["target"], r["method"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in shift.get("per_seed", [])})
     out = ["## Distribution shift", "",
-           f"Cache and hyper-parameters from {shift.get('source', 'the source dataset')} "
-           f"({shift.get('shots', '?')} shots) applied unchanged to each target; top-1 test accuracy (%).", ""]
+           f"Cache and hyper-parameters from {source or 'the source dataset'} ({shift.get('shots', '?')} shots) "
+           f"applied unchanged to each target; top-1 test accuracy (%), mean ± {STD_LABEL} over "
+           f"{f'n = {len(seeds)} seeds' if seeds else 'the seeds'}. The target average leaves the source out"
+           + (" (its ± is over the seeds' averages)." if seeds else "."), ""]
     table = []
     for m in methods:
-        vals = [index.get((t, m)) for t in targets]
-        have = [v for v in vals if v is not None]
-        avg = f"{np.mean(have):.2f}" if len(have) == len(targets) and have else "—"
-        table.append([m] + [f"{v:.2f}" if v is not None else "—" for v in vals] + [avg])
-    out += [md_table(["Method"] + targets + ["average"], table), ""]
+        cells = [index.get((t, m)) for t in targets]
+        table.append([m] + [_pm(float(r["test_acc"]), r.get("std"), r.get("n")) if r else "—" for r in cells]
+                     + [_target_average(shift, shifted, m, seeds)])
+    header = [f"{t} (source)" if t == source else t for t in targets]
+    out += [md_table(["Method"] + header + ["target average"], table), ""]
     return out
+
+
+def _target_average(shift: Mapping[str, Any], shifted: Sequence[str], method: str, seeds: Sequence[int]) -> str:
+    """Mean over the shifted targets (per seed first when the per-seed records are there)."""
+    index = {(r["target"], r["method"]): float(r["test_acc"]) for r in shift["rows"]}
+    if not shifted or any((t, method) not in index for t in shifted):
+        return "—"
+    per_seed = {(r["target"], r["method"], r["seed"]): float(r["test_acc"]) for r in shift.get("per_seed", [])}
+    if seeds and all((t, method, s) in per_seed for t in shifted for s in seeds):
+        means = [float(np.mean([per_seed[(t, method, s)] for t in shifted])) for s in seeds]
+        mean, std = mean_std(means)
+        return _pm(mean, std, len(means))
+    return f"{np.mean([index[(t, method)] for t in shifted]):.2f}"
 
 
 # ---- entry point ---------------------------------------------------------------------------------
 
-def results_markdown(results: Mapping[str, Any]) -> str:
-    """The text part of a report (setup, accuracy and IMO-gain tables, hyper-parameters), no plots."""
+def results_markdown(results: Mapping[str, Any], base: str | os.PathLike | None = None) -> str:
+    """The text part of a report (setup, accuracy and IMO-gain tables, hyper-parameters), no plots;
+    paths relative to ``base``, the folder it is written to."""
     results = validate_results(dict(results))
-    lines = report_header(results) + validation_notes(results) + accuracy_tables(results) + metric_tables(results)
+    lines = report_header(results, base=base) + validation_notes(results) + accuracy_tables(results) + metric_tables(results)
     lines += gain_tables(results) + correction_section(results, {}, None) + shift_table(results)
     lines += hparam_table(results)
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..model.adapter import add_adapters, save_adapters
 from ..model.backbone import Backbone, load_clip
 from ..utils import fileio
 from ..utils.distributed import DistEnv, setup_distributed
-from ..utils.log import logger, tqdm_disable, warn_random_init
+from ..utils.log import Progress, around_bar, logger, tqdm_disable, warn_random_init
 from .checkpoints import (
     CHECKPOINT_DIR,
     METRICS,
@@ -85,6 +86,44 @@ class _Window:
     def speed(self) -> dict[str, float]:
         seconds = time.perf_counter() - self.start
         return {"images_per_s": self.images / max(seconds, 1e-9), "step_time_s": seconds / self.steps}
+
+
+class _Monitor:
+    """Where training's progress goes at each logging window: metrics.jsonl and a log line (rank 0),
+    the progress bar and the history ``run`` returns. The log line is written whether or not a bar
+    is drawn, so a redirected stderr shows the loss and the time left."""
+
+    SHOWN = ("loss", "acc", "lr", "images_per_s")
+
+    def __init__(self, trainer: Trainer, resumed: bool) -> None:
+        main = trainer.env.is_main
+        self.env = trainer.env
+        self.file = MetricsLog(trainer.out / METRICS, trainer.step if resumed else None) if main else None
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc=f"train {trainer.method}", unit="step",
+                        dynamic_ncols=True, disable=tqdm_disable(trainer.cfg.progress) if main else True)
+        self.lines = Progress(f"train {trainer.method}: step", trainer.total_steps, trainer.step) if main else None
+        self.history: list[dict[str, Any]] = []
+        self.window = _Window()
+
+    def record(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        """Close the window ending at ``step`` (every rank: its means are reduced across processes)."""
+        steps = self.window.steps
+        record = {"step": step, "epoch": epoch, **self.window.means(self.env, step), **values, **self.window.speed()}
+        self.history.append(record)
+        self.window = _Window()
+        shown = {k: f"{v:.4g}" for k, v in record.items() if k in self.SHOWN}
+        self.bar.set_postfix(shown)
+        if self.file:
+            self.file.write(record)
+        if self.lines:
+            speed = f"{record['images_per_s']:.1f} images/s"
+            metrics = ", ".join(f"{k} {v}" for k, v in shown.items() if k != "images_per_s")
+            self.lines.update(f"epoch {epoch}, {metrics}, {speed}", steps)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
 
 
 def _short_list(names: Sequence[str] | None, limit: int = 5) -> str:
@@ -169,67 +208,62 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        cfg, env = self.cfg, self.env
+        cfg = self.cfg
         source = resume_source(cfg.resume, self.out)
         if source is not None:
             self.load_checkpoint(source)
-            if env.is_main:
+            if self.env.is_main:
                 logger.info("resuming from %s (step %d/%d)", source, self.step, self.total_steps)
-        if env.is_main:
+        if self.env.is_main:
             self.write_run_config()
-        log = MetricsLog(self.out / METRICS, self.step if source is not None else None) if env.is_main else None
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.method}", unit="step",
-                   dynamic_ncols=True, disable=tqdm_disable(cfg.progress) if env.is_main else True)
-        history: list[dict[str, Any]] = []
-        window = _Window()
+        monitor = _Monitor(self, resumed=source is not None)
         stopped = cfg.max_steps is not None and cfg.max_steps <= self.step < self.total_steps
         self.student.train()
         try:
-            with sigterm_requests() as terminate:
+            with sigterm_requests() as terminate, around_bar(not monitor.bar.disable):
                 while self.epoch < cfg.epochs and not stopped:
-                    epoch = self.epoch
-                    self.on_epoch_start(epoch)
-                    for batch in self._loader(epoch, self.step_in_epoch):
-                        values = self.scheduled(self.step)
-                        window.add(self.train_step(batch, epoch, values), len(batch[1]) * env.world_size)
-                        self.step += 1
-                        self.step_in_epoch += 1
-                        epoch_end = self.step_in_epoch == self.steps_per_epoch
-                        if epoch_end:
-                            self.epoch, self.step_in_epoch = epoch + 1, 0
-                        limit = cfg.max_steps is not None and self.step >= cfg.max_steps
-                        if self.step % cfg.log_every == 0 or epoch_end or limit:
-                            record = {"step": self.step, "epoch": epoch, **window.means(env, self.step), **values,
-                                      **window.speed()}
-                            history.append(record)
-                            if log:
-                                log.write(record)
-                            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                                             if k in ("loss", "acc", "lr", "images_per_s")})
-                            window = _Window()
-                        bar.update(1)
-                        if epoch_end or limit or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
-                            self.save_checkpoint()
-                        if limit and self.step < self.total_steps:
-                            stopped = True
-                            break
-                        if any_rank(terminate.is_set(), env):
-                            self.save_checkpoint()
-                            raise Terminated(f"terminated (SIGTERM) at step {self.step}/{self.total_steps}; "
-                                             f"checkpoint written to {self.out / CHECKPOINT_DIR}; rerun the same "
-                                             "command to resume")
+                    stopped = self._run_epoch(monitor, terminate)
         finally:
-            bar.close()
-            if log:
-                log.close()
+            monitor.close()
+        return self._finish(stopped, monitor.history)
+
+    def _run_epoch(self, monitor: _Monitor, terminate: threading.Event) -> bool:
+        """The rest of the current epoch; True when ``max_steps`` stopped it before the last step."""
+        cfg, epoch = self.cfg, self.epoch
+        self.on_epoch_start(epoch)
+        for batch in self._loader(epoch, self.step_in_epoch):
+            values = self.scheduled(self.step)
+            monitor.window.add(self.train_step(batch, epoch, values), len(batch[1]) * self.env.world_size)
+            self.step += 1
+            self.step_in_epoch += 1
+            epoch_end = self.step_in_epoch == self.steps_per_epoch
+            if epoch_end:
+                self.epoch, self.step_in_epoch = epoch + 1, 0
+            limit = cfg.max_steps is not None and self.step >= cfg.max_steps
+            if self.step % cfg.log_every == 0 or epoch_end or limit:
+                monitor.record(self.step, epoch, values)
+            monitor.bar.update(1)
+            if epoch_end or limit or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                self.save_checkpoint()
+            if limit and self.step < self.total_steps:
+                return True
+            if any_rank(terminate.is_set(), self.env):
+                self.save_checkpoint()
+                raise Terminated(f"terminated (SIGTERM) at step {self.step}/{self.total_steps}; "
+                                 f"checkpoint written to {self.out / CHECKPOINT_DIR}; rerun the same "
+                                 "command to resume")
+        return False
+
+    def _finish(self, stopped: bool, history: list[dict[str, Any]]) -> TrainResult:
+        """Export the adapters of a finished run (rank 0) and say how it ended."""
         export = None
-        if not stopped and env.is_main:
-            export = cfg.export_path
+        if not stopped and self.env.is_main:
+            export = self.cfg.export_path
             self.export(export)
             logger.info("wrote %s (%s, %d steps)", export, self.method, self.step)
-        elif stopped and env.is_main:
+        elif stopped and self.env.is_main:
             logger.info("stopped at step %d/%d (max_steps); run again to continue", self.step, self.total_steps)
-        env.barrier()
+        self.env.barrier()
         return TrainResult("stopped" if stopped else "finished", self.step, self.total_steps, self.out,
                            export, history[-1] if history else {}, history)
 

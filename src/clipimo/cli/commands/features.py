@@ -65,6 +65,10 @@ def run_task(args: argparse.Namespace, task: str) -> int:
     if args.shots is None:
         raise ValueError(f"{task} is a few-shot task: pass --shots K (and --seed S) to choose the cell to encode, "
                          "or point --images at one split of it")
+    if not Path(task).expanduser().is_dir():
+        from ...data.registry import get_spec
+
+        get_spec(task)  # an unknown benchmark name ("did you mean") before the model loads
     cell = task_features(task, args.shots, args.seed, extractor=make_extractor(args), root=args.root,
                          validation=args.validation, allow_test_tuning=args.allow_test_tuning,
                          augment_passes=args.augment_passes, templates=args.templates, classnames=args.classnames,
@@ -107,6 +111,7 @@ def run_images(args: argparse.Namespace) -> int:
         "random_init": extractor.backbone.random_init,
         "adapter_sha256": extractor.adapter_hash,
         "precision": extractor.precision,
+        "source": extractor.source,
         "passes": args.passes,
         "seed": args.seed if args.passes else None,
         "classnames": classnames,

@@ -11,8 +11,9 @@ from ..model_args import add_backbone_args, add_extractor_args, make_extractor
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="classify images with a saved classifier: top-k labels and probabilities (CSV/JSON)",
-        description="Encodes the images with the backbone and adapter the classifier was made with (both are "
-                    "checked; -imo methods need --adapter) and applies its method at its tuned hyper-parameters. "
+        description="Encodes the images with the backbone, weights and adapter the classifier file records "
+                    "(--model, --pretrained and --adapter override them, e.g. for a moved file; each is checked "
+                    "against the classifier before the model loads) and applies its method at its tuned hyper-parameters. "
                     "Probabilities are the softmax of the method's logits. Tip-X rescales its KL term over the "
                     "images classified together.")
     p.add_argument("--classifier", required=True, metavar="FILE", type=path_arg, help="classifier .safetensors from 'clipimo evaluate --save-classifier'")
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, type=path_arg, help="predictions file: .csv or .json (default: CSV on stdout)")
     add_backbone_args(p)
     add_extractor_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, model=None)  # unset: the classifier's
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +32,12 @@ def run(args: argparse.Namespace) -> int:
     suffix = Path(args.out).suffix.lower() if args.out else ".csv"
     if suffix not in (".csv", ".json"):
         raise ValueError(f"--out {args.out}: expected a .csv or .json file name")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     clf = load_classifier(args.classifier)
     paths = list_images(args.images)
+    source = clf.model_source(args.model, args.pretrained, args.adapter)  # checked before the model loads
+    args = argparse.Namespace(**{**vars(args), **source})
     predictions = clf.predict(make_extractor(args), paths, top_k=args.top_k, skip_unreadable=args.skip_unreadable,
                               device=args.device)
     text = predictions_text(predictions, suffix[1:])

@@ -17,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "figures it links under OUT/plots/ (accuracy grid, accuracy and IMO gain vs shots per "
                     "dataset and averaged).",
     )
-    p.add_argument("--results", required=True, type=path_arg, help="results.json written by 'clipimo run'")
+    p.add_argument("--results", required=True, type=path_arg, help="a 'clipimo run' output folder or its results.json")
     p.add_argument("--overlap", nargs="+", default=[], metavar="OVERLAP_JSON", type=path_arg,
                    help="overlap.json file(s) written by 'clipimo overlap' to include")
-    p.add_argument("--shift", default=None, metavar="SHIFT_JSON", type=path_arg, help="shift.json written by 'clipimo shift' to include")
+    p.add_argument("--shift", default=None, metavar="SHIFT_JSON", type=path_arg, help="a 'clipimo shift' output folder or its shift.json, to include (same model as the results)")
     p.add_argument("--out", required=True, type=path_arg, help="output folder (report.md, plots/)")
     p.add_argument("--overlap-xlim", default=None, metavar="LOW,HIGH",
                    help="fixed x-range of every overlap figure, e.g. -0.2,1 (default: each figure's occupied range)")
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ...report.builder import build_report
     from ...report.overlap_file import load_overlap
-    from ...report.records import read_results, read_shift
+    from ...report.records import check_shift_matches, read_results, read_shift
     from ...report.style import FigureOptions
     from ...utils.log import logger, warn_random_init
 
@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     xlim = parse_xlim(args.overlap_xlim)
     results = read_results(args.results)
     if args.shift:
-        results["shift"] = read_shift(args.shift)
+        shift = read_shift(args.shift)
+        check_shift_matches(results, shift, str(args.shift))
+        results["shift"] = shift
     overlaps = [(str(path), load_overlap(path)) for path in args.overlap]
     path = build_report(results, args.out, overlaps, results_path=str(args.results), options=options,
                         overlap_xlim=xlim)

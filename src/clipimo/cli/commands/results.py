@@ -35,8 +35,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ...report.export import run_file, write_clip_benchmark
-    from ...report.records import read_results
+    from ...report.export import write_clip_benchmark
+    from ...report.records import read_results, run_file
 
     for run in args.runs:
         file = run_file(run)

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...api import prompt_options
-    from ...experiment.grid import RunConfig, run_experiment
+    from ...experiment.grid import RunConfig, open_sources, run_experiment
+    from ...methods.names import require_adapter
     from ..config import config_yaml, effective_config
     from ..output import progress_setting
 
@@ -57,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
                     classnames=classnames, proker_views=args.proker_views, proker_grid=args.proker_grid,
                     ape_config=args.ape_config, tipf_config=args.tipf_config, tipf_batch=args.tipf_batch,
                     clap_batch=args.clap_batch, tda_config=args.tda_config)
+    if "imo" in cfg.corrections:  # the cheap checks, before the model loads
+        require_adapter(cfg.methods, args.adapter is not None)
+    datasets = open_sources(cfg)
     extractor = make_extractor(args, distributed=True)
     if extractor.env.distributed:  # every rank encodes its share of each cell's shards; rank 0 then evaluates
         from ...experiment.grid import encode_cells
@@ -68,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         if not extractor.env.is_main:
             return 0
     results = run_experiment(cfg, extractor, args.out, device=args.device, progress=progress_setting(args),
-                             save_features=args.save_features, settings_yaml=config_yaml(effective_config(args)))
-    print(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
+                             save_features=args.save_features, settings_yaml=config_yaml(effective_config(args)),
+                             datasets=datasets)
+    from ...report.tables import accuracy_tables
+    from ...utils.log import logger
+
+    logger.info(f"{len(results['cells'])} cells; tables in {args.out}/results.md, .csv and .json")
+    print("\n".join(accuracy_tables(results)).rstrip())  # the summary, as results on stdout
     return 0

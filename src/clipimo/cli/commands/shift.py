@@ -31,15 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...experiment.grid import RunConfig
-    from ...experiment.shift import run_shift, shift_markdown
+    from ...experiment.shift import open_shift, run_shift, shift_markdown
+    from ...methods.names import require_adapter
     from ..output import progress_setting
 
     cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=args.seeds,
                     methods=args.methods, validation=args.validation,
                     allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes,
                     skip_unreadable=args.skip_unreadable)
+    require_adapter(cfg.methods, args.adapter is not None)  # the cheap checks, before the model loads
+    opened = open_shift(cfg, args.targets)
     result = run_shift(cfg, make_extractor(args), args.out, targets=args.targets, device=args.device,
-                       progress=progress_setting(args))
+                       progress=progress_setting(args), opened=opened)
     print(shift_markdown(result))
     print(f"wrote {args.out}/shift.json and shift.md (add it to a report: clipimo report --shift {args.out}/shift.json)")
     return 0
