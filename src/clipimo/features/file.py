@@ -269,7 +269,7 @@ def synthetic_features(num_classes: int = 10, shots: int = 4, n_val: int = 50, n
         return unit(shared + 0.5 * centres[labels]), unit(shared + 0.6 * centres[labels])
 
     text = text_dir + 0.5 * centres + 0.4 * rng.standard_normal((num_classes, dim)) / np.sqrt(dim)
-    arrays = {"text_weights": unit(text.T, axis=0)}
+    arrays = {"text_weights": unit(text.T, axis=0), TEXT_NORMS_KEY: np.linalg.norm(text, axis=1).astype(np.float32)}
     for name, labels in (("cache", np.repeat(np.arange(num_classes), shots)),
                          ("val", rng.integers(0, num_classes, n_val)),
                          ("test", rng.integers(0, num_classes, n_test))):
