@@ -19,8 +19,9 @@ import argparse
 import difflib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import ClipimoError
 
@@ -40,10 +41,37 @@ def source_arg(value: str) -> str:
     return value
 
 
+class OutPath:
+    """An output path (stored absolute like :func:`path_arg`). ``suffixes``: what a file of ``what``
+    must end in (none: a folder). :func:`clipimo.cli.paths.check_paths` checks every output of a
+    command against its inputs before it runs."""
+
+    def __init__(self, what: str, *suffixes: str) -> None:
+        self.what, self.suffixes = what, suffixes
+        self.__name__ = "output path"  # argparse names the type in its messages
+
+    def __call__(self, value: str) -> str:
+        return value
+
+
+def out_file(what: str, *suffixes: str) -> OutPath:
+    """An output file holding ``what``, whose name must end in one of ``suffixes``."""
+    return OutPath(what, *suffixes)
+
+
+def out_folder(what: str) -> OutPath:
+    """An output folder holding ``what``."""
+    return OutPath(what)
+
+
+def is_path_kind(kind: Any) -> bool:
+    return kind in (path_arg, source_arg) or isinstance(kind, OutPath)
+
+
 def absolute(action: argparse.Action, value: Any) -> Any:
     """``value`` with the paths that ``action`` holds made absolute (``-``, stdout, kept)."""
     kind = getattr(action, "item", None) or action.type
-    if value is None or kind not in (path_arg, source_arg):
+    if value is None or not is_path_kind(kind):
         return value
     if isinstance(value, list):
         return [absolute(action, v) for v in value]
@@ -51,7 +79,7 @@ def absolute(action: argparse.Action, value: Any) -> Any:
     if text == "-" or text.startswith("hf-hub:"):
         return text
     path = Path(text).expanduser()
-    return os.path.abspath(path) if kind is path_arg or path.exists() else text
+    return os.path.abspath(path) if kind is not source_arg or path.exists() else text
 
 
 def as_bool(value: Any, name: str) -> bool:

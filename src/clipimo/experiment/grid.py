@@ -43,8 +43,9 @@ from ..report.aggregate import summarise
 from ..report.export import results_csv, write_clip_benchmark
 from ..report.tables import results_markdown
 from ..utils import fileio
-from ..utils.lock import folder_lock
+from ..utils.lock import LOCK_NAME, folder_lock
 from ..utils.log import logger, tqdm_disable, warn_random_init
+from ..utils.outputs import claim_folder
 from ..version import __version__
 from .cell import (
     CACHE_AUGMENT_PASSES,
@@ -146,8 +147,26 @@ def method_grids() -> dict[str, str]:
             "beyond_configs": hashlib.sha256(tables.encode()).hexdigest()}
 
 
+RUN_FORMAT = "clipimo-run"  # run.json's marker: how a folder is known to be a run's (docs/files.md, "Run folder")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run record written by ``clipimo run`` (its format marker, or the
+    fingerprint and config of records written before the marker existed)."""
+    try:
+        record = fileio.read_json(folder / "run.json", "run record")
+    except ClipimoError:
+        return False
+    return record.get("format") == RUN_FORMAT or (isinstance(record.get("fingerprint"), dict)
+                                                  and isinstance(record.get("config"), dict))
+
+
 def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
-    """A results folder holds one configuration: mixing cells of two would corrupt the tables."""
+    """A results folder holds one run's files and one configuration: a folder of other files is
+    refused (the tables would replace a user's results.csv or config.yaml), and mixing cells of two
+    configurations would corrupt the tables."""
+    claim_folder(out, is_run_folder, "a clipimo run folder (no run.json written by clipimo run)",
+                 ignore=(LOCK_NAME,))
     path = out / "run.json"
     if path.is_file() and any((out / "cells").glob("*.json")):
         old = fileio.read_json(path, "run record").get("fingerprint") or {}
@@ -205,7 +224,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
     _check_out_dir(out, fingerprint)
-    fileio.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
+    fileio.write_json(out / "run.json", {"format": RUN_FORMAT, "fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
     if settings_yaml is not None:
         fileio.write_text(out / "config.yaml", settings_yaml)
     if extractor.backbone.random_init:

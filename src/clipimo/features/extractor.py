@@ -29,7 +29,7 @@ from ..data.templates import format_prompts
 from ..data.transforms import cache_augmentation, seeded_transform
 from ..defaults import DEFAULT_SHARD_SIZE
 from ..errors import ClipimoError
-from ..model.adapter import adapter_state, adapters_enabled, has_adapters, load_adapters
+from ..model.adapter import adapter_state, adapters_enabled, apply_adapter, has_adapters, read_adapter
 from ..model.backbone import Backbone
 from ..model.hub import resolve_adapter
 from ..utils import fileio
@@ -121,8 +121,9 @@ class FeatureExtractor:
         adapter = None if adapter is None else resolve_adapter(adapter)
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
-            load_adapters(backbone.model, adapter, strict_backbone=strict_backbone)
-            self.adapter_hash = fileio.sha256_file(Path(adapter))
+            loaded = read_adapter(adapter)  # one read: the hash keys the cache by the bytes loaded
+            apply_adapter(backbone.model, loaded, strict_backbone=strict_backbone)
+            self.adapter_hash = loaded.sha256
         elif has_adapters(backbone.model):
             raise ClipimoError("the backbone already carries adapters: pass the adapter file instead, so it can be hashed")
         self._adapter_state = self._current_adapter_state()

@@ -30,6 +30,7 @@ from ..model.adapter import add_adapters, save_adapters
 from ..model.backbone import Backbone, load_clip
 from ..utils import fileio
 from ..utils.distributed import DistEnv, setup_distributed
+from ..utils.lock import folder_lock
 from ..utils.log import logger, tqdm_disable, warn_random_init
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -169,6 +170,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to the end (or max_steps), holding ``out``'s folder lock on rank 0 like ``clipimo run``:
+        two trainings into one folder would interleave checkpoints and lose one adapter."""
+        with folder_lock(self.out) if self.env.is_main else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg, env = self.cfg, self.env
         source = resume_source(cfg.resume, self.out)
         if source is not None:

@@ -121,17 +121,28 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, meta_key: str, met
 def read_safetensors(path: str | os.PathLike, meta_key: str, what: str) -> tuple[dict, Any]:
     """Tensors and the JSON metadata entry ``meta_key`` of a file written by ``write_safetensors``;
     errors name the file and say which kind of file (``what``) was expected."""
-    from safetensors import safe_open
+    path = require_file(path, what)
+    return parse_safetensors(path.read_bytes(), path, meta_key, what)
+
+
+def parse_safetensors(data: bytes, path: str | os.PathLike, meta_key: str, what: str) -> tuple[dict, Any]:
+    """:func:`read_safetensors` of bytes already read (so a caller can hash exactly what it loads);
+    ``path`` names them in errors."""
+    import struct
+
+    from safetensors.torch import load
 
     from ..errors import ClipimoError
 
-    path = require_file(path, what)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(meta_key)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
+        (size,) = struct.unpack("<Q", data[:8])
+        if size > len(data) - 8:
+            raise ValueError(f"header of {size} bytes in a file of {len(data)}")
+        header = json.loads(data[8:8 + size])
+        tensors = load(data)
+    except Exception as err:  # struct, JSON and safetensors raise several types for damaged files
         raise ClipimoError(f"{what} {path} is not a readable safetensors file: {err}") from err
+    raw = (header.get("__metadata__") or {}).get(meta_key) if isinstance(header, dict) else None
     if raw is None:
         raise ClipimoError(f"{path} is a safetensors file but not a clipimo {what} (no '{meta_key}' metadata)")
     return tensors, parse_json_object(raw, f"{what} {path}: its '{meta_key}' metadata")

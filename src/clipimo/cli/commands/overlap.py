@@ -10,7 +10,7 @@ import argparse
 
 from ...defaults import AUTO_BINS_RANGE, DEFAULT_AUTO_SAMPLE, DEFAULT_MAX_EXACT_PAIRS
 from ..args import add_dataset_arg, add_figure_args, parse_xlim
-from ..config import path_arg
+from ..config import out_folder, path_arg
 from ..model_args import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "val", "train", "cache"], default=None,
                    help="dataset split (test|val|train, default test) or features-file split "
                         "(test|val|cache, default test)")
-    p.add_argument("--out", required=True, type=path_arg,
+    p.add_argument("--out", required=True, type=out_folder("the overlap record"),
                    help="output folder for overlap.json and the figure overlap.<format>")
     p.add_argument("--bins", default="auto",
                    help="histogram bins over [-1, 1], or 'auto' (default): from the number of pairs, "
