@@ -147,8 +147,8 @@ def test_two_tasks_with_one_folder_name_get_their_own_cells(task, tmp_path):
     assert len(both["cells"]) == 2 and len({c["dataset"] for c in both["cells"]}) == 2
     assert all(c["dataset"].startswith("task-") for c in both["cells"])
     for path in (a, b):  # each cell equals that task evaluated alone
-        assert main(_small(task, tmp_path / path.parent.name, path)) == 0
-        alone = json.loads((tmp_path / path.parent.name / "results.json").read_text())["cells"][0]
+        assert main(_small(task, tmp_path / f"alone_{path.parent.name}", path)) == 0  # not beside the task
+        alone = json.loads((tmp_path / f"alone_{path.parent.name}" / "results.json").read_text())["cells"][0]
         match = [c for c in both["cells"] if c["dataset"] == alone["dataset"]]
         assert match and match[0]["methods"] == alone["methods"]
         assert match[0]["fingerprint"]["dataset"]["location"] == str(path)
@@ -213,7 +213,7 @@ def test_environment_errors_are_one_message_with_nothing_written(task, tmp_path,
     bad_yaml = tmp_path / "run.yaml"
     bad_yaml.write_bytes(b"datasets: [caf\xe9]\n")
     assert main(["run", "--config", str(bad_yaml), "--out", str(tmp_path / "y")]) == 2
-    assert f"config file {bad_yaml} is not valid YAML" in capsys.readouterr().err
+    assert f"config file {bad_yaml}, line 1: not UTF-8 text (byte 0xe9)" in capsys.readouterr().err
     if not torch.cuda.is_available():
         out = tmp_path / "cuda"
         assert main(_small(task, out, task / "task", "--device", "cuda")) == 2

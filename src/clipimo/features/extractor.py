@@ -2,7 +2,7 @@
 
 Work is split into shards of images; each shard's features are cached under a key built from
 everything that determines them (backbone weights identity, adapter file hash, transform,
-augmentation passes and seed, precision, the image list with file sizes and mtimes). Augmented
+augmentation passes and seed, precision, the image list with each file's size, mtime, ctime and inode). Augmented
 features keep their E per-pass views next to the averaged ones, so methods that fit on every view
 never re-encode. A repeated
 call encodes nothing; a killed run resumes at the first unfinished shard. Cache files are written
@@ -34,7 +34,7 @@ from ..model.backbone import Backbone
 from ..model.hub import resolve_adapter
 from ..utils import fileio
 from ..utils.distributed import DistEnv, run_sharded
-from ..utils.log import tqdm_disable
+from ..utils.log import logger, tqdm_disable
 
 # 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling
 FEATURE_FORMAT_VERSION = 3
@@ -137,6 +137,7 @@ class FeatureExtractor:
         self.shard_size = shard_size
         self.env = env or DistEnv(device=backbone.device)
         self.encoded_images = 0
+        self._warned_text: set[str] = set()
 
     def _current_adapter_state(self) -> str | None:
         """Digest of the adapter tensors now in the model: cached features are only valid for the
@@ -217,10 +218,7 @@ class FeatureExtractor:
         return feats
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
-        listing = []
-        for path, label in items:
-            st = os.stat(path) if os.path.isfile(path) else None
-            listing.append(f"{os.path.abspath(path)}\t{int(label)}\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}")
+        listing = [f"{os.path.abspath(path)}\t{int(label)}\t{fileio.file_stamp(path)}" for path, label in items]
         key = self._key(
             "images",
             {
@@ -303,7 +301,16 @@ class FeatureExtractor:
         key = self._key("text", payload, adapter_dependent=False)
         path = self._cache_file(key)
         if path.is_file():
-            return fileio.read_safetensors(path, "clipimo", "text-feature cache file")[0]["text_weights"]
+            weights = fileio.read_safetensors(path, "clipimo", "text-feature cache file")[0]["text_weights"]
+        else:
+            weights = self._encode_text(classnames, templates, chunk)
+            fileio.write_safetensors(path, {"text_weights": weights}, "clipimo", payload)
+        if key not in self._warned_text:
+            self._warned_text.add(key)
+            warn_identical_classes(classnames, templates, weights)
+        return weights
+
+    def _encode_text(self, classnames: Sequence[str], templates: Sequence[str], chunk: int) -> torch.Tensor:
         model, device, tok = self.backbone.model, self.backbone.device, self.backbone.tokenizer
         rows = []
         with torch.inference_mode(), self._autocast():
@@ -312,9 +319,27 @@ class FeatureExtractor:
                 tokens = tok([p for c in names for p in format_prompts(templates, c)]).to(device)
                 emb = F.normalize(model.encode_text(tokens).float(), dim=-1).view(len(names), len(templates), -1)
                 rows.append(F.normalize(emb.mean(dim=1), dim=-1).cpu())
-        weights = torch.cat(rows).T.contiguous()
-        fileio.write_safetensors(path, {"text_weights": weights}, "clipimo", payload)
-        return weights
+        return torch.cat(rows).T.contiguous()
+
+
+def warn_identical_classes(classnames: Sequence[str], templates: Sequence[str], weights: torch.Tensor) -> None:
+    """Warn when two classes get the same prompts or the same text weights: zero-shot and every method
+    using the text classifier cannot tell them apart."""
+    seen: dict[Any, str] = {}
+    pairs = []
+    for c, name in enumerate(classnames):
+        key = (tuple(format_prompts(templates, name)),)
+        column = weights[:, c].numpy().tobytes()
+        for k in (key, column):
+            if k in seen:
+                pairs.append(f"{seen[k]!r} and {name!r}")
+                break
+        seen.setdefault(key, name)
+        seen.setdefault(column, name)
+    if pairs:
+        logger.warning("%d pair(s) of classes have identical text weights (the same prompts), so the text "
+                       "classifier cannot tell them apart: %s%s", len(pairs), ", ".join(pairs[:5]),
+                       " ..." if len(pairs) > 5 else "")
 
 
 def _write_shard(path: Path, feats: ImageFeatures) -> None:

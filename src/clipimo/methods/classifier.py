@@ -233,14 +233,13 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
 
 def list_images(source: str | os.PathLike) -> list[str]:
     """Image paths from an image file, a folder (searched recursively, sorted) or a CSV with a 'path' column."""
-    from ..data.generic import is_image_file
+    from ..data.generic import image_files, is_image_file
 
     source = Path(source)
     if source.is_dir():
-        paths = sorted(str(Path(folder) / name) for folder, _, files in os.walk(source)
-                       for name in files if is_image_file(name))
+        paths = image_files(source)[0]
     elif source.suffix.lower() == ".csv" and source.is_file():
-        with open(source, newline="", encoding="utf-8") as fh:
+        with io.StringIO(fileio.read_text_file(source, "image list"), newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise ClipimoError(f"{source}: expected a CSV with a 'path' column, got columns {reader.fieldnames}")

@@ -246,6 +246,7 @@ def load_clip(
     device = resolve_device(device)  # a clear error for --device cuda without CUDA
     name = resolve_model_name(name)
     require_packages(name)
+    stamp = fileio.file_stamp(pretrained) if pretrained not in _NONE_VALUES and Path(str(pretrained)).is_file() else None
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
     kwargs: dict[str, Any] = {}
     if tag_cfg:
@@ -284,6 +285,9 @@ def load_clip(
                 "OpenAI CLIP checkpoint (TorchScript .pt, state-dict .pt/.pth/.bin, or .safetensors) "
                 "matching this architecture"
             ) from err
+    if stamp is not None and fileio.file_stamp(pretrained) != stamp:  # hashed one file, loaded another
+        raise ClipimoError(f"weights file {pretrained} changed while it was being hashed and loaded; run again "
+                           "once it no longer changes")
     model.eval()
     model.clipimo_identity = identity
     pp = model.visual.preprocess_cfg

@@ -65,6 +65,21 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file (a leading byte-order mark dropped); anything else is a ClipimoError naming
+    ``what``, the file and the line of the first byte that is not UTF-8."""
+    from ..errors import ClipimoError
+
+    path = require_file(path, what)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ClipimoError(f"{what} {path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
+                           "save it as UTF-8") from None
+
+
 def parse_json_object(text: str | bytes, where: str) -> dict:
     """A JSON object (mapping) from ``text``; anything else is a ClipimoError naming ``where``."""
     from ..errors import ClipimoError
@@ -85,6 +100,18 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
     return parse_json_object(path.read_bytes(), f"{what} file {path}")
 
 
+def file_stamp(path: str | os.PathLike) -> str:
+    """What stands for a file's content in cache keys and fingerprints without reading it: size,
+    mtime, ctime and inode (docs/files.md, "Feature cache"). ``cp -p``, ``rsync -a`` and ``tar x``
+    restore size and mtime, but the kernel sets ctime whenever the content or metadata is written and
+    a copy is a new inode, so a replaced image misses. "-1" for a missing file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-1"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
     digest = hashlib.sha256()
@@ -100,10 +127,10 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
     from ..errors import ClipimoError
 
-    path = require_file(path, "config file")
+    text = read_text_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
         raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
