@@ -6,7 +6,6 @@ import logging
 import random
 
 import numpy as np
-
 import pytest
 import torch
 from conftest import TINY, make_task

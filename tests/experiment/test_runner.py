@@ -161,8 +161,9 @@ def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path,
     # another shot count into the same folder adds to the results; 8 shots > 4 train images per class
     assert main(_small(task, out, data, "--shots", "8")) == 0
     err = capsys.readouterr().err
-    assert "WARNING: task-" in err and "_k8_s1: 3 class(es) have fewer than 8 train images, so fewer shots: " \
-                                     "blue (4), green (4), red (4)" in err
+    assert "WARNING: task-" in err and ("_k8_s1: 3 class(es) have fewer than 8 support images encoded (too few "
+                                        "train images, or unreadable ones left out), so fewer shots: "
+                                        "blue (4), green (4), red (4)") in err
     results = json.loads((out / "results.json").read_text())
     assert [(c["shots"], c["actual_shots"]["min"]) for c in results["cells"]] == [(1, 1), (8, 4)]
     assert results["meta"]["shots"] == [1, 8]

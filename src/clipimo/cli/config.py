@@ -31,14 +31,15 @@ _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
 def path_arg(value: str) -> str:
-    """A file or folder (stored absolute in a printed or saved config)."""
-    return value
+    """A file or folder (stored absolute in a printed or saved config). ``~`` is expanded here, for
+    flags and YAML values alike, so the path written is the path recorded."""
+    return os.path.expanduser(value)
 
 
 def source_arg(value: str) -> str:
     """A name or a path (a model name or .json, a weights tag or file, a benchmark or task folder):
-    stored absolute when it names an existing path."""
-    return value
+    stored absolute when it names an existing path; ``~`` expanded like :func:`path_arg`."""
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 class OutPath:
@@ -51,7 +52,7 @@ class OutPath:
         self.__name__ = "output path"  # argparse names the type in its messages
 
     def __call__(self, value: str) -> str:
-        return value
+        return path_arg(value)
 
 
 def out_file(what: str, *suffixes: str) -> OutPath:
@@ -97,8 +98,10 @@ def split_items(value: Any, item: Callable = str) -> list:
     values = value if isinstance(value, (list, tuple)) else [value]
     out = []
     for v in values:
-        parts = v.split(",") if isinstance(v, str) else [v]
-        out += [item(p.strip() if isinstance(p, str) else p) for p in parts if str(p).strip()]
+        if isinstance(v, (dict, list, tuple)):
+            raise ValueError(f"expected plain values, got {v!r}")
+        # a YAML scalar is read as its text, like the flag: 1.7 is no integer, whatever int() would make of it
+        out += [item(p.strip()) for p in str(v).split(",") if p.strip()]
     return out
 
 

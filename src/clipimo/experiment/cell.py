@@ -114,12 +114,16 @@ def plan_cell(data: OpenedDataset, shots: int, seed: int, spec: CellSpec, run_fp
     return Cell(data, shots, seed, support, val_items, record, fp)
 
 
-def actual_shots(cell: Cell) -> dict[str, Any]:
-    """Support images per class; classes with fewer train images than k are listed by name."""
-    counts = np.bincount([it.label for it in cell.support], minlength=cell.dataset.splits.num_classes)
+def actual_shots(cell: Cell, encoded_labels: np.ndarray) -> dict[str, Any]:
+    """Support images per class among those actually encoded (``encoded_labels``: the cache keys'
+    labels, so images left out by --skip-unreadable do not count); classes with fewer than k are
+    listed by name, and classes left with none also under ``empty_classes``."""
+    counts = np.bincount(np.asarray(encoded_labels, dtype=np.int64), minlength=cell.dataset.splits.num_classes)
     names = cell.dataset.splits.classnames
     short = {names[c]: int(n) for c, n in enumerate(counts) if n < cell.shots}
-    return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {})}
+    empty = [names[c] for c, n in enumerate(counts) if n == 0]
+    return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {}),
+            **({"empty_classes": empty} if empty else {})}
 
 
 def cell_features(extractor: FeatureExtractor, cell: Cell, spec: CellSpec,

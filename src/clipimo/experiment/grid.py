@@ -279,12 +279,16 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
                 return done
             if cfg.corrections != ["imo"]:  # the per-correction tables cover every method: recompute them all
                 todo, done = list(methods), None
-    shots = actual_shots(cell)
+    feats, record = cell_features(extractor, cell, cfg.cell, out / "supports")
+    shots = actual_shots(cell, feats.cache_labels)
     if "short_classes" in shots:
         short = ", ".join(f"{c} ({n})" for c, n in list(shots["short_classes"].items())[:10])
         logger.warning(f"{cell.name}: {len(shots['short_classes'])} class(es) have fewer than {cell.shots} "
-             f"train images, so fewer shots: {short}")
-    feats, record = cell_features(extractor, cell, cfg.cell, out / "supports")
+                       f"support images encoded (too few train images, or unreadable ones left out), so fewer "
+                       f"shots: {short}")
+    if "empty_classes" in shots:
+        logger.warning(f"{cell.name}: class(es) {', '.join(shots['empty_classes'][:10])} have NO support image "
+                       "left: the few-shot methods see them only through the text classifier")
     primary = corrected_features(feats, maps[cfg.corrections[0]])
     if save_features:
         save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,

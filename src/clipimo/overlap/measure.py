@@ -141,18 +141,29 @@ def sample_size(n: int, sample_pairs: int | None = None, exact: bool = False,
     return None
 
 
-def parse_bins(value: str | int, labels: np.ndarray, sample: int | None) -> int:
-    """``--bins``: a positive integer, or 'auto' (:func:`clipimo.overlap.stats.auto_bins`)."""
-    if str(value).strip().lower() == "auto":
-        from .stats import auto_bins
+MAX_BINS = 10_000  # bins 2e-4 wide: finer than any density estimate needs, and a bounded record
 
-        return auto_bins(labels, sample)
+
+def check_bins(value: str | int) -> int | None:
+    """``--bins``: an integer in 1..MAX_BINS, or 'auto' (None); checked before anything is encoded."""
+    if str(value).strip().lower() == "auto":
+        return None
     try:
         bins = int(value)
     except ValueError:
         bins = 0
-    if bins < 1:
-        raise ClipimoError(f"--bins must be a positive integer or 'auto', got {value!r}")
+    if not 1 <= bins <= MAX_BINS:
+        raise ClipimoError(f"--bins must be an integer from 1 to {MAX_BINS} or 'auto', got {value!r}")
+    return bins
+
+
+def parse_bins(value: str | int, labels: np.ndarray, sample: int | None) -> int:
+    """``--bins``: :func:`check_bins`, 'auto' resolved by :func:`clipimo.overlap.stats.auto_bins`."""
+    bins = check_bins(value)
+    if bins is None:
+        from .stats import auto_bins
+
+        return auto_bins(labels, sample)
     return bins
 
 

@@ -121,20 +121,52 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+YAML_MAX_VALUES = 100_000  # a config holds tens of settings; aliases must not expand past this
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML config file that must hold a mapping (safe loader: plain data only)."""
+    """A YAML config file that must hold a mapping (safe loader: plain data only). A key given twice
+    is an error (YAML would keep the last silently), and so is a file whose aliases expand to more
+    than :data:`YAML_MAX_VALUES` values (an "alias bomb" of a few hundred bytes)."""
     import yaml
 
     from ..errors import ClipimoError
 
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=True) for k, _ in node.value]
+            for i, key in enumerate(keys):
+                if key in keys[:i]:
+                    line = node.value[i][0].start_mark.line + 1
+                    raise ClipimoError(f"config file {path}, line {line}: key {key!r} is given twice")
+            return super().construct_mapping(node, deep)
+
     text = read_text_file(path, "config file")
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
+        data = yaml.load(text, Loader=StrictLoader) or {}
+    except (yaml.YAMLError, TypeError) as err:  # TypeError: an unhashable key such as a list
         raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+    if _count_values(data, YAML_MAX_VALUES) > YAML_MAX_VALUES:
+        raise ClipimoError(f"config file {path} expands to more than {YAML_MAX_VALUES} values (nested YAML "
+                           "aliases?); write the settings out plainly")
     return data
+
+
+def _count_values(obj: Any, limit: int) -> int:
+    """How many values ``obj`` holds once aliases are expanded, counting no further than past ``limit``
+    (an iterative walk: the count stops early, whatever the nesting)."""
+    count, stack = 0, [obj]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, meta_key: str, meta: Any) -> None:

@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ...errors import ClipimoError
-    from ...overlap.measure import encode_source, load_feature_source, measure_overlap, overlap_text
+    from ...overlap.measure import check_bins, encode_source, load_feature_source, measure_overlap, overlap_text
     from ...report.overlap_file import write_overlap
     from ...report.style import FigureOptions
     from ...utils.log import logger, warn_random_init
 
     options = FigureOptions.parse(args.format, args.dpi)  # bad flags fail before any encoding
     xlim = parse_xlim(args.xlim)
+    check_bins(args.bins)
     if args.dataset and len(args.dataset) != 1:
         raise ClipimoError(f"--dataset: overlap measures one dataset at a time, got {', '.join(args.dataset)}")
     if args.features:
