@@ -97,6 +97,15 @@ class _Images(Dataset):
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
 
 
+def check_sizes(batch_size: int, shard_size: int, num_workers: int | None) -> None:
+    """The extractor's sizes as one ClipimoError each (``--shard-size -1`` would encode nothing)."""
+    sizes = (("batch_size (--batch-size)", batch_size, 1), ("shard_size (--shard-size)", shard_size, 1),
+             ("num_workers (--workers)", num_workers, 0))
+    for name, value, least in sizes:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ClipimoError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 class FeatureExtractor:
     """Encodes labelled images with a backbone (and optionally an adapter file) into both streams."""
 
@@ -116,6 +125,7 @@ class FeatureExtractor:
         """``precision``: "fp32" (the paper) or "bf16" (autocast); ``strict_backbone=False`` accepts an adapter
         file trained on another backbone identity (e.g. the same weights given as a tag and as a file);
         ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
+        check_sizes(batch_size, shard_size, num_workers)
         self.backbone = backbone
         self.adapter_hash: str | None = None
         adapter = None if adapter is None else resolve_adapter(adapter)

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from ..features.file import FeatureSet
 from ..utils import fileio
 from ..utils.device import resolve_device
 from .common import MethodOptions, Problem, Split
-from .predict import logits_at
+from .names import METHOD_NAMES
+from .predict import HPARAMS, logits_at
 from .registry import parse_methods
 
 if TYPE_CHECKING:
@@ -198,12 +200,62 @@ class Classifier:
         self.check_extractor(extractor)
         feats = extractor.image_features([LabelledImage(p, 0) for p in paths], skip_unreadable=skip_unreadable,
                                          desc="predict")
+        if feats.original.shape[1] != self.text_weights.shape[0]:
+            raise ClipimoError(f"the model gives {feats.original.shape[1]}-dimensional image features, the classifier "
+                               f"holds {self.text_weights.shape[0]}-dimensional ones: not the model it was made with")
         probs = torch.softmax(self.logits(feats.original, feats.corrected_or_original, resolve_device(device)),
                               dim=1).cpu()
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [{"path": path, "top_k": [{"label": self.classnames[i], "probability": float(v)}
                                          for v, i in zip(vs.tolist(), ix.tolist())]}
                 for path, vs, ix in zip(feats.paths, values, indices)]
+
+
+def _check_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike) -> None:
+    """A classifier file whose parts disagree (a tampered or damaged file) is one ClipimoError naming
+    the first disagreement, never a traceback or silently wrong predictions."""
+    def bad(what: str) -> ClipimoError:
+        return ClipimoError(f"classifier file {path}: {what}")
+
+    method = meta.get("method")
+    if not isinstance(method, str) or method not in METHOD_NAMES:
+        raise bad(f"unknown method {method!r}")
+    text = tensors["text_weights"]
+    if text.ndim != 2 or not text.is_floating_point():
+        raise bad(f"text_weights must be a float [D, C] matrix, got {tuple(text.shape)} {text.dtype}")
+    dim, classes = text.shape
+    names = meta.get("classnames")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != classes:
+        raise bad(f"its class names ({len(names) if isinstance(names, list) else names!r}) do not match the "
+                  f"{classes} columns of its text weights")
+    for key in ("cache_keys", "cache_keys_corrected", *(k for k in _VIEWS if k in tensors)):
+        t = tensors[key]
+        if t.ndim not in (2, 3) or t.shape[-1] != dim or not t.is_floating_point():
+            raise bad(f"{key} {tuple(t.shape)} does not hold {dim}-dimensional features like its text weights")
+    rows = tensors["cache_keys"].shape[0]
+    labels = tensors["cache_labels"]
+    if labels.shape != (rows,) or labels.is_floating_point() or labels.is_complex():
+        raise bad(f"cache_labels {tuple(labels.shape)} {labels.dtype} must be {rows} integer labels, one per cache key")
+    if rows and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise bad(f"cache_labels run from {int(labels.min())} to {int(labels.max())}, outside the {classes} classes")
+    if any(tensors[k].shape[-2] != rows for k in ("cache_keys_corrected", *_VIEWS) if k in tensors):
+        raise bad("its cache tensors hold different numbers of support images")
+    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if nonfinite:
+        raise bad(f"tensor(s) {', '.join(nonfinite)} hold NaN or infinite values")
+    hparams = meta.get("hparams")
+    need = HPARAMS[method.removesuffix("-imo")]
+    if not isinstance(hparams, dict) or not all(isinstance(hparams.get(k), (int, float)) for k in need) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in hparams.values()):
+        raise bad(f"hparams {hparams!r} are not the finite numbers {method} needs ({', '.join(need) or 'none'})")
+    scale, bias = meta.get("logit_scale"), meta.get("logit_bias")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (scale, bias)) \
+            or scale <= 0:
+        raise bad(f"logit_scale {scale!r} and logit_bias {bias!r} must be finite numbers, the scale positive")
+    try:
+        MethodOptions(**(meta.get("options") or {}))
+    except (TypeError, ValueError, ClipimoError) as err:
+        raise bad(f"its method options {meta.get('options')!r} are not valid ({err})") from None
 
 
 def load_classifier(path: str | os.PathLike) -> Classifier:
@@ -220,6 +272,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     missing = [k for k in _TENSORS if k not in tensors]
     if missing:
         raise ClipimoError(f"classifier file {path}: missing tensor(s) {', '.join(missing)}")
+    _check_parts(tensors, meta, path)
     correction = saved_map({k: tensors[k].numpy() for k in MAP_KEYS if k in tensors}, meta.get("correction"),
                            f"classifier file {path}")
     return Classifier(method=meta["method"], hparams=meta["hparams"], classnames=meta["classnames"],

@@ -28,9 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ...methods.classifier import list_images, load_classifier, predictions_text
     from ...utils import fileio
 
-    suffix = Path(args.out).suffix.lower() if args.out else ".csv"
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"--out {args.out}: expected a .csv or .json file name")
+    suffix = Path(args.out).suffix.lower() if args.out else ".csv"  # .csv or .json: checked by its OutPath type
     clf = load_classifier(args.classifier)
     paths = list_images(args.images)
     predictions = clf.predict(make_extractor(args), paths, top_k=args.top_k, skip_unreadable=args.skip_unreadable,
