@@ -27,3 +27,18 @@ def test_a_training_into_a_folder_another_live_training_holds_is_refused(tmp_pat
     result = train_supervised(tiny_config("supervised", data, out, epochs=1, batch_size=4))
     assert result.status == "finished" and (out / "adapter.safetensors").is_file()
     assert not (out / ".clipimo.lock").exists()  # released at the end
+
+
+def test_a_training_into_a_folder_of_other_files_is_refused_and_its_own_folder_resumed(tmp_path):
+    data = write_csv(tmp_path / "data", n=6, n_classes=2)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: settings\n")
+    with pytest.raises(ClipimoError, match=f"{out} is not a clipimo training folder .* already holds config.yaml"):
+        train_supervised(tiny_config("supervised", data, out, epochs=1, batch_size=4))
+    assert (out / "config.yaml").read_text() == "my: settings\n"
+    run = tmp_path / "run"
+    part = train_supervised(tiny_config("supervised", data, run, epochs=2, batch_size=4, max_steps=1))
+    assert part.status == "stopped"
+    again = train_supervised(tiny_config("supervised", data, run, epochs=2, batch_size=4))  # its own folder
+    assert again.status == "finished" and again.step == again.total_steps == 2 and part.step == 1

@@ -147,7 +147,7 @@ def method_grids() -> dict[str, str]:
             "beyond_configs": hashlib.sha256(tables.encode()).hexdigest()}
 
 
-RUN_FORMAT = "clipimo-run"  # run.json's marker: how a folder is known to be a run's (docs/files.md, "Run folder")
+RUN_FORMAT = "clipimo-run"  # run.json's marker: how a folder is known as a run's (docs/files.md, "Output paths")
 
 
 def is_run_folder(folder: Path) -> bool:

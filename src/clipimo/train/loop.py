@@ -30,13 +30,15 @@ from ..model.adapter import add_adapters, save_adapters
 from ..model.backbone import Backbone, load_clip
 from ..utils import fileio
 from ..utils.distributed import DistEnv, setup_distributed
-from ..utils.lock import folder_lock
+from ..utils.lock import LOCK_NAME, folder_lock
 from ..utils.log import logger, tqdm_disable, warn_random_init
+from ..utils.outputs import claim_folder
 from .checkpoints import (
     CHECKPOINT_DIR,
     METRICS,
     MetricsLog,
     flatten_optimizer,
+    latest_checkpoint,
     read_checkpoint,
     restore_optimizer,
     resume_source,
@@ -92,6 +94,26 @@ def _short_list(names: Sequence[str] | None, limit: int = 5) -> str:
     if names is None:
         return "none (unlabelled)"
     return "[" + ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") + "]"
+
+
+TRAIN_RECORD, TRAIN_FORMAT = "train.json", "clipimo-train"  # how a training folder is known
+
+
+def is_train_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training's record: its train.json, or (for folders of trainings made
+    before that record existed) a readable training checkpoint or a config.yaml naming a training
+    method and this very folder as its out."""
+    try:
+        return fileio.read_json(folder / TRAIN_RECORD, "training record").get("format") == TRAIN_FORMAT
+    except ClipimoError:
+        pass
+    try:
+        if latest_checkpoint(folder) is not None:
+            return True
+        recorded = fileio.read_yaml_mapping(folder / "config.yaml")
+    except ClipimoError:
+        return False
+    return recorded.get("method") in ("supervised", "dino") and str(recorded.get("out")) == str(folder.resolve())
 
 
 class Trainer:
@@ -171,8 +193,14 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train to the end (or max_steps), holding ``out``'s folder lock on rank 0 like ``clipimo run``:
-        two trainings into one folder would interleave checkpoints and lose one adapter."""
-        with folder_lock(self.out) if self.env.is_main else contextlib.nullcontext():
+        two trainings into one folder would interleave checkpoints and lose one adapter. A folder that
+        holds other files than a training's is refused (docs/files.md, "Output paths")."""
+        if not self.env.is_main:
+            return self._run()
+        with folder_lock(self.out):
+            claim_folder(self.out, is_train_folder, "a clipimo training folder (no train.json written by clipimo "
+                         "train)", ignore=(LOCK_NAME,))
+            fileio.write_json(self.out / TRAIN_RECORD, {"format": TRAIN_FORMAT, "method": self.method})
             return self._run()
 
     def _run(self) -> TrainResult:

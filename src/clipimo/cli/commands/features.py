@@ -87,6 +87,9 @@ def run_images(args: argparse.Namespace) -> int:
     if args.templates or args.classnames:
         raise ValueError("--templates and --classnames apply to a task (they shape its text weights)")
     source = Path(args.images)
+    if source.is_file() and source.suffix.lower() != ".csv":
+        raise ValueError(f"--images {source}: expected an ImageFolder tree (<class>/<images>) or a .csv list "
+                         "(path,label), not a single file")
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
     extractor = make_extractor(args, distributed=True)
     try:
