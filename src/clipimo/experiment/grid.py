@@ -201,7 +201,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
     cell the folder holds; returns the results. The folder is locked against a concurrent run.
     ``settings_yaml`` (the command's settings) is saved as ``out/config.yaml`` once the folder is
     known to hold this configuration, so a killed run can be continued from it."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if "imo" in cfg.corrections:
         require_adapter(cfg.methods, extractor)
     with folder_lock(out):

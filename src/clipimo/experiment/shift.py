@@ -36,7 +36,7 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
     if len(cfg.shots) != 1:
         raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
     require_adapter(cfg.methods, extractor)
-    out, dev = Path(out), resolve_device(device)
+    out, dev = Path(out).expanduser(), resolve_device(device)
     with folder_lock(out):
         return _run_locked(cfg, extractor, out, targets, dev, progress)
 

@@ -137,7 +137,7 @@ class FeatureExtractor:
         elif has_adapters(backbone.model):
             raise ClipimoError("the backbone already carries adapters: pass the adapter file instead, so it can be hashed")
         self._adapter_state = self._current_adapter_state()
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         if precision not in ("fp32", "bf16"):

@@ -125,7 +125,7 @@ def write_card(adapter: str | os.PathLike, out: str | os.PathLike, repo_id: str 
     ``out/README.md``; returns ``out``. An existing README.md or adapter file that an earlier card did
     not write is replaced only with ``force``."""
     read = read_adapter(adapter)
-    out = Path(out)
+    out = Path(out).expanduser()
     if not force and not is_card_folder(out):
         theirs = [name for name in (ADAPTER_FILE, CARD_FILE) if (out / name).exists()
                   and not (name == ADAPTER_FILE and same_path(out / name, read.path))]

@@ -132,7 +132,7 @@ class Trainer:
         self.env = env or setup_distributed(cfg.device)
         self.device = self.env.device
         self.amp = cfg.precision == "bf16"
-        self.out = Path(cfg.out)
+        self.out = Path(cfg.out).expanduser()
         self.items, self.classnames = load_training_items(cfg.data, self.need_labels)
         self.items_sha256 = items_digest(self.items)
         self.backbone = backbone or load_clip(cfg.model, cfg.pretrained, device=self.device)
