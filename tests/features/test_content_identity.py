@@ -72,3 +72,25 @@ def test_the_adapter_hash_is_of_the_bytes_loaded_even_if_the_file_is_replaced(tm
     assert set(state) == set(expected)
     for name, tensor in expected.items():
         np.testing.assert_array_equal(state[name].numpy(), tensor.numpy())
+
+
+def test_a_weights_file_replaced_between_hash_and_load_is_an_error(tmp_path, monkeypatch):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from clipimo.errors import ClipimoError
+
+    sd = load_clip(TINY).model.state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    data = path.read_bytes()
+    real_create = open_clip.create_model_and_transforms
+
+    def create_then_replace(*args, **kwargs):  # the load happens, then another process rewrites the file
+        made = real_create(*args, **kwargs)
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        return made
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create_then_replace)
+    with pytest.raises(ClipimoError, match=f"weights file {path} changed while it was being hashed and loaded"):
+        load_clip(TINY, pretrained=str(path))

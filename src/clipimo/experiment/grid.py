@@ -224,7 +224,8 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
     _check_out_dir(out, fingerprint)
-    fileio.write_json(out / "run.json", {"format": RUN_FORMAT, "fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
+    fileio.write_json(out / "run.json", {"format": RUN_FORMAT, "fingerprint": fingerprint,
+                                         "config": dataclasses.asdict(cfg)})
     if settings_yaml is not None:
         fileio.write_text(out / "config.yaml", settings_yaml)
     if extractor.backbone.random_init:

@@ -246,7 +246,8 @@ def load_clip(
     device = resolve_device(device)  # a clear error for --device cuda without CUDA
     name = resolve_model_name(name)
     require_packages(name)
-    stamp = fileio.file_stamp(pretrained) if pretrained not in _NONE_VALUES and Path(str(pretrained)).is_file() else None
+    local = pretrained not in _NONE_VALUES and Path(str(pretrained)).is_file()
+    stamp = fileio.file_stamp(pretrained) if local else None  # checked after the load (docs/files.md, "Feature cache")
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
     kwargs: dict[str, Any] = {}
     if tag_cfg:

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     oi.add_argument("--class-descriptions", type=path_arg, help="class-descriptions CSV (LabelName,DisplayName; header optional)")
     oi.add_argument("--labels", type=path_arg, help="image-level labels CSV (ImageID,Source,LabelName,Confidence)")
     oi.add_argument("--images", required=True, type=path_arg, help="folder of <ImageID>.jpg files (or <type>/<ImageID>.jpg with --list)")
-    oi.add_argument("--out", required=True, type=out_file("a path,label list", ".csv"), help="CSV to write (path,label)")
+    oi.add_argument("--out", required=True, type=out_file("a path,label list", ".csv"),
+                    help="CSV to write (path,label)")
     oi.add_argument("--classes", type=int, help="number of classes N")
     oi.add_argument("--per-class", type=int, help="images per class M")
     oi.add_argument("--seed", type=int, default=0, help="seed of the random choice of classes and images")

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", required=True, metavar="FILE", type=path_arg, help="classifier .safetensors from 'clipimo evaluate --save-classifier'")
     p.add_argument("--images", required=True, type=path_arg, help="an image, a folder of images (searched recursively) or a CSV with a 'path' column")
     p.add_argument("--top-k", type=int, default=5, help="labels per image")
-    p.add_argument("--out", default=None, type=out_file("a predictions file", ".csv", ".json"), help="predictions file: .csv or .json (default: CSV on stdout)")
+    p.add_argument("--out", default=None, type=out_file("a predictions file", ".csv", ".json"),
+                   help="predictions file: .csv or .json (default: CSV on stdout)")
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)
