@@ -104,3 +104,13 @@ def test_out_inside_a_data_split_is_refused(task, tmp_path, capsys):
     assert not (split / "results").exists()
     code = main(["features", "--images", str(split), "--out", str(split / "red" / "f.npz")])
     assert code == 2 and "is inside the data folder --images" in _error(capsys)
+
+
+def test_overlap_keeps_a_figure_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "figs"
+    put_image(out / "overlap.png")
+    before = (out / "overlap.png").read_bytes()
+    assert main(["overlap", "--features", str(tmp_path / "f.npz"), "--out", str(out)]) == 2
+    assert _error(capsys) == (f"clipimo overlap: error: {out} already holds overlap.png, not written by clipimo "
+                              "overlap: writing there would replace them; choose another --out folder")
+    assert (out / "overlap.png").read_bytes() == before

@@ -20,11 +20,23 @@ from ..utils.device import full_float32, resolve_device
 from ..utils.lock import folder_lock
 from ..utils.log import RANDOM_INIT_WARNING, tqdm_disable, warn_random_init
 from ..utils.markdown import md_table
+from ..utils.outputs import refuse_foreign_files
 from ..version import __version__
 from .cell import cell_features, feature_meta, open_source, plan_cell, require_adapter
 from .grid import RunConfig
 
 SOURCE = "ImageNet"
+SHIFT_FORMAT = "clipimo-shift"  # shift.json's marker: how its folder is known
+
+
+def is_shift_folder(folder: Path) -> bool:
+    """Whether ``folder``'s shift.json was written by ``clipimo shift`` (its format, or the per-seed rows
+    and config of records written before the format existed)."""
+    try:
+        record = fileio.read_json(folder / "shift.json", "shift record")
+    except ClipimoError:
+        return False
+    return record.get("format") == SHIFT_FORMAT or {"per_seed", "config", "rows"} <= set(record)
 
 
 def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
@@ -37,6 +49,7 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
         raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
     require_adapter(cfg.methods, extractor)
     out, dev = Path(out).expanduser(), resolve_device(device)
+    refuse_foreign_files(out, ["shift.json", "shift.md"], is_shift_folder, "clipimo shift")
     with folder_lock(out):
         return _run_locked(cfg, extractor, out, targets, dev, progress)
 
@@ -74,6 +87,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, targets:
             mean, std = mean_std(accs)
             rows.append({"target": target, "method": m, "test_acc": mean, "std": std, "n": len(accs)})
     result = {
+        "format": SHIFT_FORMAT,
         "source": SOURCE,
         "shots": cfg.shots[0],
         "seeds": cfg.seeds,

@@ -62,6 +62,17 @@ def refuse_inside(out: str | os.PathLike, flag: str, folders: Mapping[str, str |
                                "of the data; choose a folder outside it")
 
 
+def refuse_foreign_files(folder: str | os.PathLike, names: Iterable[str], is_ours: Callable[[Path], bool],
+                         what: str) -> None:
+    """Refuse to write the files ``names`` into ``folder`` when some exist there and ``is_ours(folder)``
+    does not recognise them by their own record (for commands that share a folder with other files)."""
+    folder = Path(folder)
+    present = [name for name in names if (folder / name).exists()]
+    if present and not is_ours(folder):
+        raise ClipimoError(f"{folder} already holds {', '.join(present)}, not written by {what}: writing there would "
+                           "replace them; choose another --out folder")
+
+
 def claim_folder(folder: str | os.PathLike, is_ours: Callable[[Path], bool], what: str,
                  ignore: Iterable[str] = ()) -> None:
     """Refuse an existing, non-empty ``folder`` unless ``is_ours(folder)`` recognises it by its own

@@ -57,13 +57,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ...errors import ClipimoError
     from ...overlap.measure import check_bins, encode_source, load_feature_source, measure_overlap, overlap_text
-    from ...report.overlap_file import write_overlap
+    from ...report.overlap_file import is_overlap_folder, write_overlap
     from ...report.style import FigureOptions
     from ...utils.log import logger, warn_random_init
+    from ...utils.outputs import refuse_foreign_files
 
     options = FigureOptions.parse(args.format, args.dpi)  # bad flags fail before any encoding
     xlim = parse_xlim(args.xlim)
     check_bins(args.bins)
+    refuse_foreign_files(args.out, ["overlap.json", *(f"overlap.{fmt}" for fmt in options.formats)],
+                         is_overlap_folder, "clipimo overlap")
     if args.dataset and len(args.dataset) != 1:
         raise ClipimoError(f"--dataset: overlap measures one dataset at a time, got {', '.join(args.dataset)}")
     if args.features:
