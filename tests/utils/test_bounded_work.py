@@ -52,3 +52,16 @@ def test_a_16_bit_png_is_decoded_without_float64_copies(tmp_path):
     assert rgb.shape == (3000, 1000, 3) and (rgb == expected[..., None]).all()
     assert list(rgb[0, :4, 0]) == [0, 0, 1, 255]
     assert peak < 5 * pixels.size  # a float64 copy alone is 8 bytes per pixel
+
+
+def test_augmented_passes_are_bounded(tmp_path, capsys):
+    from conftest import TINY, put_image
+
+    put_image(tmp_path / "imgs" / "cat" / "a.png")
+    assert main(["run", "--dataset", "EuroSAT", "--augment-passes", "1000000", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--augment-passes must be from 1 to 1000 (each keeps a view of "
+                                                    "every support image), got 1000000")
+    assert main(["features", "--images", str(tmp_path / "imgs"), "--passes", "1000000", "--model", TINY,
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "f.npz")]) == 2
+    assert capsys.readouterr().err.strip().endswith("passes must be from 0 to 1000 (each keeps a view of every image), "
+                                                    "got 1000000")

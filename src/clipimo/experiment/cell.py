@@ -16,6 +16,7 @@ import numpy as np
 from ..data import few_shot_support, open_dataset, save_support_index, validation_set
 from ..data.benchmarks import DatasetSplits
 from ..data.identity import dataset_identity, dataset_label
+from ..defaults import MAX_PASSES
 from ..errors import ClipimoError
 from ..features.corrections import LinearCorrection, map_arrays
 from ..features.corrections import fingerprint as correction_fingerprint
@@ -41,8 +42,9 @@ class CellSpec:
         if self.validation == "test" and not self.allow_test_tuning:
             raise ClipimoError("--validation test tunes hyper-parameters on the test split: add --allow-test-tuning "
                                "to confirm (the results then record tuned_on_test=true)")
-        if self.augment_passes < 1:
-            raise ClipimoError(f"cache keys need >= 1 augmentation pass, got {self.augment_passes}")
+        if not 1 <= self.augment_passes <= MAX_PASSES:
+            raise ClipimoError(f"--augment-passes must be from 1 to {MAX_PASSES} (each keeps a view of every support "
+                               f"image), got {self.augment_passes}")
 
 
 def cell_name(dataset: str, shots: int, seed: int) -> str:

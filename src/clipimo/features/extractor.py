@@ -27,7 +27,7 @@ from ..data.images import load_rgb
 from ..data.items import LabelledImage
 from ..data.templates import format_prompts
 from ..data.transforms import cache_augmentation, seeded_transform
-from ..defaults import DEFAULT_SHARD_SIZE
+from ..defaults import DEFAULT_SHARD_SIZE, MAX_PASSES
 from ..errors import ClipimoError
 from ..model.adapter import adapter_state, adapters_enabled, apply_adapter, has_adapters, read_adapter
 from ..model.backbone import Backbone
@@ -199,8 +199,8 @@ class FeatureExtractor:
         Unreadable images raise a ClipimoError that lists them, unless ``skip_unreadable`` is set:
         then they are left out and reported in ``ImageFeatures.skipped``.
         """
-        if passes < 0:
-            raise ValueError(f"passes must be >= 0, got {passes}")
+        if not 0 <= passes <= MAX_PASSES:
+            raise ClipimoError(f"passes must be from 0 to {MAX_PASSES} (each keeps a view of every image), got {passes}")
         if not items:
             raise ValueError("image_features needs at least one image")
         missing = [it[0] for it in items if not os.path.isfile(it[0])]
