@@ -39,17 +39,19 @@ def build_extractor(model: str = "ViT-B-16", pretrained: str | None = None, adap
     """A :class:`clipimo.FeatureExtractor` on ``model``/``pretrained`` (random init without weights:
     the RANDOM-INIT banner is logged) with the adapter file, if any. ``precision``: fp32 or bf16.
     ``env`` (a torchrun process, see :mod:`clipimo.utils.distributed`) sets the device and shares the shards."""
-    from .features.extractor import DEFAULT_SHARD_SIZE, FeatureExtractor
+    from .features.extractor import DEFAULT_SHARD_SIZE, FeatureExtractor, check_sizes
     from .model.backbone import load_clip
     from .utils.device import resolve_device
     from .utils.log import warn_random_init
 
+    shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
+    check_sizes(batch_size, shard_size, workers)  # before the backbone is loaded
     backbone = load_clip(model, pretrained, device=env.device if env is not None else resolve_device(device))
     if backbone.random_init and (env is None or env.is_main):
         warn_random_init()
     return FeatureExtractor(backbone, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size,
                             num_workers=workers, precision=precision, progress=progress,
-                            strict_backbone=strict_backbone, shard_size=shard_size or DEFAULT_SHARD_SIZE, env=env)
+                            strict_backbone=strict_backbone, shard_size=shard_size, env=env)
 
 
 def prompt_options(templates: Sequence[str] | PathLike | None,

@@ -7,6 +7,8 @@ DEFAULT_METHODS = ("zs", "tip", "tip-imo", "tipx", "tipx-imo")
 CORRECTIONS = ("imo", "isoclip", "textpca", "imagepca")
 IMAGEPCA_DEFAULT = "abtt-2"
 PRECISIONS = ("fp32", "bf16")
+# Augmented views kept per image: the views array is passes x images x dim floats, so the count is bounded.
+MAX_PASSES = 1000
 DEFAULT_SHARD_SIZE = 4096  # images per feature-cache shard, the unit torchrun ranks split (clipimo.features.extractor)
 
 

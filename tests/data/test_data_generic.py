@@ -169,7 +169,7 @@ def test_csv_accepts_utf8_bom_and_names_the_line_of_a_decoding_error(tmp_path):
     items, classnames = read_csv_list(tmp_path / "bom.csv")
     assert classnames == ["cat"] and items[0].path == str(tmp_path / "a.png")
     (tmp_path / "latin.csv").write_bytes("path,label\na.png,cat\na.png,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ClipimoError, match=r"latin\.csv:3: not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(ClipimoError, match=r"latin\.csv, line 3: not UTF-8 text \(byte 0xe9\)"):
         read_csv_list(tmp_path / "latin.csv")
 
 

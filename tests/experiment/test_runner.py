@@ -158,8 +158,8 @@ def test_two_tasks_with_one_folder_name_get_their_own_cells(task, tmp_path):
     assert len(both["cells"]) == 2 and len({c["dataset"] for c in both["cells"]}) == 2
     assert all(c["dataset"].startswith("task-") for c in both["cells"])  # the hash tells the two apart
     for path in (a, b):  # each cell equals that task evaluated alone, labelled by its folder name alone
-        assert main(_small(task, tmp_path / path.parent.name, path)) == 0
-        alone = json.loads((tmp_path / path.parent.name / "results.json").read_text())["cells"][0]
+        assert main(_small(task, tmp_path / f"alone_{path.parent.name}", path)) == 0  # not beside the task
+        alone = json.loads((tmp_path / f"alone_{path.parent.name}" / "results.json").read_text())["cells"][0]
         assert alone["dataset"] == "task"
         match = [c for c in both["cells"] if c["source"] == alone["source"]]
         assert match and match[0]["methods"] == alone["methods"]
@@ -195,8 +195,9 @@ def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path,
     # another shot count into the same folder adds to the results; 8 shots > 4 train images per class
     assert main(_small(task, out, data, "--shots", "8")) == 0
     err = capsys.readouterr().err
-    assert "WARNING: task_k8_s1" in err and "_k8_s1: 3 class(es) have fewer than 8 train images, so fewer shots: " \
-                                     "blue (4), green (4), red (4)" in err
+    assert "WARNING: task_k8_s1" in err and ("_k8_s1: 3 class(es) have fewer than 8 support images encoded (too few "
+                                             "train images, or unreadable ones left out), so fewer shots: "
+                                             "blue (4), green (4), red (4)") in err
     results = json.loads((out / "results.json").read_text())
     assert [(c["shots"], c["actual_shots"]["min"]) for c in results["cells"]] == [(1, 1), (8, 4)]
     assert results["meta"]["shots"] == [1, 8]
@@ -247,7 +248,7 @@ def test_environment_errors_are_one_message_with_nothing_written(task, tmp_path,
     bad_yaml = tmp_path / "run.yaml"
     bad_yaml.write_bytes(b"datasets: [caf\xe9]\n")
     assert main(["run", "--config", str(bad_yaml), "--out", str(tmp_path / "y")]) == 2
-    assert f"config file {bad_yaml} is not valid YAML" in capsys.readouterr().err
+    assert f"config file {bad_yaml}, line 1: not UTF-8 text (byte 0xe9)" in capsys.readouterr().err
     if not torch.cuda.is_available():
         out = tmp_path / "cuda"
         assert main(_small(task, out, task / "task", "--device", "cuda")) == 2

@@ -10,6 +10,7 @@ from clipimo import FeatureExtractor, add_adapters, load_clip, save_adapters
 from clipimo.cli.app import main
 from clipimo.errors import ClipimoError
 from clipimo.utils import fileio as _io
+from clipimo.utils import log
 
 
 @pytest.fixture()

@@ -343,7 +343,7 @@ def test_auto_bins_follow_the_pair_count():
     (["--dpi", "20"], "--dpi must be between 50 and 1200"),
     (["--xlim", "0.5"], "--xlim must be LOW,HIGH"),
     (["--xlim", "0.5,1.5"], "-1 <= LOW < HIGH <= 1"),
-    (["--bins", "many"], "--bins must be a positive integer or 'auto'"),
+    (["--bins", "many"], "--bins must be an integer from 1 to 10000 or 'auto'"),
 ])
 def test_cli_overlap_figure_flag_errors(tmp_path, flags, message):
     npz = section8_file(tmp_path / "s8.npz")

@@ -17,6 +17,7 @@ from ..utils.threads import apply_thread_policy
 from ..version import __version__
 from . import config as cliconfig
 from .output import results_stream
+from .paths import check_paths
 
 # Each module defines ``register(subparsers)`` which adds one (or a group of) subcommand(s)
 # and sets ``func`` (called with the parsed args, returns an exit code).
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         log.configure(args.verbose - args.quiet)  # the config file may set them
         if args.print_config:
             return cliconfig.print_config(args)
+        check_paths(args)
         if getattr(args, "json", None) == "-":  # stdout carries the JSON alone
             with contextlib.redirect_stdout(sys.stderr):
                 return int(args.func(args) or 0)

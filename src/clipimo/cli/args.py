@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from ..defaults import DEFAULT_DPI, FIGURE_FORMATS, PRECISIONS
-from .config import add_list_argument, path_arg, source_arg
+from .config import add_list_argument, out_file, source_arg
 
 
 def add_figure_args(p: Any) -> None:
@@ -28,7 +28,7 @@ def add_precision_arg(p: Any, note: str) -> None:
 
 def add_json_arg(p: Any, what: str) -> None:
     """``--json OUT`` of every command that writes JSON; ``-`` is stdout (see clipimo.cli.output.write_json_output)."""
-    p.add_argument("--json", metavar="OUT", default=None, type=path_arg,
+    p.add_argument("--json", metavar="OUT", default=None, type=out_file("JSON", ".json"),
                    help=f"write {what} as JSON to OUT ('-': stdout, which then carries nothing else)")
 
 

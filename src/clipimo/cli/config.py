@@ -19,8 +19,9 @@ import argparse
 import difflib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import ClipimoError
 
@@ -30,20 +31,48 @@ _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
 def path_arg(value: str) -> str:
-    """A file or folder (stored absolute in a printed or saved config)."""
-    return value
+    """A file or folder (stored absolute in a printed or saved config). ``~`` is expanded here, for
+    flags and YAML values alike, so the path written is the path recorded."""
+    return os.path.expanduser(value)
 
 
 def source_arg(value: str) -> str:
     """A name or a path (a model name or .json, a weights tag or file, a benchmark or task folder):
-    stored absolute when it names an existing path."""
-    return value
+    stored absolute when it names an existing path; ``~`` expanded like :func:`path_arg`."""
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
+class OutPath:
+    """An output path (stored absolute like :func:`path_arg`). ``suffixes``: what a file of ``what``
+    must end in (none: a folder). :func:`clipimo.cli.paths.check_paths` checks every output of a
+    command against its inputs before it runs."""
+
+    def __init__(self, what: str, *suffixes: str) -> None:
+        self.what, self.suffixes = what, suffixes
+        self.__name__ = "output path"  # argparse names the type in its messages
+
+    def __call__(self, value: str) -> str:
+        return path_arg(value)
+
+
+def out_file(what: str, *suffixes: str) -> OutPath:
+    """An output file holding ``what``, whose name must end in one of ``suffixes``."""
+    return OutPath(what, *suffixes)
+
+
+def out_folder(what: str) -> OutPath:
+    """An output folder holding ``what``."""
+    return OutPath(what)
+
+
+def is_path_kind(kind: Any) -> bool:
+    return kind in (path_arg, source_arg) or isinstance(kind, OutPath)
 
 
 def absolute(action: argparse.Action, value: Any) -> Any:
     """``value`` with the paths that ``action`` holds made absolute (``-``, stdout, kept)."""
     kind = getattr(action, "item", None) or action.type
-    if value is None or kind not in (path_arg, source_arg):
+    if value is None or not is_path_kind(kind):
         return value
     if isinstance(value, list):
         return [absolute(action, v) for v in value]
@@ -51,7 +80,7 @@ def absolute(action: argparse.Action, value: Any) -> Any:
     if text == "-" or text.startswith("hf-hub:"):
         return text
     path = Path(text).expanduser()
-    return os.path.abspath(path) if kind is path_arg or path.exists() else text
+    return os.path.abspath(path) if kind is not source_arg or path.exists() else text
 
 
 def as_bool(value: Any, name: str) -> bool:
@@ -69,8 +98,10 @@ def split_items(value: Any, item: Callable = str) -> list:
     values = value if isinstance(value, (list, tuple)) else [value]
     out = []
     for v in values:
-        parts = v.split(",") if isinstance(v, str) else [v]
-        out += [item(p.strip() if isinstance(p, str) else p) for p in parts if str(p).strip()]
+        if isinstance(v, (dict, list, tuple)):
+            raise ValueError(f"expected plain values, got {v!r}")
+        # a YAML scalar is read as its text, like the flag: 1.7 is no integer, whatever int() would make of it
+        out += [item(p.strip()) for p in str(v).split(",") if p.strip()]
     return out
 
 

@@ -49,8 +49,8 @@ def add_correction_args(parser: argparse.ArgumentParser) -> None:
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     """Prompts of custom task folders (benchmarks keep the protocol's)."""
     parser.add_argument("--templates", metavar="FILE", default=None, type=path_arg,
-                        help="custom tasks: prompt templates, one per line with {} for the class name "
-                             "(default 'a photo of a {}.')")
+                        help="custom tasks: prompt templates, one per line with one {} for the class name; other "
+                             "braces are literal text (default 'a photo of a {}.')")
     parser.add_argument("--classnames", metavar="FILE", default=None, type=path_arg,
                         help="custom tasks: one 'folder_name: readable name' per line; folders not listed keep their name")
 

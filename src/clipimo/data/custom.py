@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 from ..errors import ClipimoError
 from .benchmarks import SPLITS, DatasetSplits, load_dataset
-from .generic import read_csv_list, read_image_folder
+from .generic import read_csv_list, read_image_folder, refuse_numeric_aliases
 from .items import LabelledImage
 from .registry import get_spec
 from .templates import DEFAULT_TEMPLATES
@@ -34,6 +34,9 @@ def load_custom_dataset(root: str | os.PathLike, name: str | None = None,
     sources: dict[str, Path] = {}
     for split in SPLITS:
         folder, csv_path = root / split, root / f"{split}.csv"
+        if folder.is_dir() and csv_path.is_file():
+            raise ClipimoError(f"{root}: the {split} split is given twice, as the folder {folder} and as the CSV "
+                               f"{csv_path}; keep one of them")
         if folder.is_dir():
             parts[split], sources[split] = read_image_folder(folder), folder
         elif csv_path.is_file():
@@ -68,6 +71,7 @@ def _label_space(parts: dict[str, tuple[list[LabelledImage], list[str]]], source
         raise ClipimoError(f"labels mix integers and class names across splits ({kinds}); use one kind in every split")
     union = {cname for _, names in parts.values() for cname in names}
     if all(numeric.values()):
+        refuse_numeric_aliases(sorted(union), str(sources["train"].parent))  # "1" in train, "01" in test
         union = {str(int(c)) for c in union}
         gaps = sorted(set(range(max(map(int, union)) + 1)) - set(map(int, union)))
         if gaps:

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..utils import fileio
 from .benchmarks import DatasetSplits
 from .items import LabelledImage
 
@@ -20,14 +21,14 @@ def digest(obj: Any) -> str:
 
 
 def items_digest(items: Iterable[LabelledImage], with_stat: bool = False) -> str:
-    """SHA-256 of an item list: absolute path and label of each item; ``with_stat`` adds file size
-    and mtime, so an image replaced under the same name changes the digest too."""
+    """SHA-256 of an item list: absolute path and label of each item; ``with_stat`` adds each file's
+    stamp (size, mtime, ctime, inode: :func:`clipimo.utils.fileio.file_stamp`), so an image replaced
+    under the same name changes the digest too, even with its size and mtime restored."""
     h = hashlib.sha256()
     for path, label in items:
         line = f"{os.path.abspath(path)}\t{int(label)}"
         if with_stat:
-            st = os.stat(path) if os.path.isfile(path) else None
-            line += f"\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}"
+            line += f"\t{fileio.file_stamp(path)}"
         h.update(line.encode() + b"\n")
     return h.hexdigest()
 

@@ -15,29 +15,46 @@ from ..errors import ClipimoError
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
+_ROWS = 512  # rows converted at a time: the temporaries stay a few MB whatever the image size
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB PIL image: 16-bit integer pixels are divided by 257
-    (65535 -> 255), float pixels in [0, 1] multiplied by 255; other float ranges are refused."""
+    (65535 -> 255), float pixels in [0, 1] multiplied by 255; other float ranges are refused. Wide
+    pixels are rescaled in integer (or float32) blocks of rows straight into the 8-bit result, never
+    through a float64 copy of the whole image."""
     with Image.open(path) as im:
         im.load()
         if im.mode not in (*_SIXTEEN_BIT, "I", "F"):
             return im.convert("RGB")
-        pixels = np.asarray(im, dtype=np.float64)
+        pixels = np.asarray(im)
         mode, fmt = im.mode, im.format
+    lo, hi = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if mode == "F":
-        if not np.isfinite(pixels).all():
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ClipimoError(f"{path}: float image holds NaN or infinite pixels")
-        lo, hi = float(pixels.min()), float(pixels.max())
         if lo < 0 or hi > 1:
             raise ClipimoError(f"{path}: float image with pixel values in [{lo:.4g}, {hi:.4g}]; expected [0, 1] "
                                "(convert it to 8-bit or rescale it to [0, 1])")
-        scale = 255.0
-    elif mode in _SIXTEEN_BIT or fmt == "PNG" or pixels.max() > 255:
-        if pixels.min() < 0 or pixels.max() > 65535:
-            raise ClipimoError(f"{path}: integer image with pixel values in [{pixels.min():.0f}, {pixels.max():.0f}]; "
+
+        def to8(block: np.ndarray) -> np.ndarray:
+            wide = block.astype(np.float32)
+            wide *= np.float32(255.0)
+            return np.rint(wide, out=wide)
+    elif mode in _SIXTEEN_BIT or fmt == "PNG" or hi > 255:
+        if lo < 0 or hi > 65535:
+            raise ClipimoError(f"{path}: integer image with pixel values in [{lo:.0f}, {hi:.0f}]; "
                                "expected 8-bit (0..255) or 16-bit (0..65535) values")
-        scale = 255.0 / 65535.0
+
+        def to8(block: np.ndarray) -> np.ndarray:
+            wide = block.astype(np.uint32)
+            wide += 128
+            wide //= 257  # round(x * 255 / 65535): 257 is odd, so there are no ties
+            return wide
     else:
-        scale = 1.0
-    gray = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
+        def to8(block: np.ndarray) -> np.ndarray:
+            return block
+    gray = np.empty(pixels.shape, dtype=np.uint8)
+    for start in range(0, pixels.shape[0], _ROWS):
+        gray[start:start + _ROWS] = to8(pixels[start:start + _ROWS])
     return Image.fromarray(gray, "L").convert("RGB")

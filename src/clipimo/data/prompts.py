@@ -4,18 +4,18 @@ from __future__ import annotations
 import os
 
 from ..errors import ClipimoError
-from ..utils.fileio import require_file
+from ..utils.fileio import read_text_file
 
 
 def _lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
-    path = require_file(path, f"{what} file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, f"{what} file")
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)
             if line.strip() and not line.lstrip().startswith("#")]
 
 
 def read_templates(path: str | os.PathLike) -> list[str]:
-    """One prompt template per line, each with one ``{}`` for the class name; ``#`` lines are comments."""
+    """One prompt template per line, each with one ``{}`` for the class name (every other brace is
+    literal text, see :func:`clipimo.data.templates.fill_template`); ``#`` lines are comments."""
     lines = _lines(path, "templates")
     bad = [n for n, line in lines if line.count("{}") != 1]
     if bad:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..errors import ClipimoError
+
 # The 7-template ensemble used for ImageNet and its distribution-shift variants.
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "itap of a {}.",
@@ -36,7 +38,18 @@ SINGLE_TEMPLATES: dict[str, str] = {
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
+def fill_template(template: str, name: str) -> str:
+    """``template`` with ``name`` in place of its one ``{}``. Prompts are data, not format strings:
+    every other brace (``{x}``, ``{{``, ``}``) stays literal text, and a class name is never read as
+    a format field."""
+    parts = template.split("{}")
+    if len(parts) != 2:
+        raise ClipimoError(f"prompt template {template!r} needs exactly one '{{}}' where the class name goes, "
+                           f"found {len(parts) - 1}")
+    return parts[0] + name + parts[1]
+
+
 def format_prompts(templates: Sequence[str], classname: str) -> list[str]:
     """All prompts for one class: folder-style names ("sea_lion") become words ("sea lion")."""
     name = classname.replace("_", " ")
-    return [template.format(name) for template in templates]
+    return [fill_template(template, name) for template in templates]

@@ -19,6 +19,7 @@ import numpy as np
 from ..data import few_shot_support, open_dataset, save_support_index, validation_set
 from ..data.benchmarks import DatasetSplits
 from ..data.identity import dataset_identity, dataset_label
+from ..defaults import MAX_PASSES
 from ..errors import ClipimoError
 from ..features.corrections import LinearCorrection, map_arrays
 from ..features.corrections import fingerprint as correction_fingerprint
@@ -44,8 +45,9 @@ class CellSpec:
         if self.validation == "test" and not self.allow_test_tuning:
             raise ClipimoError("--validation test tunes hyper-parameters on the test split: add --allow-test-tuning "
                                "to confirm (the results then record tuned_on_test=true)")
-        if self.augment_passes < 1:
-            raise ClipimoError(f"cache keys need >= 1 augmentation pass, got {self.augment_passes}")
+        if not 1 <= self.augment_passes <= MAX_PASSES:
+            raise ClipimoError(f"--augment-passes must be from 1 to {MAX_PASSES} (each keeps a view of every support "
+                               f"image), got {self.augment_passes}")
 
 
 def cell_name(dataset: str, shots: int, seed: int) -> str:
@@ -132,12 +134,16 @@ def plan_cell(data: OpenedDataset, shots: int, seed: int, spec: CellSpec, run_fp
     return Cell(data, shots, seed, support, val_items, record, fp)
 
 
-def actual_shots(cell: Cell) -> dict[str, Any]:
-    """Support images per class; classes with fewer train images than k are listed by name."""
-    counts = np.bincount([it.label for it in cell.support], minlength=cell.dataset.splits.num_classes)
+def actual_shots(cell: Cell, encoded_labels: np.ndarray) -> dict[str, Any]:
+    """Support images per class among those actually encoded (``encoded_labels``: the cache keys'
+    labels, so images left out by --skip-unreadable do not count); classes with fewer than k are
+    listed by name, and classes left with none also under ``empty_classes``."""
+    counts = np.bincount(np.asarray(encoded_labels, dtype=np.int64), minlength=cell.dataset.splits.num_classes)
     names = cell.dataset.splits.classnames
     short = {names[c]: int(n) for c, n in enumerate(counts) if n < cell.shots}
-    return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {})}
+    empty = [names[c] for c, n in enumerate(counts) if n == 0]
+    return {"min": int(counts.min()), "max": int(counts.max()), **({"short_classes": short} if short else {}),
+            **({"empty_classes": empty} if empty else {})}
 
 
 def cell_features(extractor: FeatureExtractor, cell: Cell, spec: CellSpec,

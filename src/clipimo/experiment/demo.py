@@ -92,7 +92,7 @@ def build_demo_data(out: str | Path, seed: int = 0) -> dict[str, Path]:
 
     Deterministic in ``seed``; an existing complete build is reused.
     """
-    out = Path(out)
+    out = Path(out).expanduser()
     done = out / "BUILD_COMPLETE"
     paths = {"task": out / "task", "pool": out / "pool.csv"}
     if done.is_file() and done.read_text().strip() == str(seed):
@@ -149,7 +149,7 @@ def run_demo(
     Returns the path of ``report/report.md``. Without weights the backbone is a small random-init
     ViT and every output carries the random-init banner (figures: a corner mark and a caption line).
     """
-    out = Path(out)
+    out = Path(out).expanduser()
     settings = settings or DemoSettings()
     pretrained = pretrained or os.environ.get("CLIPIMO_PRETRAINED") or None
     model = model or os.environ.get("CLIPIMO_MODEL") or ("ViT-B-16" if pretrained else DEMO_RANDOM_MODEL)

@@ -44,8 +44,9 @@ from ..report.aggregate import summarise
 from ..report.export import results_csv, write_clip_benchmark
 from ..report.tables import results_markdown
 from ..utils import fileio
-from ..utils.lock import folder_lock
+from ..utils.lock import LOCK_NAME, folder_lock
 from ..utils.log import Progress, duration, logger, tqdm_disable, warn_random_init
+from ..utils.outputs import claim_folder
 from ..version import __version__
 from .cell import (
     CACHE_AUGMENT_PASSES,
@@ -156,8 +157,26 @@ def method_grids() -> dict[str, str]:
             "beyond_configs": hashlib.sha256(tables.encode()).hexdigest()}
 
 
+RUN_FORMAT = "clipimo-run"  # run.json's marker: how a folder is known as a run's (docs/files.md, "Output paths")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run record written by ``clipimo run`` (its format marker, or the
+    fingerprint and config of records written before the marker existed)."""
+    try:
+        record = fileio.read_json(folder / "run.json", "run record")
+    except ClipimoError:
+        return False
+    return record.get("format") == RUN_FORMAT or (isinstance(record.get("fingerprint"), dict)
+                                                  and isinstance(record.get("config"), dict))
+
+
 def _check_out_dir(out: Path, fingerprint: dict[str, Any]) -> None:
-    """A results folder holds one configuration: mixing cells of two would corrupt the tables."""
+    """A results folder holds one run's files and one configuration: a folder of other files is
+    refused (the tables would replace a user's results.csv or config.yaml), and mixing cells of two
+    configurations would corrupt the tables."""
+    claim_folder(out, is_run_folder, "a clipimo run folder (no run.json written by clipimo run)",
+                 ignore=(LOCK_NAME,))
     path = out / "run.json"
     if path.is_file() and any((out / "cells").glob("*.json")):
         old = fileio.read_json(path, "run record").get("fingerprint") or {}
@@ -227,7 +246,7 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
     ``settings_yaml`` (the command's settings) is saved as ``out/config.yaml`` once the folder is
     known to hold this configuration, so a killed run can be continued from it. ``datasets``: the
     grid's datasets from :func:`open_sources`, when the caller opened them before loading the model."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if "imo" in cfg.corrections:
         require_adapter(cfg.methods, extractor.adapter_hash is not None)
     with folder_lock(out):
@@ -251,7 +270,8 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
     _check_out_dir(out, fingerprint)
-    fileio.write_json(out / "run.json", {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg)})
+    fileio.write_json(out / "run.json", {"format": RUN_FORMAT, "fingerprint": fingerprint,
+                                         "config": dataclasses.asdict(cfg)})
     if settings_yaml is not None:
         fileio.write_text(out / "config.yaml", settings_yaml)
     if extractor.backbone.random_init:
@@ -327,12 +347,16 @@ def _run_cell(cell: Cell, methods: list[str], done: dict | None, extractor: Feat
                 return done
             if cfg.corrections != ["imo"]:  # the per-correction tables cover every method: recompute them all
                 todo, done = list(methods), None
-    shots = actual_shots(cell)
+    feats, record = cell_features(extractor, cell, cfg.cell, out / "supports")
+    shots = actual_shots(cell, feats.cache_labels)
     if "short_classes" in shots:
         short = ", ".join(f"{c} ({n})" for c, n in list(shots["short_classes"].items())[:10])
         logger.warning(f"{cell.name}: {len(shots['short_classes'])} class(es) have fewer than {cell.shots} "
-             f"train images, so fewer shots: {short}")
-    feats, record = cell_features(extractor, cell, cfg.cell, out / "supports")
+                       f"support images encoded (too few train images, or unreadable ones left out), so fewer "
+                       f"shots: {short}")
+    if "empty_classes" in shots:
+        logger.warning(f"{cell.name}: class(es) {', '.join(shots['empty_classes'][:10])} have NO support image "
+                       "left: the few-shot methods see them only through the text classifier")
     primary = corrected_features(feats, maps[cfg.corrections[0]])
     if save_features:
         save_cell_features(out / "features" / f"{cell.name}.npz", primary, extractor, cell, record,

@@ -21,11 +21,23 @@ from ..utils.device import full_float32, resolve_device
 from ..utils.lock import folder_lock
 from ..utils.log import RANDOM_INIT_WARNING, Progress, tqdm_disable, warn_random_init
 from ..utils.markdown import md_table
+from ..utils.outputs import refuse_foreign_files
 from ..version import __version__
 from .cell import OpenedDataset, cell_features, feature_meta, open_source, plan_cell
 from .grid import RunConfig
 
 SOURCE = "ImageNet"
+SHIFT_FORMAT = "clipimo-shift"  # shift.json's marker: how its folder is known
+
+
+def is_shift_folder(folder: Path) -> bool:
+    """Whether ``folder``'s shift.json was written by ``clipimo shift`` (its format, or the per-seed rows
+    and config of records written before the format existed)."""
+    try:
+        record = fileio.read_json(folder / "shift.json", "shift record")
+    except ClipimoError:
+        return False
+    return record.get("format") == SHIFT_FORMAT or {"per_seed", "config", "rows"} <= set(record)
 
 
 def open_shift(cfg: RunConfig, targets: Sequence[str] = SHIFT_SETS) -> tuple[OpenedDataset, list[DatasetSplits]]:
@@ -50,7 +62,8 @@ def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targ
                            "adapts on each test stream instead: evaluate it on the targets' features directly")
     source, shifted = opened or open_shift(cfg, targets)
     require_adapter(cfg.methods, extractor.adapter_hash is not None)
-    out, dev = Path(out), resolve_device(device)
+    out, dev = Path(out).expanduser(), resolve_device(device)
+    refuse_foreign_files(out, ["shift.json", "shift.md"], is_shift_folder, "clipimo shift")
     with folder_lock(out):
         return _run_locked(cfg, extractor, out, source, shifted, dev, progress)
 
@@ -89,6 +102,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, source: 
             mean, std = mean_std(accs)
             rows.append({"target": target, "method": m, "test_acc": mean, "std": std, "n": len(accs)})
     result = {
+        "format": SHIFT_FORMAT,
         "source": SOURCE,
         "shots": cfg.shots[0],
         "seeds": cfg.seeds,

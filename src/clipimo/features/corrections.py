@@ -165,7 +165,7 @@ def read_name_list(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise ClipimoError(f"textpca needs the ImageNet class names: {path} does not exist (one name per line, "
                            "or ImageNet's classnames.txt with '<wnid> <name>' lines)")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in fileio.read_text_file(path, "textpca class names file").splitlines() if ln.strip()]
     names = [ln.split(" ", 1)[1] if re.fullmatch(r"n\d{8} .+", ln) else ln for ln in lines]
     if len(names) < 2:
         raise ClipimoError(f"{path}: textpca needs at least 2 class names, found {len(names)}")

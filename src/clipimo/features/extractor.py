@@ -2,7 +2,7 @@
 
 Work is split into shards of images; each shard's features are cached under a key built from
 everything that determines them (backbone weights identity, adapter file hash, transform,
-augmentation passes and seed, precision, the image list with file sizes and mtimes). Augmented
+augmentation passes and seed, precision, the image list with each file's size, mtime, ctime and inode). Augmented
 features keep their E per-pass views next to the averaged ones, so methods that fit on every view
 never re-encode. A repeated
 call encodes nothing; a killed run resumes at the first unfinished shard. Cache files are written
@@ -28,9 +28,9 @@ from ..data.images import load_rgb
 from ..data.items import LabelledImage
 from ..data.templates import format_prompts
 from ..data.transforms import cache_augmentation, seeded_transform
-from ..defaults import DEFAULT_SHARD_SIZE
+from ..defaults import DEFAULT_SHARD_SIZE, MAX_PASSES
 from ..errors import ClipimoError
-from ..model.adapter import adapter_state, adapters_enabled, has_adapters, load_adapters
+from ..model.adapter import adapter_state, adapters_enabled, apply_adapter, has_adapters, read_adapter
 from ..model.backbone import Backbone
 from ..model.hub import is_hub_ref, resolve_adapter
 from ..utils import fileio
@@ -98,6 +98,15 @@ class _Images(Dataset):
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
 
 
+def check_sizes(batch_size: int, shard_size: int, num_workers: int | None) -> None:
+    """The extractor's sizes as one ClipimoError each (``--shard-size -1`` would encode nothing)."""
+    sizes = (("batch_size (--batch-size)", batch_size, 1), ("shard_size (--shard-size)", shard_size, 1),
+             ("num_workers (--workers)", num_workers, 0))
+    for name, value, least in sizes:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ClipimoError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 class FeatureExtractor:
     """Encodes labelled images with a backbone (and optionally an adapter file) into both streams."""
 
@@ -117,6 +126,7 @@ class FeatureExtractor:
         """``precision``: "fp32" (the paper) or "bf16" (autocast); ``strict_backbone=False`` accepts an adapter
         file trained on another backbone identity (e.g. the same weights given as a tag and as a file);
         ``env``: under torchrun, the cache shards are split across ranks (see ``run_sharded``)."""
+        check_sizes(batch_size, shard_size, num_workers)
         self.backbone = backbone
         self.adapter_hash: str | None = None
         self.adapter_source = None if adapter is None else (str(adapter) if is_hub_ref(adapter)
@@ -124,12 +134,13 @@ class FeatureExtractor:
         adapter = None if adapter is None else resolve_adapter(adapter)
         self.adapter_path = None if adapter is None else Path(adapter).resolve()
         if adapter is not None:
-            load_adapters(backbone.model, adapter, strict_backbone=strict_backbone)
-            self.adapter_hash = fileio.sha256_file(Path(adapter))
+            loaded = read_adapter(adapter)  # one read: the hash keys the cache by the bytes loaded
+            apply_adapter(backbone.model, loaded, strict_backbone=strict_backbone)
+            self.adapter_hash = loaded.sha256
         elif has_adapters(backbone.model):
             raise ClipimoError("the backbone already carries adapters: pass the adapter file instead, so it can be hashed")
         self._adapter_state = self._current_adapter_state()
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         if precision not in ("fp32", "bf16"):
@@ -139,6 +150,7 @@ class FeatureExtractor:
         self.shard_size = shard_size
         self.env = env or DistEnv(device=backbone.device)
         self.encoded_images = 0
+        self._warned_text: set[str] = set()
 
     @property
     def source(self) -> dict[str, str | None]:
@@ -196,8 +208,8 @@ class FeatureExtractor:
         Unreadable images raise a ClipimoError that lists them, unless ``skip_unreadable`` is set:
         then they are left out and reported in ``ImageFeatures.skipped``.
         """
-        if passes < 0:
-            raise ValueError(f"passes must be >= 0, got {passes}")
+        if not 0 <= passes <= MAX_PASSES:
+            raise ClipimoError(f"passes must be from 0 to {MAX_PASSES} (each keeps a view of every image), got {passes}")
         if not items:
             raise ValueError("image_features needs at least one image")
         missing = [it[0] for it in items if not os.path.isfile(it[0])]
@@ -231,10 +243,7 @@ class FeatureExtractor:
         return feats
 
     def _shard(self, items, transform, passes, seed, skip_unreadable, desc) -> ImageFeatures:
-        listing = []
-        for path, label in items:
-            st = os.stat(path) if os.path.isfile(path) else None
-            listing.append(f"{os.path.abspath(path)}\t{int(label)}\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}")
+        listing = [f"{os.path.abspath(path)}\t{int(label)}\t{fileio.file_stamp(path)}" for path, label in items]
         key = self._key(
             "images",
             {
@@ -325,9 +334,20 @@ class FeatureExtractor:
         key = self._key("text", payload, adapter_dependent=False)
         path = self._cache_file(key)
         if path.is_file():
-            cached = fileio.read_safetensors(path, "clipimo", "text-feature cache file")[0]
-            if "text_norms" in cached:  # older cache files hold the weights only: encode again
-                return cached
+            text = fileio.read_safetensors(path, "clipimo", "text-feature cache file")[0]
+            if "text_norms" not in text:  # older cache files hold the weights only: encode again
+                text = None
+        else:
+            text = None
+        if text is None:
+            text = self._encode_text(classnames, templates, chunk)
+            fileio.write_safetensors(path, text, "clipimo", payload)
+        if key not in self._warned_text:
+            self._warned_text.add(key)
+            warn_identical_classes(classnames, templates, text["text_weights"])
+        return text
+
+    def _encode_text(self, classnames: Sequence[str], templates: Sequence[str], chunk: int) -> dict[str, torch.Tensor]:
         model, device, tok = self.backbone.model, self.backbone.device, self.backbone.tokenizer
         rows, norms = [], []
         with torch.inference_mode(), self._autocast():
@@ -337,9 +357,27 @@ class FeatureExtractor:
                 raw = model.encode_text(tokens).float().view(len(names), len(templates), -1)
                 norms.append(raw.mean(dim=1).norm(dim=-1).cpu())
                 rows.append(F.normalize(F.normalize(raw, dim=-1).mean(dim=1), dim=-1).cpu())
-        text = {"text_weights": torch.cat(rows).T.contiguous(), "text_norms": torch.cat(norms)}
-        fileio.write_safetensors(path, text, "clipimo", payload)
-        return text
+        return {"text_weights": torch.cat(rows).T.contiguous(), "text_norms": torch.cat(norms)}
+
+
+def warn_identical_classes(classnames: Sequence[str], templates: Sequence[str], weights: torch.Tensor) -> None:
+    """Warn when two classes get the same prompts or the same text weights: zero-shot and every method
+    using the text classifier cannot tell them apart."""
+    seen: dict[Any, str] = {}
+    pairs = []
+    for c, name in enumerate(classnames):
+        key = (tuple(format_prompts(templates, name)),)
+        column = weights[:, c].numpy().tobytes()
+        for k in (key, column):
+            if k in seen:
+                pairs.append(f"{seen[k]!r} and {name!r}")
+                break
+        seen.setdefault(key, name)
+        seen.setdefault(column, name)
+    if pairs:
+        logger.warning("%d pair(s) of classes have identical text weights (the same prompts), so the text "
+                       "classifier cannot tell them apart: %s%s", len(pairs), ", ".join(pairs[:5]),
+                       " ..." if len(pairs) > 5 else "")
 
 
 def _write_shard(path: Path, feats: ImageFeatures) -> None:

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from ..model.hub import is_hub_ref
 from ..utils import fileio
 from ..utils.device import resolve_device
 from .common import MethodOptions, Problem, Split
-from .predict import logits_at
+from .names import METHOD_NAMES
+from .predict import HPARAMS, logits_at
 from .registry import parse_methods
 
 if TYPE_CHECKING:
@@ -251,6 +253,9 @@ class Classifier:
         self.check_extractor(extractor)
         feats = extractor.image_features([LabelledImage(p, 0) for p in paths], skip_unreadable=skip_unreadable,
                                          desc="predict")
+        if feats.original.shape[1] != self.text_weights.shape[0]:
+            raise ClipimoError(f"the model gives {feats.original.shape[1]}-dimensional image features, the classifier "
+                               f"holds {self.text_weights.shape[0]}-dimensional ones: not the model it was made with")
         probs = torch.softmax(self.logits(feats.original, feats.corrected_or_original, resolve_device(device)),
                               dim=1).cpu()
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
@@ -272,6 +277,53 @@ def _check_weights(pretrained: str, identity: Mapping[str, Any], made: str) -> N
         raise ClipimoError(f"{made}; --pretrained {pretrained} is another file (sha256 differs)")
 
 
+def _check_parts(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike) -> None:
+    """A classifier file whose parts disagree (a tampered or damaged file) is one ClipimoError naming
+    the first disagreement, never a traceback or silently wrong predictions."""
+    def bad(what: str) -> ClipimoError:
+        return ClipimoError(f"classifier file {path}: {what}")
+
+    method = meta.get("method")
+    if not isinstance(method, str) or method not in METHOD_NAMES:
+        raise bad(f"unknown method {method!r}")
+    text = tensors["text_weights"]
+    if text.ndim != 2 or not text.is_floating_point():
+        raise bad(f"text_weights must be a float [D, C] matrix, got {tuple(text.shape)} {text.dtype}")
+    dim, classes = text.shape
+    names = meta.get("classnames")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != classes:
+        raise bad(f"its class names ({len(names) if isinstance(names, list) else names!r}) do not match the "
+                  f"{classes} columns of its text weights")
+    for key in ("cache_keys", "cache_keys_corrected", *(k for k in _VIEWS if k in tensors)):
+        t = tensors[key]
+        if t.ndim not in (2, 3) or t.shape[-1] != dim or not t.is_floating_point():
+            raise bad(f"{key} {tuple(t.shape)} does not hold {dim}-dimensional features like its text weights")
+    rows = tensors["cache_keys"].shape[0]
+    labels = tensors["cache_labels"]
+    if labels.shape != (rows,) or labels.is_floating_point() or labels.is_complex():
+        raise bad(f"cache_labels {tuple(labels.shape)} {labels.dtype} must be {rows} integer labels, one per cache key")
+    if rows and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise bad(f"cache_labels run from {int(labels.min())} to {int(labels.max())}, outside the {classes} classes")
+    if any(tensors[k].shape[-2] != rows for k in ("cache_keys_corrected", *_VIEWS) if k in tensors):
+        raise bad("its cache tensors hold different numbers of support images")
+    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if nonfinite:
+        raise bad(f"tensor(s) {', '.join(nonfinite)} hold NaN or infinite values")
+    hparams = meta.get("hparams")
+    need = HPARAMS[method.removesuffix("-imo")]
+    if not isinstance(hparams, dict) or not all(isinstance(hparams.get(k), (int, float)) for k in need) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in hparams.values()):
+        raise bad(f"hparams {hparams!r} are not the finite numbers {method} needs ({', '.join(need) or 'none'})")
+    scale, bias = meta.get("logit_scale"), meta.get("logit_bias")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (scale, bias)) \
+            or scale <= 0:
+        raise bad(f"logit_scale {scale!r} and logit_bias {bias!r} must be finite numbers, the scale positive")
+    try:
+        MethodOptions(**(meta.get("options") or {}))
+    except (TypeError, ValueError, ClipimoError) as err:
+        raise bad(f"its method options {meta.get('options')!r} are not valid ({err})") from None
+
+
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """Read a classifier file written by :meth:`Classifier.save` (``clipimo evaluate --save-classifier``)."""
     tensors, meta = fileio.read_safetensors(path, META_KEY, "classifier file")
@@ -286,6 +338,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     missing = [k for k in _TENSORS if k not in tensors]
     if missing:
         raise ClipimoError(f"classifier file {path}: missing tensor(s) {', '.join(missing)}")
+    _check_parts(tensors, meta, path)
     correction = saved_map({k: tensors[k].numpy() for k in MAP_KEYS if k in tensors}, meta.get("correction"),
                            f"classifier file {path}")
     return Classifier(method=meta["method"], hparams=meta["hparams"], classnames=meta["classnames"],
@@ -319,14 +372,13 @@ def _trained_head(feats: FeatureSet, method: str, options: MethodOptions, settin
 
 def list_images(source: str | os.PathLike) -> list[str]:
     """Image paths from an image file, a folder (searched recursively, sorted) or a CSV with a 'path' column."""
-    from ..data.generic import is_image_file
+    from ..data.generic import image_files, is_image_file
 
     source = Path(source)
     if source.is_dir():
-        paths = sorted(str(Path(folder) / name) for folder, _, files in os.walk(source)
-                       for name in files if is_image_file(name))
+        paths = image_files(source)[0]
     elif source.suffix.lower() == ".csv" and source.is_file():
-        with open(source, newline="", encoding="utf-8") as fh:
+        with io.StringIO(fileio.read_text_file(source, "image list"), newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise ClipimoError(f"{source}: expected a CSV with a 'path' column, got columns {reader.fieldnames}")

@@ -25,6 +25,11 @@ class FixedPoint:
         return percent(count_hits(self.logits(split), split.labels, classes), split.labels.shape[0])
 
 
+# The hyper-parameters each base method reads (tipx's gamma defaults to 0): a classifier file must hold them.
+HPARAMS = {"zs": (), "tip": ("alpha", "beta"), "tip-f": ("alpha", "beta"), "tipx": ("alpha", "beta"),
+           "gda": ("alpha",), "proker": ("beta", "lmbda"), "ape": ("alpha", "beta", "gamma")}
+
+
 def fixed_point(problem: Problem, method: str, hparams: dict[str, float], chunk_rows: int | None = None,
                 options: MethodOptions = MethodOptions(), head: dict[str, torch.Tensor] | None = None) -> FixedPoint:
     """``method`` (e.g. "tipx-imo") at ``hparams`` with the cache of ``problem``.

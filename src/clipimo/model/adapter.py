@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -223,10 +224,39 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra: dict[str, An
     fileio.write_safetensors(path, adapter_state(model), "clipimo", meta)
 
 
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter file read once: its tensors, metadata, and the SHA-256 of the very bytes they came
+    from (hashing the file again could hash a file replaced in between)."""
+
+    path: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """An adapter file (local or ``hf-hub:ORG/REPO[/FILE]``) read once, with clear errors for anything
+    that is not one."""
+    file = fileio.require_file(resolve_adapter(path), "adapter file")
+    data = file.read_bytes()
+    tensors, meta = _checked(*fileio.parse_safetensors(data, file, "clipimo", "adapter file"), file)
+    return AdapterFile(str(file), tensors, meta, data)
+
+
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of an adapter file (local or ``hf-hub:ORG/REPO[/FILE]``), with clear errors
-    for anything that is not one."""
-    tensors, meta = fileio.read_safetensors(resolve_adapter(path), "clipimo", "adapter file")
+    """Tensors and metadata of an adapter file (see :func:`read_adapter`)."""
+    adapter = read_adapter(path)
+    return adapter.tensors, adapter.meta
+
+
+def _checked(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+             path: os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of an adapter file, refused unless they are a usable adapter."""
     if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_FORMAT_VERSION:
         raise ClipimoError(
             f"{path}: unsupported adapter format {meta.get('format')!r} v{meta.get('version')}, "
@@ -250,7 +280,12 @@ def load_adapters(model: nn.Module, path: str | os.PathLike, strict_backbone: bo
     A file made for another width or depth is refused; one made for another backbone identity
     (different model name or weights) is refused unless ``strict_backbone=False``.
     """
-    tensors, meta = read_adapter_file(path)
+    return apply_adapter(model, read_adapter(path), strict_backbone)
+
+
+def apply_adapter(model: nn.Module, adapter: AdapterFile, strict_backbone: bool = True) -> dict[str, Any]:
+    """:func:`load_adapters` of a file already read."""
+    tensors, meta, path = adapter.tensors, adapter.meta, adapter.path
     cfg = meta["config"]
     tower = image_tower(model)
     width, layers = tower.width(), len(tower.blocks)

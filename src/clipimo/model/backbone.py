@@ -275,6 +275,8 @@ def load_clip(
     given = str(name)
     name = resolve_model_name(name)
     require_packages(name)
+    local = pretrained not in _NONE_VALUES and Path(str(pretrained)).is_file()
+    stamp = fileio.file_stamp(pretrained) if local else None  # checked after the load (docs/files.md, "Feature cache")
     checkpoint, tag_cfg, identity = resolve_weights(name, pretrained, cache_dir)
     kwargs: dict[str, Any] = {}
     if tag_cfg:
@@ -316,6 +318,9 @@ def load_clip(
                 "OpenAI CLIP checkpoint (TorchScript .pt, state-dict .pt/.pth/.bin, or .safetensors) "
                 "matching this architecture"
             ) from err
+    if stamp is not None and fileio.file_stamp(pretrained) != stamp:  # hashed one file, loaded another
+        raise ClipimoError(f"weights file {pretrained} changed while it was being hashed and loaded; run again "
+                           "once it no longer changes")
     model.eval()
     model.clipimo_identity = identity
     pp = model.visual.preprocess_cfg

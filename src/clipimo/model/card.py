@@ -11,12 +11,14 @@ from typing import Any
 
 from ..errors import ClipimoError
 from ..utils import fileio
+from ..utils.outputs import same_path
 from ..version import __version__
 from . import hub
-from .adapter import read_adapter_file
-from .hub import ADAPTER_FILE, resolve_adapter
+from .adapter import read_adapter
+from .hub import ADAPTER_FILE
 
 CARD_FILE = "README.md"
+CARD_MARKER = "<!-- written by clipimo adapter card -->"  # how a card folder is known as ours
 
 
 def _rows(record: dict[str, Any]) -> list[str]:
@@ -38,6 +40,7 @@ def card_text(meta: dict[str, Any], repo_id: str | None = None) -> str:
         "library_name: clipimo",
         "tags: [clip, open_clip, few-shot, imo-adapter]",
         "---",
+        CARD_MARKER,
         "",
         f"# IMO adapter for {model} ({weights})",
         "",
@@ -110,12 +113,27 @@ def card_text(meta: dict[str, Any], repo_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_card(adapter: str | os.PathLike, out: str | os.PathLike, repo_id: str | None = None) -> Path:
-    """Write ``out/adapter.safetensors`` (a byte copy, validated first) and ``out/README.md``; returns ``out``."""
-    _, meta = read_adapter_file(adapter)
-    out = Path(out)
-    fileio.write_bytes(out / ADAPTER_FILE, resolve_adapter(adapter).read_bytes())
-    fileio.write_text(out / CARD_FILE, card_text(meta, repo_id))
+def is_card_folder(folder: Path) -> bool:
+    """Whether ``folder``'s README.md is a card this command wrote (it carries :data:`CARD_MARKER`)."""
+    readme = folder / CARD_FILE
+    return readme.is_file() and CARD_MARKER in readme.read_text(encoding="utf-8", errors="replace")
+
+
+def write_card(adapter: str | os.PathLike, out: str | os.PathLike, repo_id: str | None = None,
+               force: bool = False) -> Path:
+    """Write ``out/adapter.safetensors`` (a byte copy of the file read and validated once) and
+    ``out/README.md``; returns ``out``. An existing README.md or adapter file that an earlier card did
+    not write is replaced only with ``force``."""
+    read = read_adapter(adapter)
+    out = Path(out).expanduser()
+    if not force and not is_card_folder(out):
+        theirs = [name for name in (ADAPTER_FILE, CARD_FILE) if (out / name).exists()
+                  and not (name == ADAPTER_FILE and same_path(out / name, read.path))]
+        if theirs:
+            raise ClipimoError(f"{out} already holds {' and '.join(theirs)}, not written by 'clipimo adapter card'; "
+                               "pass --force to replace them, or choose another --out folder")
+    fileio.write_bytes(out / ADAPTER_FILE, read.data)
+    fileio.write_text(out / CARD_FILE, card_text(read.meta, repo_id))
     return out
 
 

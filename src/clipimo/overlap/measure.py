@@ -141,17 +141,27 @@ def sample_size(n: int, sample_pairs: int | None = None, exact: bool = False,
     return None
 
 
-def parse_bins(value: str | int) -> int | str:
-    """``--bins``: a positive integer, or 'auto' (:func:`clipimo.overlap.stats.auto_bins`)."""
+MAX_BINS = 10_000  # bins 2e-4 wide: finer than any density estimate needs, and a bounded record
+
+
+def check_bins(value: str | int) -> int | None:
+    """``--bins``: an integer in 1..MAX_BINS, or 'auto' (None); checked before anything is encoded."""
     if str(value).strip().lower() == "auto":
-        return "auto"
+        return None
     try:
         bins = int(value)
     except ValueError:
         bins = 0
-    if bins < 1:
-        raise ClipimoError(f"--bins must be a positive integer or 'auto', got {value!r}")
+    if not 1 <= bins <= MAX_BINS:
+        raise ClipimoError(f"--bins must be an integer from 1 to {MAX_BINS} or 'auto', got {value!r}")
     return bins
+
+
+def parse_bins(value: str | int) -> int | str:
+    """``--bins`` as :func:`clipimo.overlap.stats.compare_streams` takes it: :func:`check_bins`'s
+    integer, or 'auto' (the bins are then chosen from the data's range and pair counts)."""
+    bins = check_bins(value)
+    return "auto" if bins is None else bins
 
 
 def measure_overlap(src: dict[str, Any], bins: str | int = "auto", sample_pairs: int | None = None,

@@ -43,6 +43,14 @@ def write_overlap(record: dict[str, Any], out: Path, title: str | None = None,
     return overlap_figure(record, out / "overlap", title=title, options=options, xlim=xlim)
 
 
+def is_overlap_folder(folder: Path) -> bool:
+    """Whether ``folder``'s overlap.json is a record written by ``clipimo overlap`` (its format)."""
+    try:
+        return fileio.read_json(folder / "overlap.json", "overlap").get("format") == OVERLAP_FORMAT
+    except ClipimoError:
+        return False
+
+
 def load_overlap(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check an ``overlap.json`` written by ``clipimo overlap``."""
     record = fileio.read_json(path, "overlap")

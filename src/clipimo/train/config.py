@@ -68,7 +68,7 @@ class TrainConfig:
 
     @property
     def export_path(self) -> Path:
-        return Path(self.export) if self.export else Path(self.out) / "adapter.safetensors"
+        return Path(self.export).expanduser() if self.export else Path(self.out).expanduser() / "adapter.safetensors"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

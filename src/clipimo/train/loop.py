@@ -31,12 +31,15 @@ from ..model.adapter import add_adapters, save_adapters
 from ..model.backbone import Backbone, load_clip
 from ..utils import fileio
 from ..utils.distributed import DistEnv, setup_distributed
+from ..utils.lock import LOCK_NAME, folder_lock
 from ..utils.log import Progress, around_bar, logger, tqdm_disable, warn_random_init
+from ..utils.outputs import claim_folder
 from .checkpoints import (
     CHECKPOINT_DIR,
     METRICS,
     MetricsLog,
     flatten_optimizer,
+    latest_checkpoint,
     read_checkpoint,
     restore_optimizer,
     resume_source,
@@ -132,6 +135,26 @@ def _short_list(names: Sequence[str] | None, limit: int = 5) -> str:
     return "[" + ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") + "]"
 
 
+TRAIN_RECORD, TRAIN_FORMAT = "train.json", "clipimo-train"  # how a training folder is known
+
+
+def is_train_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training's record: its train.json, or (for folders of trainings made
+    before that record existed) a readable training checkpoint or a config.yaml naming a training
+    method and this very folder as its out."""
+    try:
+        return fileio.read_json(folder / TRAIN_RECORD, "training record").get("format") == TRAIN_FORMAT
+    except ClipimoError:
+        pass
+    try:
+        if latest_checkpoint(folder) is not None:
+            return True
+        recorded = fileio.read_yaml_mapping(folder / "config.yaml")
+    except ClipimoError:
+        return False
+    return recorded.get("method") in ("supervised", "dino") and str(recorded.get("out")) == str(folder.resolve())
+
+
 class Trainer:
     """Build the backbone with adapters, the method's trainable module and optimiser; run the loop.
 
@@ -148,7 +171,7 @@ class Trainer:
         self.env = env or setup_distributed(cfg.device)
         self.device = self.env.device
         self.amp = cfg.precision == "bf16"
-        self.out = Path(cfg.out)
+        self.out = Path(cfg.out).expanduser()
         self.items, self.classnames = load_training_items(cfg.data, self.need_labels)
         self.items_sha256 = items_digest(self.items)
         self.backbone = backbone or load_clip(cfg.model, cfg.pretrained, device=self.device)
@@ -208,6 +231,18 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to the end (or max_steps), holding ``out``'s folder lock on rank 0 like ``clipimo run``:
+        two trainings into one folder would interleave checkpoints and lose one adapter. A folder that
+        holds other files than a training's is refused (docs/files.md, "Output paths")."""
+        if not self.env.is_main:
+            return self._run()
+        with folder_lock(self.out):
+            claim_folder(self.out, is_train_folder, "a clipimo training folder (no train.json written by clipimo "
+                         "train)", ignore=(LOCK_NAME,))
+            fileio.write_json(self.out / TRAIN_RECORD, {"format": TRAIN_FORMAT, "method": self.method})
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         source = resume_source(cfg.resume, self.out)
         if source is not None:

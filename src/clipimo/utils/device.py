@@ -17,8 +17,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ClipimoError(f"bad --device {device!r}: expected auto, cpu or cuda[:index] ({err})") from err
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ClipimoError(f"--device {device}: clipimo computes on cpu, cuda[:index] or mps, not on {dev.type}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ClipimoError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ClipimoError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                           f"numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ClipimoError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
     return dev
 
 

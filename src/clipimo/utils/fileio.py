@@ -65,6 +65,21 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file (a leading byte-order mark dropped); anything else is a ClipimoError naming
+    ``what``, the file and the line of the first byte that is not UTF-8."""
+    from ..errors import ClipimoError
+
+    path = require_file(path, what)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ClipimoError(f"{what} {path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
+                           "save it as UTF-8") from None
+
+
 def parse_json_object(text: str | bytes, where: str) -> dict:
     """A JSON object (mapping) from ``text``; anything else is a ClipimoError naming ``where``."""
     from ..errors import ClipimoError
@@ -85,6 +100,18 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
     return parse_json_object(path.read_bytes(), f"{what} file {path}")
 
 
+def file_stamp(path: str | os.PathLike) -> str:
+    """What stands for a file's content in cache keys and fingerprints without reading it: size,
+    mtime, ctime and inode (docs/files.md, "Feature cache"). ``cp -p``, ``rsync -a`` and ``tar x``
+    restore size and mtime, but the kernel sets ctime whenever the content or metadata is written and
+    a copy is a new inode, so a replaced image misses. "-1" for a missing file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-1"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
     digest = hashlib.sha256()
@@ -94,20 +121,52 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+YAML_MAX_VALUES = 100_000  # a config holds tens of settings; aliases must not expand past this
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML config file that must hold a mapping (safe loader: plain data only)."""
+    """A YAML config file that must hold a mapping (safe loader: plain data only). A key given twice
+    is an error (YAML would keep the last silently), and so is a file whose aliases expand to more
+    than :data:`YAML_MAX_VALUES` values (an "alias bomb" of a few hundred bytes)."""
     import yaml
 
     from ..errors import ClipimoError
 
-    path = require_file(path, "config file")
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=True) for k, _ in node.value]
+            for i, key in enumerate(keys):
+                if key in keys[:i]:
+                    line = node.value[i][0].start_mark.line + 1
+                    raise ClipimoError(f"config file {path}, line {line}: key {key!r} is given twice")
+            return super().construct_mapping(node, deep)
+
+    text = read_text_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        data = yaml.load(text, Loader=StrictLoader) or {}
+    except (yaml.YAMLError, TypeError) as err:  # TypeError: an unhashable key such as a list
         raise ClipimoError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ClipimoError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+    if _count_values(data, YAML_MAX_VALUES) > YAML_MAX_VALUES:
+        raise ClipimoError(f"config file {path} expands to more than {YAML_MAX_VALUES} values (nested YAML "
+                           "aliases?); write the settings out plainly")
     return data
+
+
+def _count_values(obj: Any, limit: int) -> int:
+    """How many values ``obj`` holds once aliases are expanded, counting no further than past ``limit``
+    (an iterative walk: the count stops early, whatever the nesting)."""
+    count, stack = 0, [obj]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, meta_key: str, meta: Any) -> None:
@@ -121,17 +180,28 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, meta_key: str, met
 def read_safetensors(path: str | os.PathLike, meta_key: str, what: str) -> tuple[dict, Any]:
     """Tensors and the JSON metadata entry ``meta_key`` of a file written by ``write_safetensors``;
     errors name the file and say which kind of file (``what``) was expected."""
-    from safetensors import safe_open
+    path = require_file(path, what)
+    return parse_safetensors(path.read_bytes(), path, meta_key, what)
+
+
+def parse_safetensors(data: bytes, path: str | os.PathLike, meta_key: str, what: str) -> tuple[dict, Any]:
+    """:func:`read_safetensors` of bytes already read (so a caller can hash exactly what it loads);
+    ``path`` names them in errors."""
+    import struct
+
+    from safetensors.torch import load
 
     from ..errors import ClipimoError
 
-    path = require_file(path, what)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(meta_key)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
+        (size,) = struct.unpack("<Q", data[:8])
+        if size > len(data) - 8:
+            raise ValueError(f"header of {size} bytes in a file of {len(data)}")
+        header = json.loads(data[8:8 + size])
+        tensors = load(data)
+    except Exception as err:  # struct, JSON and safetensors raise several types for damaged files
         raise ClipimoError(f"{what} {path} is not a readable safetensors file: {err}") from err
+    raw = (header.get("__metadata__") or {}).get(meta_key) if isinstance(header, dict) else None
     if raw is None:
         raise ClipimoError(f"{path} is a safetensors file but not a clipimo {what} (no '{meta_key}' metadata)")
     return tensors, parse_json_object(raw, f"{what} {path}: its '{meta_key}' metadata")

@@ -7,7 +7,7 @@ import json
 from ...data.registry import DATASETS, get_spec
 from ...errors import ClipimoError
 from ..args import add_dataset_arg, add_json_arg
-from ..config import path_arg
+from ..config import out_file, path_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     oi.add_argument("--class-descriptions", type=path_arg, help="class-descriptions CSV (LabelName,DisplayName; header optional)")
     oi.add_argument("--labels", type=path_arg, help="image-level labels CSV (ImageID,Source,LabelName,Confidence)")
     oi.add_argument("--images", required=True, type=path_arg, help="folder of <ImageID>.jpg files (or <type>/<ImageID>.jpg with --list)")
-    oi.add_argument("--out", required=True, type=path_arg, help="CSV to write (path,label)")
+    oi.add_argument("--out", required=True, type=out_file("a path,label list", ".csv"),
+                    help="CSV to write (path,label)")
     oi.add_argument("--classes", type=int, help="number of classes N")
     oi.add_argument("--per-class", type=int, help="images per class M")
     oi.add_argument("--seed", type=int, default=0, help="seed of the random choice of classes and images")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..args import add_device_arg, add_figure_args
-from ..config import path_arg, source_arg
+from ..config import out_folder, source_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Without --pretrained (or $CLIPIMO_PRETRAINED) the backbone is a small random-init ViT and every "
         "number is meaningless: it then only shows that the pipeline works.",
     )
-    p.add_argument("--out", default="demo_out", type=path_arg, help="output folder")
+    p.add_argument("--out", default="demo_out", type=out_folder("the demo"), help="output folder")
     p.add_argument("--model", default=None, type=source_arg,
                    help="open_clip model (default: $CLIPIMO_MODEL, else ViT-B-16 with weights, clipimo-tiny-vit without)")
     p.add_argument("--pretrained", default=None, type=source_arg,

@@ -6,7 +6,7 @@ import argparse
 from ...defaults import DEFAULT_METHODS
 from ...methods.names import METHOD_NAMES
 from ..args import add_device_arg, add_json_arg, add_method_option_args
-from ..config import add_list_argument, path_arg
+from ..config import add_list_argument, out_file, path_arg
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1, help="tip-f, zs-lp, clap: seed of the minibatch order; lp++: of "
                    "its bias draw; tda: of the test stream order")
     add_method_option_args(p, "--seed orders them")
-    p.add_argument("--save-classifier", metavar="FILE", default=None, type=path_arg,
+    p.add_argument("--save-classifier", metavar="FILE", default=None, type=out_file("a classifier", ".safetensors"),
                    help="save the tuned classifier (.safetensors) for 'clipimo predict': the method evaluated, or "
                         "of several the one with the best val top-1")
     p.set_defaults(func=main)

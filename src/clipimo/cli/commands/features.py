@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ...defaults import CORRECTIONS
-from ..config import path_arg, source_arg
+from ..config import out_file, path_arg, source_arg
 from ..model_args import add_backbone_args, add_correction_args, add_extractor_args, add_prompt_args, make_extractor
 
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--images", type=path_arg, help="CSV list (path,label) or ImageFolder tree: writes feats, feats_corrected, labels, "
                                       "logit_scale, logit_bias, meta, and with --passes the per-pass views, views_corrected [E, N, D]")
     src.add_argument("--task", type=source_arg, help="task folder (train/, test/, optional val/: ImageFolder trees or CSVs) or a benchmark name (with --root)")
-    p.add_argument("--out", required=True, type=path_arg, help="output .npz")
+    p.add_argument("--out", required=True, type=out_file("a features file", ".npz"), help="output .npz")
     p.add_argument("--shots", type=int, default=None, help="with a task: support images per class")
     p.add_argument("--seed", type=int, default=1, help="with a task: few-shot sampling and augmentation seed; "
                                                        "with --images and --passes: augmentation seed")
@@ -91,6 +91,9 @@ def run_images(args: argparse.Namespace) -> int:
     if args.templates or args.classnames:
         raise ValueError("--templates and --classnames apply to a task (they shape its text weights)")
     source = Path(args.images)
+    if source.is_file() and source.suffix.lower() != ".csv":
+        raise ValueError(f"--images {source}: expected an ImageFolder tree (<class>/<images>) or a .csv list "
+                         "(path,label), not a single file")
     items, classnames = read_image_folder(source) if source.is_dir() else read_csv_list(source, verify_files=False)
     extractor = make_extractor(args, distributed=True)
     try:
@@ -125,9 +128,8 @@ def run_images(args: argparse.Namespace) -> int:
     for key, value in (("feats_corrected", corrected), ("views", feats.views), ("views_corrected", views_corrected)):
         if value is not None:
             arrays[key] = np.asarray(value)
-    with fileio.atomic_path(args.out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with fileio.atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     print(f"wrote {args.out}: {len(feats.paths)} images, dim {feats.original.shape[1]}, "
           f"streams {f'original+corrected ({args.correction})' if corrected is not None else 'original'}"
           + (f", {len(feats.skipped)} skipped" if feats.skipped else ""))

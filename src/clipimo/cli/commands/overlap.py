@@ -10,7 +10,7 @@ import argparse
 
 from ...defaults import AUTO_BINS_RANGE, DEFAULT_AUTO_SAMPLE, DEFAULT_MAX_EXACT_PAIRS
 from ..args import add_dataset_arg, add_figure_args, parse_xlim
-from ..config import path_arg
+from ..config import out_folder, path_arg
 from ..model_args import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "val", "train", "cache"], default=None,
                    help="dataset split (test|val|train, default test) or features-file split "
                         "(test|val|cache, default test)")
-    p.add_argument("--out", required=True, type=path_arg,
+    p.add_argument("--out", required=True, type=out_folder("the overlap record"),
                    help="output folder for overlap.json and the figure overlap.<format>")
     p.add_argument("--bins", default="auto",
                    help="histogram bins over the similarities' range, or 'auto' (default): the Rice rule on "
@@ -56,13 +56,17 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ...errors import ClipimoError
-    from ...overlap.measure import encode_source, load_feature_source, measure_overlap, overlap_text
-    from ...report.overlap_file import write_overlap
+    from ...overlap.measure import check_bins, encode_source, load_feature_source, measure_overlap, overlap_text
+    from ...report.overlap_file import is_overlap_folder, write_overlap
     from ...report.style import FigureOptions
     from ...utils.log import logger, warn_random_init
+    from ...utils.outputs import refuse_foreign_files
 
     options = FigureOptions.parse(args.format, args.dpi)  # bad flags fail before any encoding
     xlim = parse_xlim(args.xlim)
+    check_bins(args.bins)
+    refuse_foreign_files(args.out, ["overlap.json", *(f"overlap.{fmt}" for fmt in options.formats)],
+                         is_overlap_folder, "clipimo overlap")
     if args.dataset and len(args.dataset) != 1:
         raise ClipimoError(f"--dataset: overlap measures one dataset at a time, got {', '.join(args.dataset)}")
     if args.features:

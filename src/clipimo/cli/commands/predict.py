@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import path_arg
+from ..config import out_file, path_arg
 from ..model_args import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", required=True, metavar="FILE", type=path_arg, help="classifier .safetensors from 'clipimo evaluate --save-classifier'")
     p.add_argument("--images", required=True, type=path_arg, help="an image, a folder of images (searched recursively) or a CSV with a 'path' column")
     p.add_argument("--top-k", type=int, default=5, help="labels per image")
-    p.add_argument("--out", default=None, type=path_arg, help="predictions file: .csv or .json (default: CSV on stdout)")
+    p.add_argument("--out", default=None, type=out_file("a predictions file", ".csv", ".json"),
+                   help="predictions file: .csv or .json (default: CSV on stdout)")
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run, model=None)  # unset: the classifier's
@@ -29,9 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ...methods.classifier import list_images, load_classifier, predictions_text
     from ...utils import fileio
 
-    suffix = Path(args.out).suffix.lower() if args.out else ".csv"
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"--out {args.out}: expected a .csv or .json file name")
+    suffix = Path(args.out).suffix.lower() if args.out else ".csv"  # .csv or .json: checked by its OutPath type
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     clf = load_classifier(args.classifier)

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..args import add_figure_args, parse_xlim
-from ..config import path_arg
+from ..config import out_folder, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", nargs="+", default=[], metavar="OVERLAP_JSON", type=path_arg,
                    help="overlap.json file(s) written by 'clipimo overlap' to include")
     p.add_argument("--shift", default=None, metavar="SHIFT_JSON", type=path_arg, help="a 'clipimo shift' output folder or its shift.json, to include (same model as the results)")
-    p.add_argument("--out", required=True, type=path_arg, help="output folder (report.md, plots/)")
+    p.add_argument("--out", required=True, type=out_folder("the report"), help="output folder (report.md, plots/)")
     p.add_argument("--overlap-xlim", default=None, metavar="LOW,HIGH",
                    help="fixed x-range of every overlap figure, e.g. -0.2,1 (default: each figure's occupied range)")
     add_figure_args(p)

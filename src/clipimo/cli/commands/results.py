@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import path_arg
+from ..config import out_file, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Rows of every cell and method of each run (metrics in percent, chosen hyper-parameters, "
                     "model, pretrained, adapter), with a 'run' column naming the folder they came from.")
     merge.add_argument("runs", nargs="+", metavar="RUN_DIR", type=path_arg, help="'clipimo run' output folders (or their results.json)")
-    merge.add_argument("--out", required=True, type=path_arg, help="CSV file to write")
+    merge.add_argument("--out", required=True, type=out_file("the merged table", ".csv"), help="CSV file to write")
     merge.set_defaults(func=run_merge)
     export = actions.add_parser(
         "export", help="write RUN_DIR/clip_benchmark/*.json (also written by every 'clipimo run')",

@@ -10,7 +10,7 @@ import argparse
 from ...defaults import CORRECTIONS, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SHOTS
 from ...methods.names import METHOD_NAMES
 from ..args import add_dataset_arg, add_method_option_args
-from ..config import add_list_argument, path_arg
+from ..config import add_list_argument, out_folder, path_arg
 from ..model_args import add_backbone_args, add_correction_args, add_extractor_args, add_prompt_args, make_extractor
 
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hyper-parameter validation set (default: full val split; held-out train images where there is none)")
     p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (recorded in the results)")
     p.add_argument("--augment-passes", type=int, default=10, help="augmented views averaged per cache key")
-    p.add_argument("--out", required=True, type=path_arg,
+    p.add_argument("--out", required=True, type=out_folder("a clipimo run"),
                    help="results folder (cells/, results.json/.csv/.md, config.yaml); rerun to resume")
     p.add_argument("--save-features", action="store_true", help="also write each cell's features .npz")
     add_list_argument(p, "--corrections", choices=CORRECTIONS, default=["imo"], metavar="NAME",

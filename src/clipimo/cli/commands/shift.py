@@ -6,7 +6,7 @@ import argparse
 from ...data.registry import SHIFT_SETS
 from ...defaults import DEFAULT_METHODS, DEFAULT_SEEDS
 from ...methods.names import METHOD_NAMES
-from ..config import add_list_argument, path_arg
+from ..config import add_list_argument, out_folder, path_arg
 from ..model_args import add_backbone_args, add_extractor_args, make_extractor
 
 
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ImageNet tuning set (default: heldout, carved from train, disjoint from the support)")
     p.add_argument("--allow-test-tuning", action="store_true", help="permit --validation test (what the paper did; recorded)")
     p.add_argument("--augment-passes", type=int, default=10, help="augmented views averaged per cache key")
-    p.add_argument("--out", required=True, type=path_arg, help="folder for shift.json and shift.md")
+    p.add_argument("--out", required=True, type=out_folder("the shift results"),
+                   help="folder for shift.json and shift.md")
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)

@@ -5,12 +5,13 @@ import argparse
 import dataclasses
 
 from ...train.config import CONFIGS, TrainConfig, make_config
-from ..config import absolute, path_arg, source_arg
+from ..config import absolute, out_file, out_folder, path_arg, source_arg
 from ..model_args import add_backbone_args
 
 _BACKBONE_FIELDS = ("model", "pretrained", "device")
 # settings that name files: stored absolute, so <out>/config.yaml continues the run from any folder
-_PATHS = {"data": path_arg, "out": path_arg, "export": path_arg, "model": source_arg, "pretrained": source_arg}
+_PATHS = {"data": path_arg, "out": out_folder("a training run"), "export": out_file("an adapter", ".safetensors"),
+          "model": source_arg, "pretrained": source_arg}
 
 _HELP = {"supervised": "linear-head cross-entropy on a labelled generic set (paper: 1 epoch, lr 8e-3, batch 128)",
          "dino": "DINO self-distillation with multi-crop (paper: 10 epochs, batch 40 per GPU on 3 GPUs; the "
