@@ -100,7 +100,7 @@ def test_predict_refuses_another_adapter_or_backbone_before_loading(made, tmp_pa
                                             "classifier's")
     assert "not --pretrained openai" in error("--pretrained", "openai")
     assert "--top-k must be >= 1" in error("--top-k", "0")
-    assert "expected a .csv or .json" in error("--out", str(tmp_path / "p.txt"))
+    assert "a predictions file is written as .csv or .json" in error("--out", str(tmp_path / "p.txt"))
     clf = load_classifier(clf_path)
     gone = tmp_path / "gone.safetensors"
     dataclasses.replace(clf, source={**clf.source, "adapter": str(tmp_path / "moved.safetensors")}).save(gone)
@@ -141,3 +141,11 @@ def test_gda_classifier_carries_the_views_and_reproduces_test_accuracy(made, tmp
     logits = clf.logits(torch.from_numpy(feats.test_feats), torch.from_numpy(feats.test_feats_corrected))
     hits = (logits.argmax(1) == torch.from_numpy(feats.test_labels)).sum().item()
     assert 100.0 * hits / len(feats.test_labels) == json.loads((tmp_path / "g.json").read_text())["gda-imo"]["test_acc"]
+
+
+def test_every_base_method_says_which_hyper_parameters_a_classifier_holds():
+    """A method added to the vocabulary without its entry would make its saved classifiers unreadable."""
+    from clipimo.methods.names import BASE_METHODS
+    from clipimo.methods.predict import HPARAMS
+
+    assert set(HPARAMS) == set(BASE_METHODS)

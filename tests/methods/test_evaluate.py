@@ -41,11 +41,12 @@ def test_save_load_roundtrip_atomic(npz, feats):
     assert [p.name for p in npz.parent.iterdir()] == ["feats.npz"]  # no temp file left
     np.testing.assert_array_equal(loaded.cache_views_corrected, feats.cache_views_corrected)
     with np.load(npz, allow_pickle=False) as z:
-        assert set(z.files) == set(FEATURE_KEYS) | {"logit_scale", "logit_bias", "cache_views", "cache_views_corrected"}
+        assert set(z.files) == set(FEATURE_KEYS) | {"logit_scale", "logit_bias", "text_norms", "cache_views",
+                                                   "cache_views_corrected"}
     bare = npz.parent / "bare.npz"
     save_features(bare, synthetic_features(num_classes=5, shots=3, dim=16, views=0))
     with np.load(bare, allow_pickle=False) as z:
-        assert set(z.files) == set(FEATURE_KEYS) | {"logit_scale", "logit_bias"}  # no views: none written
+        assert set(z.files) == set(FEATURE_KEYS) | {"logit_scale", "logit_bias", "text_norms"}  # no views: none written
 
 
 @pytest.mark.parametrize("change, message", [
@@ -127,7 +128,8 @@ def test_full_float32_restores_the_matmul_precision():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 @pytest.mark.parametrize("command", ["evaluate", "run"])
 def test_cuda_without_cuda_is_one_line_error(tmp_path, npz, capsys, command):
-    argv = ["--features", str(npz)] if command == "evaluate" else ["--datasets", "x", "--out", str(tmp_path / "o")]
+    argv = (["--features", str(npz)] if command == "evaluate"
+            else ["--datasets", "x", "--methods", "zs", "--out", str(tmp_path / "o")])
     assert cli.main([command, *argv, "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA is not available" in err and err.startswith(f"clipimo {command}: error:")
@@ -195,7 +197,7 @@ def feats_file(tmp_path):
 
 
 def test_results_are_printed_when_the_json_cannot_be_written(feats_file, tmp_path, capsys):
-    folder = tmp_path / "a_folder"
+    folder = tmp_path / "a_folder.json"  # the right suffix: refused only when it is written
     folder.mkdir()
     assert cli.main(["evaluate", "--features", str(feats_file), "--methods", "zs", "--json", str(folder)]) == 2
     out, err = capsys.readouterr()

@@ -27,7 +27,8 @@ class FixedPoint:
 
 # The hyper-parameters each base method reads (tipx's gamma defaults to 0): a classifier file must hold them.
 HPARAMS = {"zs": (), "tip": ("alpha", "beta"), "tip-f": ("alpha", "beta"), "tipx": ("alpha", "beta"),
-           "gda": ("alpha",), "proker": ("beta", "lmbda"), "ape": ("alpha", "beta", "gamma")}
+           "gda": ("alpha",), "proker": ("beta", "lmbda"), "ape": ("alpha", "beta", "gamma"),
+           "lp++": ("epoch",), "zs-lp": (), "clap": (), "tda": ()}
 
 
 def fixed_point(problem: Problem, method: str, hparams: dict[str, float], chunk_rows: int | None = None,

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ...api import prompt_options
     from ...experiment.grid import RunConfig, open_sources, run_experiment
     from ...methods.names import require_adapter
+    from ...utils.device import resolve_device
     from ..config import config_yaml, effective_config
     from ..output import progress_setting
 
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                     classnames=classnames, proker_views=args.proker_views, proker_grid=args.proker_grid,
                     ape_config=args.ape_config, tipf_config=args.tipf_config, tipf_batch=args.tipf_batch,
                     clap_batch=args.clap_batch, tda_config=args.tda_config)
-    if "imo" in cfg.corrections:  # the cheap checks, before the model loads
+    resolve_device(args.device)  # the cheap checks, before the model loads: the device, the adapter, the data
+    if "imo" in cfg.corrections:
         require_adapter(cfg.methods, args.adapter is not None)
     datasets = open_sources(cfg)
     extractor = make_extractor(args, distributed=True)
