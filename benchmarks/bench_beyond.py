@@ -16,13 +16,11 @@ test refit or search, and printed as an ESTIMATE.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import resource
-import tempfile
 import time
 
 import numpy as np
+from isolated import run_each
 
 
 def peak_rss_gb() -> float:
@@ -122,24 +120,12 @@ def main() -> None:
     args = ap.parse_args()
     print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
           f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
-    from clipimo.features.file import save_features
     from clipimo.methods.proker import pick_views
 
     print(f"ProKeR --proker-views auto picks '{pick_views('auto', args.passes, args.classes * args.shots)}' here "
           f"(E*N = {args.passes * args.classes * args.shots:,}), '{pick_views('auto', 10, 16_000)}' at ImageNet "
           "16-shot (E*N = 160,000)")
-    ctx = mp.get_context("spawn")
-    tmp = tempfile.TemporaryDirectory()
-    path = os.path.join(tmp.name, "task.npz")
-    save_features(path, build(args))  # built here, so the workers' peaks hold no construction temporaries
-    for method in args.methods.split(","):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=worker, args=(args, path, method, queue))
-        proc.start()
-        name, elapsed, base, peak, extra = queue.get()
-        proc.join()
-        print(f"{name:10s} {elapsed:8.1f} s  peak RSS {peak:.2f} GB (task arrays alone {base:.2f} GB)  "
-              f"load average {os.getloadavg()[0]:.1f}  {extra}", flush=True)
+    run_each(args, build(args), args.methods.split(","), worker)
 
 
 if __name__ == "__main__":

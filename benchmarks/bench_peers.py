@@ -15,13 +15,11 @@ the per-epoch difference) as an ESTIMATE.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import resource
-import tempfile
 import time
 
 import numpy as np
+from isolated import run_each
 
 FULL_EPOCHS = 300
 
@@ -101,20 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
           f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
-    from clipimo.features.file import save_features
 
-    ctx = mp.get_context("spawn")
-    tmp = tempfile.TemporaryDirectory()
-    path = os.path.join(tmp.name, "task.npz")
-    save_features(path, build(args))  # built here, so the workers' peaks hold no construction temporaries
-    for method in args.methods.split(","):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=worker, args=(args, path, method, queue))
-        proc.start()
-        name, elapsed, base, peak, extra = queue.get()
-        proc.join()
-        print(f"{name:10s} {elapsed:8.1f} s  peak RSS {peak:.2f} GB (task arrays alone {base:.2f} GB)  "
-              f"load average {os.getloadavg()[0]:.1f}  {extra}", flush=True)
+    run_each(args, build(args), args.methods.split(","), worker)
 
 
 if __name__ == "__main__":
