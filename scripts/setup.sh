@@ -29,7 +29,7 @@ torch_index="${TORCH_INDEX_URL:-}"
 if [ -z "$torch_index" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         echo "setup: NVIDIA GPU found: installing the default torch wheels (with CUDA)" >&2
-    elif $PY -m pip config list 2>/dev/null | grep -qE '(index-url|find-links)='; then
+    elif grep -qE '(index-url|find-links)=' <<< "$($PY -m pip config list 2>/dev/null || true)"; then
         echo "setup: no GPU found; pip is configured with its own package sources: installing torch from them" >&2
     elif index_answers "$CPU_INDEX"; then
         torch_index=$CPU_INDEX
