@@ -15,16 +15,10 @@ test refit or search, and printed as an ESTIMATE.
 """
 from __future__ import annotations
 
-import argparse
-import resource
 import time
 
 import numpy as np
-from isolated import run_each
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+from isolated import peak_rss_gb, run_each, task_line, task_parser
 
 
 def build(args):
@@ -101,25 +95,15 @@ def worker(args, path: str, method: str, queue) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--passes", type=int, default=10)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--val", type=int, default=10_000)
-    ap.add_argument("--test", type=int, default=50_000)
-    ap.add_argument("--methods", default="proker,proker-imo,ape,ape-imo,tip-f,tip-f-imo")
+    ap = task_parser(__doc__.splitlines()[0], "proker,proker-imo,ape,ape-imo,tip-f,tip-f-imo")
     ap.add_argument("--proker-views", default="auto", choices=["auto", "all", "mean"])
     ap.add_argument("--proker-betas", type=int, default=0, help="search only the first K betas (0: all 20)")
     ap.add_argument("--proker-lmbdas", type=int, default=0, help="search only the first K lmbdas (0: all 10)")
     ap.add_argument("--ape-betas", type=int, default=0, help="search only the first K betas (0: all 200)")
     ap.add_argument("--epochs", type=int, default=20, help="tip-f epochs (fewer: the time of 20 is ESTIMATED)")
     ap.add_argument("--tipf-batch", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
-          f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
+    print(task_line(args))
     from clipimo.methods.proker import pick_views
 
     print(f"ProKeR --proker-views auto picks '{pick_views('auto', args.passes, args.classes * args.shots)}' here "

@@ -14,18 +14,12 @@ the per-epoch difference) as an ESTIMATE.
 """
 from __future__ import annotations
 
-import argparse
-import resource
 import time
 
 import numpy as np
-from isolated import run_each
+from isolated import peak_rss_gb, run_each, task_line, task_parser
 
 FULL_EPOCHS = 300
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def build(args):
@@ -46,7 +40,7 @@ def build(args):
 def worker(args, path: str, method: str, queue) -> None:
     import torch
 
-    from clipimo.features.file import feature_arrays, load_features, synthetic_features, validate_features
+    from clipimo.features.file import load_features, synthetic_features
     from clipimo.methods.common import MethodOptions, Problem
     from clipimo.methods.registry import METHODS
     from clipimo.utils.device import full_float32
@@ -64,8 +58,8 @@ def worker(args, path: str, method: str, queue) -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start, result
 
-    warm = feature_arrays(synthetic_features(num_classes=3, shots=2, n_val=5, n_test=5, dim=8, views=2))
-    warm = Problem.from_features(validate_features({**warm, "text_norms": np.ones(3, np.float32)}), args.device)
+    warm = Problem.from_features(synthetic_features(num_classes=3, shots=2, n_val=5, n_test=5, dim=8, views=2),
+                                 args.device)
     METHODS[method](warm, **({"epochs": 1} if probe else {}))  # first-use start-up is not the method's time
     if probe and args.epochs < FULL_EPOCHS:  # fixed costs (init, multipliers, test pass) from a 1-epoch run
         once, _ = timed(epochs=1)
@@ -83,22 +77,12 @@ def worker(args, path: str, method: str, queue) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--passes", type=int, default=10)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--val", type=int, default=10_000)
-    ap.add_argument("--test", type=int, default=50_000)
-    ap.add_argument("--methods", default="lp++,lp++-imo,zs-lp,clap,clap-imo,tda,tda-imo")
+    ap = task_parser(__doc__.splitlines()[0], "lp++,lp++-imo,zs-lp,clap,clap-imo,tda,tda-imo")
     ap.add_argument("--epochs", type=int, default=FULL_EPOCHS,
                     help="linear-probe epochs (fewer: the time of 300 is ESTIMATED)")
     ap.add_argument("--clap-batch", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    print(f"C={args.classes}, shots={args.shots} (N={args.classes * args.shots:,}), E={args.passes}, D={args.dim}, "
-          f"val {args.val:,}, test {args.test:,}, device {args.device}, {args.threads} threads")
+    print(task_line(args))
 
     run_each(args, build(args), args.methods.split(","), worker)
 
