@@ -87,8 +87,8 @@ class StandInExtractor:
         assert len(classnames) == NUM_CLASSES  # a shift target's text weights are never asked for
         return torch.from_numpy(TEXT)
 
-    def text_norms(self, classnames, templates):
-        return torch.from_numpy(TEXT_NORMS)
+    def text_features(self, classnames, templates):
+        return {"text_weights": self.text_weights(classnames, templates), "text_norms": torch.from_numpy(TEXT_NORMS)}
 
     def lists(self, *folders, passes: int | None = None):
         """The first recorded (items, passes, seed) whose images lie under each of ``folders`` (and

@@ -162,8 +162,7 @@ def cell_features(extractor: FeatureExtractor, cell: Cell, spec: CellSpec,
     skipped = {name: sorted(f.skipped) for name, f in (("support", keys), ("val", val), ("test", test)) if f.skipped}
     if skipped:
         record = {**record, "skipped_unreadable": skipped}
-    arrays = {"text_weights": extractor.text_weights(splits.classnames, splits.templates).numpy(),
-              "text_norms": extractor.text_norms(splits.classnames, splits.templates).numpy()}
+    arrays = {k: v.numpy() for k, v in extractor.text_features(splits.classnames, splits.templates).items()}
     for prefix, feats in (("cache_keys", keys), ("val_feats", val), ("test_feats", test)):
         arrays[prefix] = feats.original.numpy()
         arrays[f"{prefix}_corrected"] = feats.corrected_or_original.numpy()

@@ -320,14 +320,13 @@ class FeatureExtractor:
 
     def text_weights(self, classnames: Sequence[str], templates: Sequence[str], chunk: int = 64) -> torch.Tensor:
         """Zero-shot classifier W [D, C]: per class, encode each template, normalise, average, normalise."""
-        return self._text(classnames, templates, chunk)["text_weights"]
+        return self.text_features(classnames, templates, chunk)["text_weights"]
 
-    def text_norms(self, classnames: Sequence[str], templates: Sequence[str], chunk: int = 64) -> torch.Tensor:
-        """[C] norms of each class's mean of the UNnormalised template embeddings (the raw text
-        prototypes that ZS-LP and CLAP start from have these norms)."""
-        return self._text(classnames, templates, chunk)["text_norms"]
-
-    def _text(self, classnames: Sequence[str], templates: Sequence[str], chunk: int) -> dict[str, torch.Tensor]:
+    def text_features(self, classnames: Sequence[str], templates: Sequence[str],
+                      chunk: int = 64) -> dict[str, torch.Tensor]:
+        """``text_weights`` [D, C] and ``text_norms`` [C] from one encoding (or one cache read): the
+        norms are those of each class's mean of the UNnormalised template embeddings, the raw text
+        prototypes that ZS-LP and CLAP start from."""
         if not classnames or not templates:
             raise ValueError("text_weights needs at least one class name and one template")
         payload = {"classnames": list(classnames), "templates": list(templates)}
