@@ -249,13 +249,13 @@ def run_experiment(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path,
     out = Path(out).expanduser()
     if "imo" in cfg.corrections:
         require_adapter(cfg.methods, extractor.adapter_hash is not None)
+    opened = dict(datasets or open_sources(cfg))  # opened and their configurations checked: before any work
     with folder_lock(out):
-        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml, dict(datasets or {}))
+        return _run_locked(cfg, extractor, out, device, progress, save_features, settings_yaml, opened)
 
 
 def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: str, progress: bool | None,
                 save_features: bool, settings_yaml: str | None, opened: dict[str, OpenedDataset]) -> dict[str, Any]:
-
     same_names: set[str] = set()  # folder names of two or more custom tasks: their labels carry a hash
 
     def dataset(source: str) -> OpenedDataset:
@@ -264,8 +264,6 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
             opened[source] = opened.setdefault(data.source, relabel(data, same_names))
         return opened[source]
 
-    for source in cfg.datasets:  # before anything is encoded or written
-        official.check_configs(cfg.method_options(1, dataset(source).splits.name), cfg.methods)
     maps = {name: build_correction(name, extractor, cfg.textpca_classnames, cfg.imagepca_images, cfg.imagepca)
             for name in cfg.corrections}
     fingerprint = {**_fingerprint(cfg, extractor), "corrections": [correction_fingerprint(c) for c in maps.values()]}
