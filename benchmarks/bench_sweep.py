@@ -17,7 +17,14 @@ the ``--baseline`` cells in the same run and names those whose choice or scores 
 expected: both count exactly what a per-point loop counts). ``--quick`` runs every method on one
 tiny cell (a smoke run: the tests use it).
 
+Next to the measured figures, every method's estimate by the cost model that announces slow cells
+(``clipimo.methods.cost``) is printed, with the measured/estimated ratio, so the model's error is
+seen where it can be measured. ``--estimate`` prints only those estimates, CPU and CUDA, for every
+cell: the projection of a sweep too long to run here (ProKeR's kernel at 16 shots has 16,000 rows
+on any dataset of 100 classes or more; the hours are the model's, not a measurement).
+
     python benchmarks/bench_sweep.py [--datasets ImageNet] [--shots 16] [--methods ape,tip] [--quick]
+    python benchmarks/bench_sweep.py --estimate
 
 On a machine shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that
 spin while their partner waits for a core multiply wall and CPU time of the many small tensor
@@ -37,7 +44,7 @@ import previous_search
 import torch
 
 from clipimo.features.file import synthetic_features
-from clipimo.methods import cache
+from clipimo.methods import cache, cost
 from clipimo.methods.common import Problem
 from clipimo.methods.metrics import classification_metrics
 from clipimo.methods.registry import CACHE_VARIANTS, METHODS, run_method
@@ -126,6 +133,36 @@ def run_new(p: Problem, methods: list[str]) -> tuple[dict, dict, dict]:
     return results, times, peaks
 
 
+def estimate(name: str, shots: int, column: str, methods: list[str], device: str) -> float:
+    """The cost model's seconds for one column of a cell (the shared column: its four methods)."""
+    classes, n_val, n_test = {**DATASETS, **QUICK}[name]
+    sizes = cost.Sizes(classes, classes * shots, n_val, n_test, DIM, VIEWS)
+    names = [m for m in methods if m in CACHE_VARIANTS] if column == SHARED else [column]
+    return sum(cost.seconds(m, sizes, device) for m in names)
+
+
+def print_estimates(cells: list[tuple[str, int]], columns: list[str], methods: list[str]) -> dict:
+    """``--estimate``: the cost model's seconds per cell and method on 2 CPU threads, and the totals on
+    CPU and CUDA; nothing is run."""
+    print("cost-model ESTIMATES (clipimo.methods.cost; nothing run), seconds on 2 CPU threads")
+    print(f"{'cell':26s} | " + " ".join(f"{c:>10s}" for c in columns) + " |    total")
+    totals = {dev: {c: 0.0 for c in columns} for dev in ("cpu", "cuda")}
+    for name, shots in cells:
+        row = {c: estimate(name, shots, c, methods, "cpu") for c in columns}
+        for c in columns:
+            totals["cpu"][c] += row[c]
+            totals["cuda"][c] += estimate(name, shots, c, methods, "cuda")
+        print(f"{name + ' ' + str(shots) + '-shot':26s} | " + " ".join(f"{row[c]:9.0f}s" for c in columns)
+              + f" | {sum(row.values()):7.0f}s")
+    cpu, cuda = sum(totals["cpu"].values()), sum(totals["cuda"].values())
+    print(f"{'method':12s} {'CPU':>10s} {'share':>7s} {'CUDA':>9s}")
+    for c in columns:
+        print(f"{c:12s} {totals['cpu'][c]:9.0f}s {100 * totals['cpu'][c] / max(cpu, 1e-9):6.1f}% {totals['cuda'][c]:8.1f}s")
+    print(f"estimated 3-seed sweep over {len(cells)} cells: {3 * cpu / 3600:.1f} h on 2 CPU threads, "
+          f"{3 * cuda / 60:.1f} min with --device cuda", flush=True)
+    return {"cpu_s": totals["cpu"], "cuda_s": totals["cuda"]}
+
+
 def run_previous(p: Problem, m: str):
     """The previous run_methods on one method: its run, then metrics at the chosen point."""
     r = previous_search.RUNS[m](p)
@@ -142,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="dataset:shots cells also run with the previous implementation ('' for none)")
     ap.add_argument("--quick", action="store_true", help="every method on one tiny cell (smoke run)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--estimate", action="store_true", help="print the cost model's estimates only, run nothing")
     args = ap.parse_args(argv)
     if args.quick:
         args.datasets, args.shots, args.baseline = ",".join(QUICK), ",".join(map(str, QUICK_SHOTS)), ""
@@ -154,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = {(d, int(k)) for d, k in (c.split(":") for c in args.baseline.split(",") if c)}
     cells += sorted(baseline - in_sweep)
     cells.sort(key=lambda c: (c not in baseline, sizes[c[0]][0] * c[1] * (sizes[c[0]][1] + sizes[c[0]][2])))
+    if args.estimate:
+        return print_estimates([c for c in cells if c in in_sweep], columns, methods)
     previous = [m for m in methods if m in previous_search.RUNS]
     load = os.getloadavg()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -164,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
           + " |   total (CPU)  peak RSS")
     tiny = Problem.from_features(synthetic_features(5, 1, 8, 8, DIM, views=2), device)
     per_method = {c: 0.0 for c in columns}
+    estimated = {c: 0.0 for c in columns}
     peak_of = {c: 0.0 for c in columns}
     rows = []
     with full_float32():
@@ -180,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                 sweep_cpu += cpu
                 for col in columns:
                     per_method[col] += times[col]
+                    estimated[col] += estimate(name, shots, col, methods, args.device)
                     peak_of[col] = max(peak_of[col], peaks[col])
             c, n_val, n_test = sizes[name]
             rows.append({"cell": f"{name} {shots}-shot", "seconds": times, "peak_gb": max(peaks.values())})
@@ -195,10 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
                       + f" | {old_total:.1f}s ({CPU[0]:.1f}s CPU); different results: {', '.join(differ) or 'none'}",
                       flush=True)
             del p
-    print(f"{'method':12s} {'seconds':>9s} {'share':>7s} {'peak RSS':>9s}")
+    print(f"{'method':12s} {'seconds':>9s} {'share':>7s} {'peak RSS':>9s} {'estimated':>10s} {'ratio':>6s}")
     for col in columns:
         print(f"{col:12s} {per_method[col]:8.1f}s {100 * per_method[col] / max(sweep, 1e-9):6.1f}% "
-              f"{peak_of[col]:6.2f} GB")
+              f"{peak_of[col]:6.2f} GB {estimated[col]:9.1f}s {per_method[col] / max(estimated[col], 1e-9):6.2f}")
     print(f"sum over {len(in_sweep)} cells {sweep:.0f} s wall ({sweep_cpu:.0f} s CPU); projected 3-seed sweep "
           f"{3 * sweep / 60:.1f} min wall ({3 * sweep_cpu / 60:.1f} min CPU); load average now "
           + " ".join(f"{x:.1f}" for x in os.getloadavg()), flush=True)

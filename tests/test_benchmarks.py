@@ -102,6 +102,42 @@ def test_bench_sweep_quick_times_every_registered_method(capsys):
     assert "projected 3-seed sweep" in out and all(f"\n{m} " in out for m in columns)
 
 
+def bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import importlib
+
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_bench_sweep_estimate_sums_the_cost_model_without_running(capsys, monkeypatch):
+    """``--estimate`` runs nothing (no features are drawn) and its totals are the cost model's own
+    seconds, summed here by hand over the cells."""
+    from clipimo.methods import cost
+
+    bench_sweep = bench_module("bench_sweep")
+    monkeypatch.setattr(bench_sweep, "synthetic_features", None)  # calling it would fail
+    report = bench_sweep.main(["--estimate", "--datasets", "EuroSAT,ImageNet", "--shots", "1,16",
+                               "--methods", "proker,tip,tipx"])
+    want = 0.0
+    for classes, val, test in (bench_sweep.DATASETS["EuroSAT"], bench_sweep.DATASETS["ImageNet"]):
+        for shots in (1, 16):
+            want += cost.seconds("proker", cost.Sizes(classes, classes * shots, val, test, 512, 10))
+    assert report["cpu_s"]["proker"] == pytest.approx(want)
+    assert set(report["cpu_s"]) == {"proker", bench_sweep.SHARED}
+    assert report["cuda_s"]["proker"] < report["cpu_s"]["proker"] / 100
+    out = capsys.readouterr().out
+    assert "ESTIMATES" in out and "estimated 3-seed sweep over 4 cells" in out
+
+
+def test_bench_ape_counts_match_the_previous_search(capsys):
+    report = bench_module("bench_ape").main(["--classes", "12", "--shots", "2", "--val", "40", "--betas", "2"])
+    assert report["identical"] is True
+    assert report["floor_s"] > 0 and "cache terms alone" in capsys.readouterr().out
+
+
 def test_gpu_check_help_and_refusal_without_cuda(capsys):
     """The GPU script parses and explains itself on a machine without a GPU (tests never need one)."""
     sys.path.insert(0, str(BENCH))

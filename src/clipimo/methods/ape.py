@@ -134,6 +134,13 @@ def cache_terms(distance: torch.Tensor, beta: float, weights: torch.Tensor, ref:
     return torch.einsum("rck,gck->grc", ref.slotted(affinity), weights)
 
 
+def classes_outer(z: torch.Tensor) -> torch.Tensor:
+    """``z`` ``[rows, C]`` stored class-major, as :func:`cache_terms`' batched product lays out its
+    result: the counter then adds and compares tensors of one layout (mixed layouts make those
+    elementwise passes ~1.3x as slow). Values are unchanged."""
+    return z.T.contiguous().T
+
+
 def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: float, gamma: float,
            chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
     weights = slot_weights(ref, [gamma])
@@ -155,6 +162,17 @@ def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: n
     return (points.argmax(-1) == labels).sum(-1).T
 
 
+def val_counts(problem: Problem, ref: Refined, betas, alphas, gammas, chunk_rows: int | None = None) -> torch.Tensor:
+    """Validation hits at every (beta, alpha, gamma): int64 ``[betas, alphas, gammas]``."""
+    weights = slot_weights(ref, gammas)
+    counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
+    for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
+        labels, buffer, z = problem.val.labels[rows], torch.empty_like(distance), classes_outer(z)
+        for b, beta in enumerate(betas):
+            counts[b] += _count(z, cache_terms(distance, float(beta), weights, ref, buffer), labels, alphas).cpu()
+    return counts
+
+
 def run(problem: Problem, corrected: bool = False, options: MethodOptions | None = None,
         feat_num: int | None = None, grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         chunk_rows: int | None = None) -> MethodResult:
@@ -167,12 +185,7 @@ def run(problem: Problem, corrected: bool = False, options: MethodOptions | None
     feat_num = feat_num or cfg_feat_num
     ref = refine(problem, corrected, feat_num, cfg.weights)
     betas, alphas, gammas = search_grid(cfg.scale, cfg.step) if grid is None else grid
-    weights = slot_weights(ref, gammas)
-    counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
-    for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
-        labels, buffer = problem.val.labels[rows], torch.empty_like(distance)
-        for b, beta in enumerate(betas):
-            counts[b] += _count(z, cache_terms(distance, float(beta), weights, ref, buffer), labels, alphas).cpu()
+    counts = val_counts(problem, ref, betas, alphas, gammas, chunk_rows)
     ib, ia, ig = first_best(counts)
     hp = {"alpha": float(alphas[ia]), "beta": float(betas[ib]), "gamma": float(gammas[ig])}
     test = classification_metrics(logits(problem, problem.test, ref, chunk_rows=chunk_rows, **hp), problem.test.labels)

@@ -18,8 +18,10 @@ from .official import ape_config, tipf_config
 # A cell method estimated above this many seconds is announced.
 SLOW_SECONDS = 180.0
 # Sustained (float32 matmul flop/s, elementwise op/s) per device kind; CPU per 2 threads, scaled by
-# the thread count. float64 products (ProKeR) run at half the float32 rate.
-RATES = {"cpu": (2.5e10, 1.0e9), "cuda": (2.0e13, 2.0e11)}
+# the thread count. float64 products (ProKeR) run at half the float32 rate. The CPU rates are those
+# of an idle 2-core machine: a 4096-square product runs at 1.35e11 flop/s in float32 and 8.1e10 in
+# float64; the methods' smaller products and solves reach about half of that.
+RATES = {"cpu": (6.0e10, 1.0e9), "cuda": (2.0e13, 2.0e11)}
 # ProKeR keeps every view in its kernel up to this many rows (its ``auto`` views mode).
 PROKER_ALL_VIEWS = 32768
 # An eigendecomposition costs about this many Cholesky factorisations of the same size (measured).

@@ -121,10 +121,16 @@ def _lead(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _max_abs(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise ``max |x|``, in one pass without a temporary (the infinity norm;
-    ``linalg.vector_norm`` takes 10-40x as long on CPU)."""
-    lo, hi = torch.aminmax(x, dim=1)
-    return torch.maximum(hi, lo.neg_())
+    """Row-wise ``max |x|`` without a temporary of ``x``'s size (the infinity norm). Separate
+    ``amax`` and ``amin``: on CPU they are vectorised, while ``aminmax`` takes ~15x and
+    ``linalg.vector_norm`` 10-40x as long."""
+    return torch.maximum(x.amax(1), x.amin(1).neg_())
+
+
+def _row_count(mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise number of True in a bool ``[n, C]``: summed as bytes into int32 (a bool sum into
+    int64 takes ~6x as long on CPU)."""
+    return mask.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
 def _extremes(x: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,9 +153,9 @@ def _count(f: _Fixed, e: torch.Tensor, alphas: torch.Tensor, budget: int) -> tor
     # "threat" might); one leading everywhere by more than tol always beats it.
     threat = hi_e.add_(f.hi) >= -tol[:, None]
     threat.scatter_(1, labels[:, None], False)
-    beaten = (lo_e.add_(f.lo) > tol[:, None]).any(1)
+    beaten = lo_e.add_(f.lo).amax(1) > tol  # some class leads by more than tol everywhere
     del lo_e, hi_e
-    nthreat = threat.sum(1)
+    nthreat = _row_count(threat)
     unrivalled = (nthreat == 0).sum()  # the label wins at every point
     todo = torch.nonzero((nthreat > 0) & ~beaten).squeeze(1)
     if todo.numel() == 0:
