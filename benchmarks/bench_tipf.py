@@ -27,26 +27,36 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val", type=int, default=10_000)
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     problem = Problem.from_features(synthetic_features(args.classes, args.shots, args.val, 10, 512, views=args.views))
     n = problem.cache_keys.shape[0]
     print(f"N = {n:,}, C = {args.classes}, val {args.val:,}, batch {args.batch}; {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    # Warm-up: the first optimiser step imports modules (about 2 s), a one-off that is not an epoch's cost.
+    tipf.train_keys(Problem.from_features(synthetic_features(3, 1, 4, 4, 8, views=1)), False, epochs=1)
     view = problem.cache_views[0]
     theta = torch.nn.Parameter(problem.cache_keys.clone())
     logits = tipf.adapter(problem)
-    start = time.perf_counter()
-    for rows in torch.arange(n).split(args.batch):
-        loss = F.cross_entropy(logits(view[rows], view[rows], theta), problem.cache_labels[rows])
-        theta.grad = None
-        loss.backward()
-    bare = time.perf_counter() - start
-    start = time.perf_counter()
-    tipf.train_keys(problem, False, batch=args.batch, epochs=1)
-    epoch = time.perf_counter() - start
-    print(f"forward+backward {bare:.2f} s, one epoch {epoch:.2f} s: x{epoch / bare:.2f}; "
+
+    def bare() -> None:
+        for rows in torch.arange(n).split(args.batch):
+            loss = F.cross_entropy(logits(view[rows], view[rows], theta), problem.cache_labels[rows])
+            theta.grad = None
+            loss.backward()
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    # Alternated, best of --repeats each: a one-off stall (page faults, another process) is not the method's.
+    times = [(timed(bare), timed(lambda: tipf.train_keys(problem, False, batch=args.batch, epochs=1)))
+             for _ in range(args.repeats)]
+    bare_s, epoch = min(t[0] for t in times), min(t[1] for t in times)
+    print(f"forward+backward {bare_s:.2f} s, one epoch {epoch:.2f} s (best of {args.repeats}): x{epoch / bare_s:.2f}; "
           f"load average now {os.getloadavg()[0]:.1f}", flush=True)
-    return {"bare_s": bare, "epoch_s": epoch, "ratio": epoch / bare}
+    return {"bare_s": bare_s, "epoch_s": epoch, "ratio": epoch / bare_s}
 
 
 if __name__ == "__main__":

@@ -104,6 +104,9 @@ def test_large_problems_use_the_pruned_exact_counter(feats, monkeypatch):
     direct = ape.run(problem, feat_num=8, grid=grid)
     monkeypatch.setattr(ape, "EVAL_BUDGET", 0)
     assert ape.run(problem, feat_num=8, grid=grid) == direct
+    monkeypatch.setattr(ape, "COUNT_BLOCK", 2 * problem.num_classes)  # blocks of 2 rows, the last of 1
+    assert problem.val.labels.shape[0] % 2 == 1
+    assert ape.run(problem, feat_num=8, grid=grid) == direct
 
 
 def test_official_config_by_dataset_name(feats):

@@ -33,6 +33,8 @@ CRITERION_WEIGHTS = APE_DEFAULT.weights
 SEARCH_SCALE = APE_DEFAULT.scale
 SEARCH_STEP = APE_DEFAULT.step
 NO_CUPL = "templates, no CuPL"
+# Elements of one counting block (rows x classes), see :func:`_count`.
+COUNT_BLOCK = 1 << 21
 
 
 def default_feat_num(dim: int, feat_num_1024: int = APE_DEFAULT.feat_num_1024) -> int:
@@ -152,11 +154,15 @@ def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: n
     """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``: ``[alphas, G]``.
 
     Small problems evaluate every point at once (the float ops of :func:`affine_logits`); large
-    ones go through the pruned exact :func:`count_correct`, all terms in one call (what depends
-    on ``z`` only is computed once).
+    ones go through the pruned exact :func:`count_correct`, all terms in one call per block of
+    rows (what depends on ``z`` only is computed once per block). A block's ``[rows, C]`` passes
+    stay within :data:`COUNT_BLOCK` elements, about a core's share of the CPU cache: at 2,000
+    classes x 4,000 rows the counter ran 1.6x as long on the whole chunk.
     """
     if terms.shape[0] * len(alphas) * z.numel() > EVAL_BUDGET:
-        return count_correct(z, terms, labels, alphas)[..., 0].T
+        step = max(1, COUNT_BLOCK // z.shape[1])
+        return sum(count_correct(z[r:r + step], terms[:, r:r + step], labels[r:r + step], alphas)[..., 0].T
+                   for r in range(0, z.shape[0], step))
     a = torch.as_tensor(alphas, device=z.device).to(z.dtype)[None, :, None, None]
     points = z + a * terms[:, None]  # [terms, alphas, rows, C]
     return (points.argmax(-1) == labels).sum(-1).T

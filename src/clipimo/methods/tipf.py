@@ -32,24 +32,35 @@ INIT_BETA = 1.0
 
 def adapter(problem: Problem, alpha: float = INIT_ALPHA, beta: float = INIT_BETA):
     """The function ``(zs_feats, affinity_feats, keys) -> Z(zs_feats) + alpha * exp(-beta (1 -
-    affinity_feats keys^T)) L`` (L as a per-class sum whose layout is decided here, once)."""
+    affinity_feats keys^T)) L`` (L as a per-class sum whose layout is decided here, once); ``Z``
+    may be given as a tensor instead of its features, when it was computed beforehand."""
     sums = class_summer(problem.cache_labels, problem.num_classes)
 
-    def logits(zs_feats: torch.Tensor, affinity_feats: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return zeroshot_logits(problem, zs_feats) + alpha * sums(torch.exp(-beta * (1 - affinity_feats @ keys.T)))
+    def logits(zs_feats: torch.Tensor, affinity_feats: torch.Tensor, keys: torch.Tensor,
+               z: torch.Tensor | None = None) -> torch.Tensor:
+        z = zeroshot_logits(problem, zs_feats) if z is None else z
+        # In place on the product's own buffer (autograd allows it: the product's backward needs its
+        # inputs, exp's its output): (A - 1) * beta is -(beta (1 - A)) bit for bit.
+        return z + alpha * sums((affinity_feats @ keys.T).sub_(1).mul_(beta).exp_())
 
     return logits
 
 
-def val_hits(problem: Problem, keys: torch.Tensor, corrected: bool, chunk_rows: int | None = None,
-             alpha: float = INIT_ALPHA) -> int:
-    val, logits = problem.val, adapter(problem, alpha)
-    hits = 0
-    with torch.no_grad():
-        for rows in chunks(val.labels.shape[0], keys.shape[0], chunk_rows):
-            out = logits(val.feats[rows], val.query(corrected)[rows], keys)
-            hits += int((out.argmax(1) == val.labels[rows]).sum())
-    return hits
+class ValScorer:
+    """Val top-1 hits of trained keys at (alpha, beta0): the zero-shot term of every val chunk is
+    computed once, since only the keys change between epochs."""
+
+    def __init__(self, problem: Problem, corrected: bool, width: int, chunk_rows: int | None = None,
+                 alpha: float = INIT_ALPHA):
+        val = problem.val
+        self.logits = adapter(problem, alpha)
+        self.parts = [(val.query(corrected)[rows], zeroshot_logits(problem, val.feats[rows]), val.labels[rows])
+                      for rows in chunks(val.labels.shape[0], width, chunk_rows)]
+
+    def hits(self, keys: torch.Tensor) -> int:
+        with torch.no_grad():
+            return sum(int((self.logits(None, query, keys, z).argmax(1) == labels).sum())
+                       for query, z, labels in self.parts)
 
 
 def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 256, epochs: int = EPOCHS,
@@ -59,10 +70,12 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
     views, affinity_views = problem.views(False, name), problem.views(corrected, name)
     n = views.shape[1]
     theta = torch.nn.Parameter(problem.keys(corrected).detach().clone())
-    optimiser = torch.optim.AdamW([theta], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY)
+    # The fused kernel is AdamW's update in one pass over theta (3x faster on CPU), the same arithmetic.
+    optimiser = torch.optim.AdamW([theta], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, fused=True)
     generator = torch.Generator().manual_seed(seed)
     total = epochs * math.ceil(n / batch)
     logits = adapter(problem, init_alpha)
+    scorer = ValScorer(problem, corrected, n, chunk_rows, init_alpha)
     step = 0
     best, best_hits, best_epoch = theta.detach().clone(), 0, 0
     for epoch in range(epochs):
@@ -77,7 +90,7 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
             loss.backward()
             optimiser.step()
             step += 1
-        hits = val_hits(problem, theta.detach(), corrected, chunk_rows, init_alpha)
+        hits = scorer.hits(theta.detach())
         if hits > best_hits:
             best, best_hits, best_epoch = theta.detach().clone(), hits, epoch + 1
     return best, best_epoch
