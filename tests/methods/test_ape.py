@@ -98,15 +98,19 @@ def test_imo_changes_the_answer_and_defaults_follow_the_spec():
     assert betas[0] == pytest.approx(0.1) and betas[-1] < 7 and gammas[0] == 0 and gammas[-1] < 1
 
 
-def test_large_problems_use_the_pruned_exact_counter(feats, monkeypatch):
+def test_row_blocks_and_both_stacking_paths_agree(feats, monkeypatch):
+    """The counter in blocks of 2 rows (the last of 1), and with each gamma's term counted alone
+    instead of the stack as one problem: the same run."""
+    from clipimo.methods import search
+
     problem = Problem.from_features(feats)
     grid = ape.search_grid(SCALE, STEP)
-    direct = ape.run(problem, feat_num=8, grid=grid)
-    monkeypatch.setattr(ape, "EVAL_BUDGET", 0)
-    assert ape.run(problem, feat_num=8, grid=grid) == direct
-    monkeypatch.setattr(ape, "COUNT_BLOCK", 2 * problem.num_classes)  # blocks of 2 rows, the last of 1
+    whole = ape.run(problem, feat_num=8, grid=grid)
+    monkeypatch.setattr(ape, "COUNT_BLOCK", 2 * problem.num_classes)
     assert problem.val.labels.shape[0] % 2 == 1
-    assert ape.run(problem, feat_num=8, grid=grid) == direct
+    assert ape.run(problem, feat_num=8, grid=grid) == whole
+    monkeypatch.setattr(search, "STACK_ELEMENTS", 0)
+    assert ape.run(problem, feat_num=8, grid=grid) == whole
 
 
 def test_official_config_by_dataset_name(feats):
@@ -159,12 +163,12 @@ def tied_task(seed: int = 3):
     return validate_features(arrays, "tied task")
 
 
-@pytest.mark.parametrize("budget", [None, 0])
+@pytest.mark.parametrize("stack_elements", [None, 0])
 @pytest.mark.parametrize("corrected", [False, True])
-def test_search_equals_brute_force_over_the_points_with_ties(monkeypatch, budget, corrected):
+def test_search_equals_brute_force_over_the_points_with_ties(monkeypatch, stack_elements, corrected):
     """Every grid point scored by argmax of the per-point logits (the test pass's computation),
     then the first best in beta -> alpha -> gamma order: the search's choice and count, on both of
-    its counting paths (all points at once, and the pruned exact counter)."""
+    the counter's paths (the stack of gamma terms as one problem, and one term at a time)."""
     problem = Problem.from_features(tied_task())
     grid = ape.search_grid((7.0, 7.0, 1.0), (6, 5, 4))
     ref = ape.refine(problem, corrected, 6)
@@ -182,8 +186,10 @@ def test_search_equals_brute_force_over_the_points_with_ties(monkeypatch, budget
                 if hits > best:
                     best, point, tied_points = hits, (float(alpha), float(beta), float(gamma)), 1
     assert tied_rows > 0 and tied_points > 1  # the class tie and the point order both decide
-    if budget is not None:
-        monkeypatch.setattr(ape, "EVAL_BUDGET", budget)
+    if stack_elements is not None:
+        from clipimo.methods import search
+
+        monkeypatch.setattr(search, "STACK_ELEMENTS", stack_elements)
     got = ape.run(problem, corrected=corrected, feat_num=6, grid=grid)
     assert (got.hparams["alpha"], got.hparams["beta"], got.hparams["gamma"]) == point
     assert got.val_acc == pytest.approx(100.0 * best / len(labels))

@@ -52,6 +52,27 @@ def test_stacked_terms_are_counted_per_term():
     assert got[1, :, 0].tolist() == [2] * 6  # q0 and q4
 
 
+@pytest.mark.parametrize("stack_elements", [0, 1 << 21])
+def test_stacked_terms_per_term_on_both_paths(monkeypatch, stack_elements):
+    """One term at a time, or the whole stack as one problem of B * n rows (small stacks): the same
+    per-term counts, which a per-point loop gives (random terms with gamma, exact ties included)."""
+    from clipimo.methods import search
+
+    monkeypatch.setattr(search, "STACK_ELEMENTS", stack_elements)
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randint(-3, 4, (9, 4), generator=gen).float()
+    rl = torch.randint(-2, 3, (9, 4), generator=gen).float()
+    terms = torch.randint(-2, 3, (3, 9, 4), generator=gen).float()
+    labels = torch.randint(0, 4, (9,), generator=gen)
+    alphas, gammas = [0.0, 0.5, 1.0, 2.0], [0.0, 1.0, 3.0]
+    got = count_correct(z, terms, labels, alphas, rl, gammas)
+    for b in range(3):
+        for i, a in enumerate(alphas):
+            for j, g in enumerate(gammas):
+                want = int((affine_logits(z, terms[b], a, rl, g).argmax(1) == labels).sum())
+                assert int(got[b, i, j]) == want, (b, a, g)
+
+
 def test_signed_alphas():
     # label 0: 0.5 - a... logit_0 = -a (e = -1), logit_1 = 0.5: tie or better for a <= -0.5
     z, e, y = t([[0, 0.5]]), t([[-1, 0]]), torch.tensor([0])

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from .common import MethodOptions, MethodResult, Problem, Split, chunks, class_slots, percent, zeroshot_logits
 from .metrics import classification_metrics
 from .official import APE_DEFAULT, ApeConfig, ape_config
-from .search import EVAL_BUDGET, count_correct, first_best
+from .search import count_correct, first_best
 
 CRITERION_WEIGHTS = APE_DEFAULT.weights
 # Search: beta_i = i (s0 - 0.1) / n0 + 0.1 (i < n0), alpha likewise, gamma_l = l s2 / n2: endpoints excluded.
@@ -136,13 +136,6 @@ def cache_terms(distance: torch.Tensor, beta: float, weights: torch.Tensor, ref:
     return torch.einsum("rck,gck->grc", ref.slotted(affinity), weights)
 
 
-def classes_outer(z: torch.Tensor) -> torch.Tensor:
-    """``z`` ``[rows, C]`` stored class-major, as :func:`cache_terms`' batched product lays out its
-    result: the counter then adds and compares tensors of one layout (mixed layouts make those
-    elementwise passes ~1.3x as slow). Values are unchanged."""
-    return z.T.contiguous().T
-
-
 def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: float, gamma: float,
            chunk_rows: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
     weights = slot_weights(ref, [gamma])
@@ -151,21 +144,16 @@ def logits(problem: Problem, split: Split, ref: Refined, alpha: float, beta: flo
 
 
 def _count(z: torch.Tensor, terms: torch.Tensor, labels: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
-    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``: ``[alphas, G]``.
-
-    Small problems evaluate every point at once (the float ops of :func:`affine_logits`); large
-    ones go through the pruned exact :func:`count_correct`, all terms in one call per block of
-    rows (what depends on ``z`` only is computed once per block). A block's ``[rows, C]`` passes
-    stay within :data:`COUNT_BLOCK` elements, about a core's share of the CPU cache: at 2,000
-    classes x 4,000 rows the counter ran 1.6x as long on the whole chunk.
+    """Hits of ``z + alpha * e`` for every alpha and every ``e`` in ``terms`` ``[G, rows, C]``: ``[alphas, G]``,
+    by the pruned exact :func:`count_correct`, all terms in one call per block of rows (what
+    depends on ``z`` only is computed once per block). A block's ``[rows, C]`` passes stay within
+    :data:`COUNT_BLOCK` elements, about a core's share of the CPU cache: at 2,000 classes x 4,000
+    rows the counter ran 1.6x as long on the whole chunk. (Evaluating every point instead, as the
+    test pass does for one, took 4-6x as long even on 30-class tasks.)
     """
-    if terms.shape[0] * len(alphas) * z.numel() > EVAL_BUDGET:
-        step = max(1, COUNT_BLOCK // z.shape[1])
-        return sum(count_correct(z[r:r + step], terms[:, r:r + step], labels[r:r + step], alphas)[..., 0].T
-                   for r in range(0, z.shape[0], step))
-    a = torch.as_tensor(alphas, device=z.device).to(z.dtype)[None, :, None, None]
-    points = z + a * terms[:, None]  # [terms, alphas, rows, C]
-    return (points.argmax(-1) == labels).sum(-1).T
+    step = max(1, COUNT_BLOCK // z.shape[1])
+    return sum(count_correct(z[r:r + step], terms[:, r:r + step], labels[r:r + step], alphas)[..., 0].T
+               for r in range(0, z.shape[0], step))
 
 
 def val_counts(problem: Problem, ref: Refined, betas, alphas, gammas, chunk_rows: int | None = None) -> torch.Tensor:
@@ -173,7 +161,7 @@ def val_counts(problem: Problem, ref: Refined, betas, alphas, gammas, chunk_rows
     weights = slot_weights(ref, gammas)
     counts = torch.zeros(len(betas), len(alphas), len(gammas), dtype=torch.long)
     for rows, z, distance in _terms(problem, problem.val, ref, chunk_rows):
-        labels, buffer, z = problem.val.labels[rows], torch.empty_like(distance), classes_outer(z)
+        labels, buffer = problem.val.labels[rows], torch.empty_like(distance)
         for b, beta in enumerate(betas):
             counts[b] += _count(z, cache_terms(distance, float(beta), weights, ref, buffer), labels, alphas).cpu()
     return counts
