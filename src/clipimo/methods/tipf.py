@@ -70,7 +70,8 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
     views, affinity_views = problem.views(False, name), problem.views(corrected, name)
     n = views.shape[1]
     theta = torch.nn.Parameter(problem.keys(corrected).detach().clone())
-    # The fused kernel is AdamW's update in one pass over theta (3x faster on CPU), the same arithmetic.
+    # The fused kernel: the same AdamW update in one pass over theta (3x faster on CPU; it may round
+    # differently in the last bit).
     optimiser = torch.optim.AdamW([theta], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, fused=True)
     generator = torch.Generator().manual_seed(seed)
     total = epochs * math.ceil(n / batch)
