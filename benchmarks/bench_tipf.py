@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from clipimo.features.file import synthetic_features
 from clipimo.methods import Problem, tipf
+from clipimo.methods.common import zeroshot_logits
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def bare() -> None:
         for rows in torch.arange(n).split(args.batch):
-            loss = F.cross_entropy(logits(view[rows], view[rows], theta), problem.cache_labels[rows])
+            out = logits(zeroshot_logits(problem, view[rows]), view[rows], theta)
+            loss = F.cross_entropy(out, problem.cache_labels[rows])
             theta.grad = None
             loss.backward()
 

@@ -31,14 +31,12 @@ INIT_BETA = 1.0
 
 
 def adapter(problem: Problem, alpha: float = INIT_ALPHA, beta: float = INIT_BETA):
-    """The function ``(zs_feats, affinity_feats, keys) -> Z(zs_feats) + alpha * exp(-beta (1 -
-    affinity_feats keys^T)) L`` (L as a per-class sum whose layout is decided here, once); ``Z``
-    may be given as a tensor instead of its features, when it was computed beforehand."""
+    """The function ``(z, affinity_feats, keys) -> z + alpha * exp(-beta (1 - affinity_feats
+    keys^T)) L``, ``z`` the zero-shot logits of the same rows (L as a per-class sum whose layout is
+    decided here, once)."""
     sums = class_summer(problem.cache_labels, problem.num_classes)
 
-    def logits(zs_feats: torch.Tensor, affinity_feats: torch.Tensor, keys: torch.Tensor,
-               z: torch.Tensor | None = None) -> torch.Tensor:
-        z = zeroshot_logits(problem, zs_feats) if z is None else z
+    def logits(z: torch.Tensor, affinity_feats: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # In place on the product's own buffer (autograd allows it: the product's backward needs its
         # inputs, exp's its output): (A - 1) * beta is -(beta (1 - A)) bit for bit.
         return z + alpha * sums((affinity_feats @ keys.T).sub_(1).mul_(beta).exp_())
@@ -59,7 +57,7 @@ class ValScorer:
 
     def hits(self, keys: torch.Tensor) -> int:
         with torch.no_grad():
-            return sum(int((self.logits(None, query, keys, z).argmax(1) == labels).sum())
+            return sum(int((self.logits(z, query, keys).argmax(1) == labels).sum())
                        for query, z, labels in self.parts)
 
 
@@ -85,7 +83,7 @@ def train_keys(problem: Problem, corrected: bool, seed: int = 1, batch: int = 25
         for rows in order.split(batch):
             for group in optimiser.param_groups:
                 group["lr"] = LR * (1 + math.cos(math.pi * step / total)) / 2
-            out = logits(view[rows], affinity_view[rows], theta)
+            out = logits(zeroshot_logits(problem, view[rows]), affinity_view[rows], theta)
             loss = F.cross_entropy(out, problem.cache_labels[rows])
             optimiser.zero_grad()
             loss.backward()
