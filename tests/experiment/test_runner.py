@@ -229,6 +229,25 @@ def test_stale_cells_are_recomputed_and_results_cover_the_folder(task, tmp_path,
                                                     "Expecting value: line 1 column 13 (char 12)")
 
 
+def test_cells_of_an_older_feature_format_are_recomputed(task, tmp_path, capsys):
+    """A cell whose features were computed another way (e.g. crops seeded by path, format 3) is not
+    reused by a clipimo that computes them differently."""
+    from clipimo.features.extractor import FEATURE_FORMAT_VERSION
+
+    data = _copy_task(task, tmp_path / "task")
+    out = tmp_path / "res"
+    assert main(_small(task, out, data)) == 0
+    path = out / "cells" / "task_k1_s1.json"
+    cell = json.loads(path.read_text())
+    assert cell["fingerprint"]["run"]["feature_format"] == FEATURE_FORMAT_VERSION
+    cell["fingerprint"]["run"]["feature_format"] = FEATURE_FORMAT_VERSION - 1
+    path.write_text(json.dumps(cell))
+    capsys.readouterr()
+    assert main(_small(task, out, data)) == 0
+    assert "task_k1_s1: recomputing, its stored result is stale (changed: feature_format)" in capsys.readouterr().err
+    assert json.loads(path.read_text())["fingerprint"]["run"]["feature_format"] == FEATURE_FORMAT_VERSION
+
+
 def test_second_run_on_one_folder_fails_at_once(task, tmp_path, capsys):
     import os
     import socket

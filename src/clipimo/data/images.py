@@ -5,6 +5,7 @@ PIL's ``convert("RGB")`` clips 16-bit and float pixels to 0..255, which turns a 
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -18,12 +19,13 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _ROWS = 512  # rows converted at a time: the temporaries stay a few MB whatever the image size
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB PIL image: 16-bit integer pixels are divided by 257
     (65535 -> 255), float pixels in [0, 1] multiplied by 255; other float ranges are refused. Wide
     pixels are rescaled in integer (or float32) blocks of rows straight into the 8-bit result, never
-    through a float64 copy of the whole image."""
-    with Image.open(path) as im:
+    through a float64 copy of the whole image. ``data``, the file's bytes when the caller has read
+    them already, is decoded instead of reading the file again (errors still name ``path``)."""
+    with Image.open(path if data is None else io.BytesIO(data)) as im:
         im.load()
         if im.mode not in (*_SIXTEEN_BIT, "I", "F"):
             return im.convert("RGB")

@@ -31,7 +31,7 @@ from ..features.corrections import (
     parse_imagepca,
 )
 from ..features.corrections import fingerprint as correction_fingerprint
-from ..features.extractor import FeatureExtractor
+from ..features.extractor import FEATURE_FORMAT_VERSION, FeatureExtractor
 from ..features.file import FeatureSet
 from ..methods import official, proker
 from ..methods.common import MethodOptions
@@ -274,7 +274,9 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, device: 
         fileio.write_text(out / "config.yaml", settings_yaml)
     if extractor.backbone.random_init:
         warn_random_init()
-    run_fp = {**fingerprint, "grids": method_grids(), "method_options": cfg.method_fingerprint()}
+    # how features are computed (e.g. how crops are seeded): cells of an older scheme are recomputed
+    run_fp = {**fingerprint, "grids": method_grids(), "method_options": cfg.method_fingerprint(),
+              "feature_format": FEATURE_FORMAT_VERSION}
 
     todo = {}
     for source in cfg.datasets:

@@ -2,11 +2,12 @@
 
 Work is split into shards of images; each shard's features are cached under a key built from
 everything that determines them (backbone weights identity, adapter file hash, transform,
-augmentation passes and seed, precision, the image list with each file's size, mtime, ctime and inode). Augmented
-features keep their E per-pass views next to the averaged ones, so methods that fit on every view
-never re-encode. A repeated
-call encodes nothing; a killed run resumes at the first unfinished shard. Cache files are written
-atomically, so an interrupted write never leaves a file that loads as valid.
+augmentation passes and seed, precision, the image list with each file's size, mtime, ctime and
+inode). Augmented crops are seeded by each image's bytes, so they do not depend on where the
+dataset lies. Augmented features keep their E per-pass views next to the averaged ones, so methods
+that fit on every view never re-encode. A repeated call encodes nothing; a killed run resumes at the
+first unfinished shard. Cache files are written atomically, so an interrupted write never leaves a
+file that loads as valid.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from ..utils import fileio
 from ..utils.distributed import DistEnv, run_sharded
 from ..utils.log import duration, logger, tqdm_disable
 
-# 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling
-FEATURE_FORMAT_VERSION = 3
+# 2: shards of augmented features hold the per-pass views; 3: 16-bit and float images decoded with correct scaling;
+# 4: augmentation seeded by each image's content instead of its path
+FEATURE_FORMAT_VERSION = 4
 
 
 def default_cache_dir() -> Path:
@@ -46,9 +48,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CLIPIMO_CACHE", Path.home() / ".cache" / "clipimo"))
 
 
-def _item_seed(seed: int, pass_index: int, path: str) -> int:
-    """Augmentation seed of one image in one pass: independent of batching, sharding and workers."""
-    blob = hashlib.sha256(f"{seed}:{pass_index}:{path}".encode()).digest()
+def _item_seed(seed: int, pass_index: int, content: bytes) -> int:
+    """Augmentation seed of one image in one pass, from the file's bytes: independent of batching,
+    sharding and workers, and of where the dataset lies, so a moved or copied dataset gives the
+    same crops (the path would tie every number to one folder)."""
+    blob = hashlib.sha256(f"{seed}:{pass_index}:".encode() + hashlib.sha256(content).digest()).digest()
     return int.from_bytes(blob[:8], "little") & ((1 << 63) - 1)
 
 
@@ -90,10 +94,11 @@ class _Images(Dataset):
     def __getitem__(self, i: int):
         path = self.items[i][0]
         try:  # PIL raises many types for broken files (some only inside the transform); report them all alike
-            im = load_rgb(path)
             if self.seed is None:
-                return self.transform(im), True, ""
-            return seeded_transform(self.transform, im, _item_seed(self.seed, self.pass_index, path)), True, ""
+                return self.transform(load_rgb(path)), True, ""
+            data = Path(path).read_bytes()
+            seed = _item_seed(self.seed, self.pass_index, data)
+            return seeded_transform(self.transform, load_rgb(path, data), seed), True, ""
         except Exception as err:
             return torch.zeros(3, self.size, self.size), False, f"{type(err).__name__}: {err}"
 
