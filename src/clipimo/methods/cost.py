@@ -18,9 +18,11 @@ from .official import ape_config, tipf_config
 # A cell method estimated above this many seconds is announced.
 SLOW_SECONDS = 180.0
 # Sustained (float32 matmul flop/s, elementwise op/s) per device kind; CPU per 2 threads, scaled by
-# the thread count. float64 products (ProKeR) run at half the float32 rate. The CPU rates are those
-# of an idle 2-core machine: a 4096-square product runs at 1.35e11 flop/s in float32 and 8.1e10 in
-# float64; the methods' smaller products and solves reach about half of that.
+# the thread count. The CPU rates are those of an idle 2-core machine: a 4096-square product runs at
+# 1.35e11 flop/s in float32 and 8.1e10 in float64; the methods' smaller products and solves reach
+# about half of the float32 rate. ProKeR's float64 work is large factorisations, solves and products
+# that run near the float64 peak: a whole beta at n = 16,000 ran at 6.4e10 flop/s, so it is counted
+# at the same rate.
 RATES = {"cpu": (6.0e10, 1.0e9), "cuda": (2.0e13, 2.0e11)}
 # ProKeR keeps every view in its kernel up to this many rows (its ``auto`` views mode).
 PROKER_ALL_VIEWS = 32768
@@ -76,7 +78,7 @@ def work(method: str, s: Sizes, options: MethodOptions | None = None) -> tuple[f
             per_beta += EIGH_CHOLESKYS * n ** 3 / 3 + 2.0 * s.val * n * n + lmbdas * 2.0 * s.val * n * s.classes
         else:
             per_beta += lmbdas * (n ** 3 / 3 + 2.0 * n * n * s.classes + 2.0 * s.val * n * s.classes)
-        return 2 * betas * per_beta, betas * (s.val + n) * n * 1.0
+        return betas * per_beta, betas * (s.val + n) * n * 1.0
     if base == "tip-f":
         epochs = tipf_config(options).epochs
         mm, el = work("tip", s, options)
