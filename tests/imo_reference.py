@@ -267,3 +267,54 @@ def class_images(folder, n: int, label: int, size: int = 36, seed: int = 0, nois
         Image.fromarray(pixels).save(path)
         out.append(str(path))
     return out
+
+
+def tda_stream(feats, corrected: bool, cfg, seed: int):
+    """TDA one image at a time (per-class lists sorted by entropy, caches updated before each image's
+    own prediction): final logits [n, C] in stream order, the stream positions that entered each
+    cache, and the labels in stream order. ``feats`` needs text_weights, test_feats(_corrected),
+    test_labels; ``cfg`` a ``TdaConfig``."""
+    import math
+
+    import torch
+
+    w = feats.text_weights.astype(np.float64)
+    n, c = len(feats.test_labels), w.shape[1]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    f32 = torch.from_numpy(feats.test_feats[order])
+    z32 = 100 * (f32 @ torch.from_numpy(feats.text_weights))
+    # decisions from float32 entropies, as the method makes them
+    ent = (-(torch.softmax(z32, 1) * torch.log_softmax(z32, 1)).sum(1)).tolist()
+    keys = (feats.test_feats_corrected if corrected else feats.test_feats)[order].astype(np.float64)
+    z = 100 * feats.test_feats[order].astype(np.float64) @ w
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pos, neg, entered = {}, {}, {"pos": [], "neg": []}
+    out = np.zeros_like(z)
+
+    def update(cache, label, item, cap, name):
+        slots = cache.setdefault(label, [])
+        if len(slots) < cap:
+            slots.append(item)
+        elif item[1] < slots[-1][1]:
+            slots[-1] = item
+        else:
+            return
+        entered[name].append(item[0])
+        slots.sort(key=lambda s: s[1])
+
+    for j in range(n):
+        yhat = int(z32[j].argmax())
+        update(pos, yhat, (j, ent[j]), cfg.pos_capacity, "pos")
+        if cfg.entropy_band[0] < ent[j] / math.log2(c) < cfg.entropy_band[1]:
+            update(neg, yhat, (j, ent[j]), cfg.neg_capacity, "neg")
+        logit = z[j].copy()
+        for label, slots in pos.items():
+            for i, _ in slots:
+                logit[label] += cfg.pos_alpha * math.exp(-cfg.pos_beta * (1 - keys[j] @ keys[i]))
+        for slots in neg.values():
+            for i, _ in slots:
+                mask = (p[i] > cfg.mask_band[0]) & (p[i] < cfg.mask_band[1])
+                logit -= cfg.neg_alpha * math.exp(-cfg.neg_beta * (1 - keys[j] @ keys[i])) * mask
+        out[j] = logit
+    return out, entered, feats.test_labels[order]

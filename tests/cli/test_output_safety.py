@@ -106,6 +106,22 @@ def test_out_inside_a_data_split_is_refused(task, tmp_path, capsys):
     assert code == 2 and "is inside the data folder --images" in _error(capsys)
 
 
+@pytest.mark.parametrize("command", ["run", "shift"])
+def test_out_inside_a_benchmark_folder_under_root_is_refused(tmp_path, capsys, command):
+    """ImageNet and its shift sets list their images by walking folders: a report's figures written
+    there would join the data of the next run."""
+    root = tmp_path / "data"
+    target = root / "imagenet-rendition" / "imagenet-r" / "results"
+    (root / "imagenet" / "images").mkdir(parents=True)
+    target.parent.mkdir(parents=True)
+    args = {"run": ["--dataset", "ImageNet"], "shift": ["--targets", "ImageNetR"]}[command]
+    code = main([command, "--root", str(root), *args, "--model", TINY, "--out", str(target)])
+    assert code == 2 and f"is inside the ImageNetR folder under --root {root / 'imagenet-rendition'}" in _error(capsys)
+    assert not target.exists()
+    main([command, "--root", str(root), *args, "--model", TINY, "--out", str(tmp_path / "elsewhere")])
+    assert "is inside" not in _error(capsys)  # outside every benchmark folder: the path check lets it pass
+
+
 def test_overlap_keeps_a_figure_it_did_not_write(tmp_path, capsys):
     out = tmp_path / "figs"
     put_image(out / "overlap.png")

@@ -111,3 +111,58 @@ def test_shift_targets_equal_a_hand_computation(small_imagenet, small_specs, tmp
     assert right != [acc(paths, classes, ref.Wiring.imo(), restrict=False) for paths, classes in targets]
     for wrong in ref.Wiring.imo().wrong_variants()[:2]:  # Z on corrected / A on original features
         assert right != [acc(paths, classes, wrong) for paths, classes in targets], wrong
+
+
+# The official TDA rows of the targets (positive alpha, beta), as its released configs give them.
+OFFICIAL_TDA = {"ImageNetA": (2.0, 5.0), "ImageNetR": (1.0, 8.0)}
+
+
+@pytest.mark.parametrize("config", ["default", "official"])
+def test_tda_adapts_on_each_targets_own_stream(small_imagenet, small_specs, tmp_path, config):
+    """TDA carries nothing over from ImageNet: on each target it replays that target's own test
+    stream (in the order its images are listed, shuffled by the seed) with the text weights of the
+    target's classes only and (``--tda-config official``) the target's own configuration, as the
+    sequential hand replay computes. Classifying over all classes instead gives another answer on
+    these targets."""
+    from types import SimpleNamespace
+
+    from clipimo.data import load_dataset
+    from clipimo.methods.official import TdaConfig
+
+    root, seed = small_imagenet, 2
+    out = tmp_path / "shift"
+    assert main(["shift", "--root", str(root), "--targets", "ImageNetA,ImageNetR", "--shots", "1", "--seeds", str(seed),
+                 "--methods", "zs,tda,tda-imo", "--augment-passes", "1", "--model", TINY, "--tda-config", config,
+                 "--adapter", str(root / "adapter.safetensors"), "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"]) == 0
+    result = json.loads((out / "shift.json").read_text())
+    rows = {(r["target"], r["method"]): r["test_acc"] for r in result["per_seed"]}
+    for r in result["per_seed"]:
+        if r["target"] in OFFICIAL_TDA and r["method"].startswith("tda"):
+            used = (r["settings"]["pos_alpha"], r["settings"]["pos_beta"])
+            assert used == (OFFICIAL_TDA[r["target"]] if config == "official" else (2.0, 5.0)), r
+    assert "TDA adapts on each target's own test stream" in (out / "shift.md").read_text()
+    cfg = dataclasses.replace(_cfg(root), methods=["zs"], seeds=[seed], augment_passes=1)
+    run_experiment(cfg, _extractor(root, tmp_path / "cache"), tmp_path / "run", progress=False, save_features=True)
+    with np.load(tmp_path / "run" / "features" / f"ImageNet_k1_s{seed}.npz") as z:
+        text = z["text_weights"]
+
+    def accuracy(feats, corrected, target):
+        alpha, beta = OFFICIAL_TDA[target] if config == "official" else (TdaConfig().pos_alpha, TdaConfig().pos_beta)
+        logits, _, labels = ref.tda_stream(feats, corrected, TdaConfig(pos_alpha=alpha, pos_beta=beta), seed)
+        return 100.0 * float(np.mean(logits.argmax(1) == labels))
+
+    unrestricted = []
+    for target, subset in (("ImageNetA", SUBSET_A), ("ImageNetR", SUBSET_R)):
+        items = load_dataset(target, root).test  # the stream's order before the seeded shuffle
+        labels = np.array([label for _, label in items])
+        original, corrected = (a.astype(np.float32) for a in ref.encode_streams(
+            TINY, str(root / "adapter.safetensors"), [path for path, _ in items]))
+        feats = SimpleNamespace(text_weights=text[:, sorted(subset)], test_feats=original,
+                                test_feats_corrected=corrected, test_labels=labels)
+        for method, imo in (("tda", False), ("tda-imo", True)):
+            assert rows[(target, method)] == pytest.approx(accuracy(feats, imo, target)), (target, method)
+        whole = SimpleNamespace(text_weights=text, test_feats=original, test_feats_corrected=corrected,
+                                test_labels=np.array(sorted(subset))[labels])
+        unrestricted.append(accuracy(whole, False, target))
+    assert unrestricted != [rows[(t, "tda")] for t in ("ImageNetA", "ImageNetR")]

@@ -1,10 +1,9 @@
 """TDA: the cache replay worked by hand, and the whole stream against a sequential float64
-re-derivation written here (per-class lists sorted by entropy, caches updated before each image's
-own prediction, cache logits per image)."""
+re-derivation (``imo_reference.tda_stream``: per-class lists sorted by entropy, caches updated
+before each image's own prediction, cache logits per image)."""
 from __future__ import annotations
 
-import math
-
+import imo_reference as ref
 import numpy as np
 import pytest
 import torch
@@ -44,56 +43,12 @@ def test_replay_ties_keep_the_earlier_entry_first():
     assert cache.members.tolist() == [0, 1, 2] and cache.leave.tolist() == [3, 2, 3]
 
 
-def reference(feats, corrected: bool, cfg: TdaConfig, seed: int):
-    """Final logits [n, C] in stream order, and the stream positions that entered each cache."""
-    w = feats.text_weights.astype(np.float64)
-    n, c = len(feats.test_labels), w.shape[1]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    f32 = torch.from_numpy(feats.test_feats[order])
-    z32 = 100 * (f32 @ torch.from_numpy(feats.text_weights))
-    # decisions from float32 entropies, as the method makes them
-    ent = (-(torch.softmax(z32, 1) * torch.log_softmax(z32, 1)).sum(1)).tolist()
-    keys = (feats.test_feats_corrected if corrected else feats.test_feats)[order].astype(np.float64)
-    z = 100 * feats.test_feats[order].astype(np.float64) @ w
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    pos, neg, entered = {}, {}, {"pos": [], "neg": []}
-    out = np.zeros_like(z)
-
-    def update(cache, label, item, cap, name):
-        slots = cache.setdefault(label, [])
-        if len(slots) < cap:
-            slots.append(item)
-        elif item[1] < slots[-1][1]:
-            slots[-1] = item
-        else:
-            return
-        entered[name].append(item[0])
-        slots.sort(key=lambda s: s[1])
-
-    for j in range(n):
-        yhat = int(z32[j].argmax())
-        update(pos, yhat, (j, ent[j]), cfg.pos_capacity, "pos")
-        if cfg.entropy_band[0] < ent[j] / math.log2(c) < cfg.entropy_band[1]:
-            update(neg, yhat, (j, ent[j]), cfg.neg_capacity, "neg")
-        logit = z[j].copy()
-        for label, slots in pos.items():
-            for i, _ in slots:
-                logit[label] += cfg.pos_alpha * math.exp(-cfg.pos_beta * (1 - keys[j] @ keys[i]))
-        for slots in neg.values():
-            for i, _ in slots:
-                mask = (p[i] > cfg.mask_band[0]) & (p[i] < cfg.mask_band[1])
-                logit -= cfg.neg_alpha * math.exp(-cfg.neg_beta * (1 - keys[j] @ keys[i])) * mask
-        out[j] = logit
-    return out, entered, feats.test_labels[order]
-
-
 @pytest.mark.parametrize("corrected", [False, True])
 @pytest.mark.parametrize("block", [1, 7, 256])
 def test_stream_matches_the_sequential_definition(corrected, block):
     feats = task(seed=1)
     stream = tda.build_stream(Problem.from_features(feats), corrected, SMALL, seed=4)
-    want, entered, labels = reference(feats, corrected, SMALL, seed=4)
+    want, entered, labels = ref.tda_stream(feats, corrected, SMALL, seed=4)
     assert stream.positive.members.tolist() == entered["pos"]
     assert stream.negative.members.tolist() == entered["neg"]
     assert len(entered["pos"]) > 10 and 0 < len(entered["neg"]) < 60    # both caches do something
@@ -108,8 +63,8 @@ def test_imo_uses_corrected_keys_and_original_decisions():
     logits differ (so a variant reading the wrong stream fails), while the cache decisions agree."""
     feats = task(seed=2)
     stream = tda.build_stream(Problem.from_features(feats), True, SMALL, seed=1)
-    want, entered, _ = reference(feats, True, SMALL, seed=1)
-    other, other_entered, _ = reference(feats, False, SMALL, seed=1)
+    want, entered, _ = ref.tda_stream(feats, True, SMALL, seed=1)
+    other, other_entered, _ = ref.tda_stream(feats, False, SMALL, seed=1)
     got = torch.cat([out for _, out in tda.stream_logits(stream, SMALL)]).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     assert np.abs(want - other).max() > 0.05
@@ -119,7 +74,7 @@ def test_imo_uses_corrected_keys_and_original_decisions():
 def test_run_reports_null_val_and_the_stream_accuracy():
     feats = task(seed=3)
     result = run_method("tda-imo", Problem.from_features(feats), MethodOptions(seed=2))
-    want, entered, labels = reference(feats, True, TdaConfig(), seed=2)
+    want, entered, labels = ref.tda_stream(feats, True, TdaConfig(), seed=2)
     assert result.val_acc is None and result.hparams == {}
     assert result.test_acc == pytest.approx(100 * np.mean(want.argmax(1) == labels))
     assert result.meta["config"] == "default" and result.meta["order_seed"] == 2

@@ -1,11 +1,13 @@
 """One check of every command's output paths before it runs (see :mod:`clipimo.utils.outputs`):
 each output (an option typed :class:`~clipimo.cli.config.OutPath`) has its format's suffix, names
-none of the command's input files and lies in no data folder it reads."""
+none of the command's input files and lies in no data folder: a task or image folder it reads, or
+a benchmark's folder under its ``--root``."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..data.registry import DATASETS
 from ..utils.outputs import refuse_input_overwrite, refuse_inside, require_suffix
 from .config import OutPath, _name, path_arg, settings_actions, source_arg
 
@@ -29,12 +31,21 @@ def _data_folders(flag: str, value: str) -> dict[str, Path]:
     return splits or {f"the data folder {flag}": path}
 
 
+def _benchmark_folders(root: str | None) -> dict[str, Path]:
+    """Every benchmark folder present under the data root: some benchmarks list their images by
+    walking their folders, and results written into any of them would mix with the data."""
+    if not root or not Path(root).expanduser().is_dir():
+        return {}
+    found = ((name, spec.find_dir(Path(root).expanduser())) for name, spec in DATASETS.items())
+    return {f"the {name} folder under --root": folder for name, folder in found if folder is not None}
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """A ClipimoError (one line) for an output that would destroy an input, sit inside a data folder,
     or carry the wrong suffix."""
     outputs: list[tuple[str, str]] = []
     inputs: list[tuple[str, str]] = [("--config", args.config)] if getattr(args, "config", None) else []
-    data: dict[str, Path] = {}
+    data: dict[str, Path] = _benchmark_folders(getattr(args, "root", None))
     for action in settings_actions(args.command_parser):
         kind = getattr(action, "item", None) or action.type
         flag = _name(action)

@@ -6,6 +6,7 @@ import argparse
 from ...data.registry import SHIFT_SETS
 from ...defaults import DEFAULT_METHODS, DEFAULT_SEEDS
 from ...methods.names import METHOD_NAMES
+from ..args import add_method_option_args
 from ..config import add_list_argument, out_folder, path_arg
 from ..model_args import add_backbone_args, add_extractor_args, make_extractor
 
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-passes", type=int, default=10, help="augmented views averaged per cache key")
     p.add_argument("--out", required=True, type=out_folder("the shift results"),
                    help="folder for shift.json and shift.md")
+    add_method_option_args(p, "each seed orders them")
     add_backbone_args(p)
     add_extractor_args(p)
     p.set_defaults(func=run)
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig(root=args.root, datasets=["ImageNet"], shots=[args.shots], seeds=args.seeds,
                     methods=args.methods, validation=args.validation,
                     allow_test_tuning=args.allow_test_tuning, augment_passes=args.augment_passes,
-                    skip_unreadable=args.skip_unreadable)
+                    skip_unreadable=args.skip_unreadable, proker_views=args.proker_views,
+                    proker_grid=args.proker_grid, ape_config=args.ape_config, tipf_config=args.tipf_config,
+                    tipf_batch=args.tipf_batch, clap_batch=args.clap_batch, tda_config=args.tda_config)
     require_adapter(cfg.methods, args.adapter is not None)  # the cheap checks, before the model loads
     opened = open_shift(cfg, args.targets)
     result = run_shift(cfg, make_extractor(args), args.out, targets=args.targets, device=args.device,
