@@ -166,3 +166,16 @@ def test_tda_adapts_on_each_targets_own_stream(small_imagenet, small_specs, tmp_
                                 test_labels=np.array(sorted(subset))[labels])
         unrestricted.append(accuracy(whole, False, target))
     assert unrestricted != [rows[(t, "tda")] for t in ("ImageNetA", "ImageNetR")]
+
+
+def test_a_bad_tda_config_fails_before_any_model_loads(small_imagenet, small_specs, tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the configuration was checked")
+
+    monkeypatch.setattr("clipimo.model.backbone.load_clip", refuse)
+    missing, out = tmp_path / "none.yaml", tmp_path / "shift"
+    assert main(["shift", "--root", str(small_imagenet), "--targets", "ImageNetR", "--shots", "1", "--seeds", "1",
+                 "--methods", "zs,tda", "--model", TINY, "--tda-config", str(missing), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--tda-config {missing}: not default, official or an existing YAML file") and "\n" not in err
+    assert not out.exists()

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..data import SHIFT_SETS, DatasetSplits, load_dataset
 from ..errors import ClipimoError
 from ..features.extractor import FeatureExtractor
-from ..methods import tda
+from ..methods import official, tda
 from ..methods.common import MethodOptions, MethodResult, Problem, Split
 from ..methods.evaluate import evaluate_features
 from ..methods.names import require_adapter
@@ -47,11 +47,16 @@ def is_shift_folder(folder: Path) -> bool:
 
 
 def open_shift(cfg: RunConfig, targets: Sequence[str] = SHIFT_SETS) -> tuple[OpenedDataset, list[DatasetSplits]]:
-    """The source and the target sets, opened and checked (one shot count; each set's class count):
-    what can fail cheaply, done before a model loads."""
+    """The source and the target sets, opened and checked (one shot count; each set's class count;
+    the methods' configurations on the source, and TDA's on each target): what can fail cheaply,
+    done before a model loads."""
     if len(cfg.shots) != 1:
         raise ClipimoError(f"shift uses one shot count (the paper: 16), got {cfg.shots}")
-    return open_source(SOURCE, cfg.root), [load_dataset(t, cfg.root) for t in targets]
+    source, shifted = open_source(SOURCE, cfg.root), [load_dataset(t, cfg.root) for t in targets]
+    official.check_configs(cfg.method_options(1, source.splits.name), cfg.methods)
+    for target in shifted:
+        official.check_configs(cfg.method_options(1, target.name), [m for m in cfg.methods if _streaming(m)])
+    return source, shifted
 
 
 def run_shift(cfg: RunConfig, extractor: FeatureExtractor, out: str | Path, targets: Sequence[str] = SHIFT_SETS,
