@@ -137,10 +137,14 @@ def test_tda_adapts_on_each_targets_own_stream(small_imagenet, small_specs, tmp_
                  "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"]) == 0
     result = json.loads((out / "shift.json").read_text())
     rows = {(r["target"], r["method"]): r["test_acc"] for r in result["per_seed"]}
+
+    def expected(target):  # (positive alpha, beta) TDA must use on the target
+        return OFFICIAL_TDA[target] if config == "official" else (2.0, 5.0)
+
     for r in result["per_seed"]:
         if r["target"] in OFFICIAL_TDA and r["method"].startswith("tda"):
             used = (r["settings"]["pos_alpha"], r["settings"]["pos_beta"])
-            assert used == (OFFICIAL_TDA[r["target"]] if config == "official" else (2.0, 5.0)), r
+            assert used == expected(r["target"]), r
     assert "TDA adapts on each target's own test stream" in (out / "shift.md").read_text()
     cfg = dataclasses.replace(_cfg(root), methods=["zs"], seeds=[seed], augment_passes=1)
     run_experiment(cfg, _extractor(root, tmp_path / "cache"), tmp_path / "run", progress=False, save_features=True)
@@ -148,7 +152,7 @@ def test_tda_adapts_on_each_targets_own_stream(small_imagenet, small_specs, tmp_
         text = z["text_weights"]
 
     def accuracy(feats, corrected, target):
-        alpha, beta = OFFICIAL_TDA[target] if config == "official" else (TdaConfig().pos_alpha, TdaConfig().pos_beta)
+        alpha, beta = expected(target)
         logits, _, labels = ref.tda_stream(feats, corrected, TdaConfig(pos_alpha=alpha, pos_beta=beta), seed)
         return 100.0 * float(np.mean(logits.argmax(1) == labels))
 

@@ -91,6 +91,7 @@ def test_augmented_features_keep_every_pass_as_a_view(tmp_path, images, adapter_
     """views[e, i] is pass e of image i (its own crop, seeded by its bytes), L2-normalised; the key is the
     normalised sum of the unnormalised passes. Checked against encoding each crop by hand."""
     import hashlib
+    from pathlib import Path
 
     from PIL import Image
 
@@ -104,7 +105,7 @@ def test_augmented_features_keep_every_pass_as_a_view(tmp_path, images, adapter_
     crops = []
     for e in range(3):
         for path, _ in images:
-            content = hashlib.sha256(open(path, "rb").read()).digest()  # seeded by the file's bytes
+            content = hashlib.sha256(Path(path).read_bytes()).digest()  # seeded by the file's bytes
             blob = hashlib.sha256(f"4:{e}:".encode() + content).digest()
             torch.manual_seed(int.from_bytes(blob[:8], "little") & ((1 << 63) - 1))
             crops.append(aug(Image.open(path).convert("RGB")))

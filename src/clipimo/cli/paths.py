@@ -34,9 +34,10 @@ def _data_folders(flag: str, value: str) -> dict[str, Path]:
 def _benchmark_folders(root: str | None) -> dict[str, Path]:
     """Every benchmark folder present under the data root: some benchmarks list their images by
     walking their folders, and results written into any of them would mix with the data."""
-    if not root or not Path(root).expanduser().is_dir():
+    folder = Path(root).expanduser() if root else None
+    if folder is None or not folder.is_dir():
         return {}
-    found = ((name, spec.find_dir(Path(root).expanduser())) for name, spec in DATASETS.items())
+    found = ((name, spec.find_dir(folder)) for name, spec in DATASETS.items())
     return {f"the {name} folder under --root": folder for name, folder in found if folder is not None}
 
 

@@ -19,7 +19,7 @@ from ..features.extractor import FeatureExtractor
 from ..methods import official, tda
 from ..methods.common import MethodOptions, MethodResult, Problem, Split
 from ..methods.evaluate import evaluate_features
-from ..methods.names import require_adapter
+from ..methods.names import base_method, is_imo, require_adapter
 from ..methods.predict import fixed_point
 from ..report.aggregate import STD_LABEL, mean_std
 from ..utils import fileio
@@ -135,7 +135,7 @@ def _run_locked(cfg: RunConfig, extractor: FeatureExtractor, out: Path, source: 
 
 
 def _streaming(method: str) -> bool:
-    return method.removesuffix("-imo") == "tda"
+    return base_method(method) == "tda"
 
 
 def _adapt_on(problem: Problem, split: Split, classes: Sequence[int] | None, method: str,
@@ -147,7 +147,7 @@ def _adapt_on(problem: Problem, split: Split, classes: Sequence[int] | None, met
         norms = None if problem.text_norms is None else problem.text_norms[keep]
         problem = dataclasses.replace(problem, text_weights=problem.text_weights[:, keep], text_norms=norms)
     target = dataclasses.replace(problem, val=split, test=split)
-    return tda.run(target, method.endswith("-imo"), options)
+    return tda.run(target, is_imo(method), options)
 
 
 def shift_markdown(result: dict[str, Any]) -> str:
